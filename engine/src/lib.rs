@@ -1,0 +1,47 @@
+//! `engine`: the numerical core of the Momentum² Teacher trainer.
+//!
+//! - [`Tensor`]: dense row-major data with a [`DType`] and a [`Device`];
+//!   activations are NHWC, convolution weights KRSC.
+//! - [`Tape`]: a hand-written autograd tape. Ops are methods on the tape; the
+//!   forward is recorded as data and [`Tape::backward`] walks it in reverse.
+//! - [`ParamStore`]: a network's parameters as views of one flat f32 buffer,
+//!   with gradients in a second buffer at the same offsets.
+//! - [`optim`]: SGD, LARS and the EMA teacher update over the flat buffers.
+//! - [`schedule`]: learning rate, EMA momentum and Momentum-BN β per iteration.
+//! - [`ops`]: op parameters, and the running/Momentum-BN statistics updates.
+//!
+//! The CPU backend is the reference every other backend is tested against.
+//!
+//! ```
+//! use engine::{Tape, Tensor};
+//! let mut tape = Tape::new();
+//! let w = tape.param(Tensor::from_vec(vec![1.0f32, -2.0, 0.5, 3.0], [2, 2])?);
+//! let x = tape.constant(Tensor::from_vec(vec![1.0f32, 1.0], [1, 2])?);
+//! let y = tape.linear(&x, &w, None)?;
+//! let labels = Tensor::from_vec(vec![0i64], [1])?;
+//! let loss = tape.cross_entropy(&y, &labels)?;
+//! let grads = tape.backward(&loss)?;
+//! assert_eq!(grads.get(&w).unwrap().dims(), &[2, 2]);
+//! # Ok::<(), engine::Error>(())
+//! ```
+
+#![warn(missing_docs)]
+
+mod device;
+mod dtype;
+mod error;
+pub mod ops;
+pub mod optim;
+mod params;
+pub mod schedule;
+mod shape;
+mod tape;
+mod tensor;
+
+pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use params::{ParamId, ParamInfo, ParamKind, ParamStore, ParamStoreBuilder, ParamVars};
+pub use shape::Shape;
+pub use tape::{Gradients, Tape, Var};
+pub use tensor::Tensor;

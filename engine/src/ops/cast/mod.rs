@@ -1,0 +1,33 @@
+//! Casts between float types, rounding to nearest, ties to even (through `half`);
+//! f16 overflows to ±∞. The CPU backend emulates 16-bit storage this way.
+
+use crate::error::{Error, Result};
+use crate::{DType, Tensor};
+use half::{bf16, f16};
+
+pub(crate) fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
+    if x.dtype() == to {
+        return Ok(x.clone());
+    }
+    let bad = |got| Error::DType {
+        op: "cast",
+        expected: "float to float (f32, f64, f16, bf16)".into(),
+        got,
+    };
+    // Widening to f64 is exact, so rounding from there rounds the true value once.
+    let wide = x.to_f64_vec().map_err(|_| bad(x.dtype()))?;
+    let shape = x.shape().clone();
+    match to {
+        DType::F64 => Tensor::from_vec(wide, shape),
+        DType::F32 => Tensor::from_vec(wide.iter().map(|&v| v as f32).collect::<Vec<_>>(), shape),
+        DType::F16 => Tensor::from_vec(
+            wide.iter().map(|&v| f16::from_f64(v)).collect::<Vec<_>>(),
+            shape,
+        ),
+        DType::BF16 => Tensor::from_vec(
+            wide.iter().map(|&v| bf16::from_f64(v)).collect::<Vec<_>>(),
+            shape,
+        ),
+        DType::U8 | DType::I64 => Err(bad(to)),
+    }
+}

@@ -1,0 +1,153 @@
+//! CPU convolution: im2col (skipped for pointwise convs) then one GEMM per
+//! chunk of images, all NHWC so the GEMM output is already the NHWC result.
+
+use super::ConvGeometry;
+use crate::ops::real::{Mat, Real, matmul};
+use rayon::prelude::*;
+
+/// Upper bound on im2col elements held at once; larger batches go in chunks.
+const COL_BUDGET: usize = 1 << 23;
+
+fn images_per_chunk(g: &ConvGeometry) -> usize {
+    (COL_BUDGET / (g.oh * g.ow * g.patch()).max(1)).clamp(1, g.n.max(1))
+}
+
+/// Fills `col` (rows = output pixels of `images`, cols = r·s·c) from `x`.
+fn im2col<T: Real>(g: &ConvGeometry, x: &[T], first_image: usize, col: &mut [T]) {
+    let patch = g.patch();
+    col.par_chunks_mut(patch)
+        .enumerate()
+        .for_each(|(row, dst)| {
+            let n = first_image + row / (g.oh * g.ow);
+            let (oh, ow) = ((row / g.ow) % g.oh, row % g.ow);
+            for r in 0..g.r {
+                let ih = (oh * g.stride + r) as isize - g.padding as isize;
+                for s in 0..g.s {
+                    let iw = (ow * g.stride + s) as isize - g.padding as isize;
+                    let d = &mut dst[(r * g.s + s) * g.c..][..g.c];
+                    if ih < 0 || iw < 0 || ih as usize >= g.h || iw as usize >= g.w {
+                        d.fill(T::ZERO);
+                    } else {
+                        let src = ((n * g.h + ih as usize) * g.w + iw as usize) * g.c;
+                        d.copy_from_slice(&x[src..src + g.c]);
+                    }
+                }
+            }
+        });
+}
+
+/// Adds the im2col-shaped gradient `col` back onto the images it came from.
+fn col2im<T: Real>(g: &ConvGeometry, col: &[T], dx_images: &mut [T]) {
+    let patch = g.patch();
+    let per_image = g.oh * g.ow * patch;
+    dx_images
+        .par_chunks_mut(g.h * g.w * g.c)
+        .zip(col.par_chunks(per_image))
+        .for_each(|(dx, col)| {
+            for (pixel, src) in col.chunks(patch).enumerate() {
+                let (oh, ow) = (pixel / g.ow, pixel % g.ow);
+                for r in 0..g.r {
+                    let ih = (oh * g.stride + r) as isize - g.padding as isize;
+                    if ih < 0 || ih as usize >= g.h {
+                        continue;
+                    }
+                    for s in 0..g.s {
+                        let iw = (ow * g.stride + s) as isize - g.padding as isize;
+                        if iw < 0 || iw as usize >= g.w {
+                            continue;
+                        }
+                        let d = &mut dx[(ih as usize * g.w + iw as usize) * g.c..][..g.c];
+                        let sv = &src[(r * g.s + s) * g.c..][..g.c];
+                        d.iter_mut().zip(sv).for_each(|(a, &b)| *a += b);
+                    }
+                }
+            }
+        });
+}
+
+pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    let (patch, pixels) = (g.patch(), g.oh * g.ow);
+    let mut y = vec![T::ZERO; g.n * pixels * g.k];
+    let chunk = images_per_chunk(g);
+    let mut col = Vec::new();
+    for first in (0..g.n).step_by(chunk) {
+        let images = chunk.min(g.n - first);
+        let rows = images * pixels;
+        let a = if g.is_pointwise() {
+            &x[first * pixels * g.c..][..rows * g.c]
+        } else {
+            col.resize(rows * patch, T::ZERO);
+            im2col(g, x, first, &mut col);
+            &col[..]
+        };
+        let out = &mut y[first * pixels * g.k..][..rows * g.k];
+        matmul(
+            (rows, g.k, patch),
+            Mat::rows(a, patch),
+            Mat::transposed(w, patch),
+            out,
+            false,
+        );
+    }
+    y
+}
+
+pub(super) fn backward<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    want_dx: bool,
+) -> (Option<Vec<T>>, Vec<T>) {
+    let (patch, pixels) = (g.patch(), g.oh * g.ow);
+    let mut dw = vec![T::ZERO; g.k * patch];
+    let mut dx = want_dx.then(|| vec![T::ZERO; x.len()]);
+    let chunk = images_per_chunk(g);
+    let (mut col, mut dcol) = (Vec::new(), Vec::new());
+    for first in (0..g.n).step_by(chunk) {
+        let images = chunk.min(g.n - first);
+        let rows = images * pixels;
+        let dy_chunk = &dy[first * pixels * g.k..][..rows * g.k];
+        let a = if g.is_pointwise() {
+            &x[first * pixels * g.c..][..rows * g.c]
+        } else {
+            col.resize(rows * patch, T::ZERO);
+            im2col(g, x, first, &mut col);
+            &col[..]
+        };
+        // dw (k × patch) += dyᵀ (k × rows) · col (rows × patch)
+        matmul(
+            (g.k, patch, rows),
+            Mat::transposed(dy_chunk, g.k),
+            Mat::rows(a, patch),
+            &mut dw,
+            first > 0,
+        );
+        if let Some(dx) = dx.as_mut() {
+            let image_len = g.h * g.w * g.c;
+            let dx_chunk = &mut dx[first * image_len..][..images * image_len];
+            let dy_mat = Mat::rows(dy_chunk, g.k);
+            if g.is_pointwise() {
+                matmul(
+                    (rows, patch, g.k),
+                    dy_mat,
+                    Mat::rows(w, patch),
+                    dx_chunk,
+                    false,
+                );
+            } else {
+                // dcol (rows × patch) = dy (rows × k) · w (k × patch), then scatter.
+                dcol.resize(rows * patch, T::ZERO);
+                matmul(
+                    (rows, patch, g.k),
+                    dy_mat,
+                    Mat::rows(w, patch),
+                    &mut dcol,
+                    false,
+                );
+                col2im(g, &dcol, dx_chunk);
+            }
+        }
+    }
+    (dx, dw)
+}

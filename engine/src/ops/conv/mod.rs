@@ -1,0 +1,119 @@
+//! 2-D convolution, NHWC activations and KRSC weights, groups 1, no bias.
+
+mod cpu;
+
+use super::with_float;
+use crate::Tensor;
+use crate::error::{Result, shape_err};
+
+/// Stride and zero padding of a convolution (the same along height and width).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    /// Step between output positions, at least 1.
+    pub stride: usize,
+    /// Zeros added on each side of the input.
+    pub padding: usize,
+}
+
+/// All the sizes of one convolution, checked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvGeometry {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub k: usize,
+    pub r: usize,
+    pub s: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    fn new(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Self> {
+        const OP: &str = "conv2d";
+        let &[n, h, wd, c] = x.expect_rank(OP, 4)? else {
+            unreachable!()
+        };
+        let &[k, r, s, wc] = w.expect_rank(OP, 4)? else {
+            unreachable!()
+        };
+        if wc != c {
+            return Err(shape_err(
+                OP,
+                format!(
+                    "input {} (NHWC) has {c} channels but weight {} (KRSC) expects {wc}",
+                    x.shape(),
+                    w.shape()
+                ),
+            ));
+        }
+        if p.stride == 0 {
+            return Err(shape_err(OP, "stride must be at least 1"));
+        }
+        if h + 2 * p.padding < r || wd + 2 * p.padding < s {
+            return Err(shape_err(
+                OP,
+                format!(
+                    "kernel {r}x{s} is larger than the padded input {}x{} (input {}, padding {})",
+                    h + 2 * p.padding,
+                    wd + 2 * p.padding,
+                    x.shape(),
+                    p.padding
+                ),
+            ));
+        }
+        Ok(ConvGeometry {
+            n,
+            h,
+            w: wd,
+            c,
+            k,
+            r,
+            s,
+            oh: (h + 2 * p.padding - r) / p.stride + 1,
+            ow: (wd + 2 * p.padding - s) / p.stride + 1,
+            stride: p.stride,
+            padding: p.padding,
+        })
+    }
+
+    /// Length of one im2col row: the receptive field of one output pixel.
+    pub fn patch(&self) -> usize {
+        self.r * self.s * self.c
+    }
+
+    /// True when the input pixels are already the im2col rows.
+    pub fn is_pointwise(&self) -> bool {
+        self.r == 1 && self.s == 1 && self.stride == 1 && self.padding == 0
+    }
+}
+
+/// `y = conv(x, w)`: x `[n,h,w,c]`, w `[k,r,s,c]`, y `[n,oh,ow,k]`.
+pub(crate) fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
+    let g = ConvGeometry::new(x, w, p)?;
+    let dt = x.expect_same_dtype("conv2d", w)?;
+    with_float!("conv2d", dt, T => {
+        let y = cpu::forward::<T>(&g, x.as_slice()?, w.as_slice()?);
+        Tensor::from_vec(y, [g.n, g.oh, g.ow, g.k])
+    })
+}
+
+/// Gradients of [`forward`]: `(dx if wanted, dw)`.
+pub(crate) fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    p: Conv2dParams,
+    want_dx: bool,
+) -> Result<(Option<Tensor>, Tensor)> {
+    let g = ConvGeometry::new(x, w, p)?;
+    let dt = x.expect_same_dtype("conv2d backward", w)?;
+    with_float!("conv2d backward", dt, T => {
+        let (dx, dw) = cpu::backward::<T>(&g, x.as_slice()?, w.as_slice()?, dy.as_slice()?, want_dx);
+        let dx = dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?;
+        Ok((dx, Tensor::from_vec(dw, w.shape().clone())?))
+    })
+}

@@ -1,0 +1,54 @@
+//! ReLU and elementwise addition (the residual join).
+
+use super::real::Real;
+use super::with_float;
+use crate::Tensor;
+use crate::error::{Result, same_shape};
+use rayon::prelude::*;
+
+/// Elements per parallel task.
+const GRAIN: usize = 1 << 14;
+
+fn map<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::ZERO; x.len()];
+    y.par_chunks_mut(GRAIN)
+        .zip(x.par_chunks(GRAIN))
+        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+    y
+}
+
+fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    let mut y = vec![T::ZERO; a.len()];
+    y.par_chunks_mut(GRAIN)
+        .zip(a.par_chunks(GRAIN).zip(b.par_chunks(GRAIN)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                *y = f(a, b);
+            }
+        });
+    y
+}
+
+pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
+    with_float!("relu", x.dtype(), T => {
+        Tensor::from_vec(map::<T>(x.as_slice()?, |v| if v > T::ZERO { v } else { T::ZERO }), x.shape().clone())
+    })
+}
+
+/// `dx = dy` where the output `y` is positive, else 0.
+pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    same_shape("relu backward", y.shape(), dy.shape())?;
+    with_float!("relu backward", y.dtype(), T => {
+        let g = zip_map::<T>(y.as_slice()?, dy.as_slice()?, |y, g| if y > T::ZERO { g } else { T::ZERO });
+        Tensor::from_vec(g, y.shape().clone())
+    })
+}
+
+/// `a + b`, same shape and dtype.
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    same_shape("add", a.shape(), b.shape())?;
+    let dt = a.expect_same_dtype("add", b)?;
+    with_float!("add", dt, T => {
+        Tensor::from_vec(zip_map::<T>(a.as_slice()?, b.as_slice()?, |a, b| a + b), a.shape().clone())
+    })
+}

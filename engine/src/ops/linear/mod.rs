@@ -1,0 +1,85 @@
+//! Fully connected layer: `y = x·wᵀ + b`, x `[n,in]`, w `[out,in]` (PyTorch's
+//! layout), b `[out]`.
+
+use super::real::{Mat, Real, matmul};
+use super::with_float;
+use crate::Tensor;
+use crate::error::{Result, shape_err};
+use rayon::prelude::*;
+
+fn sizes(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, usize)> {
+    const OP: &str = "linear";
+    let &[n, fin] = x.expect_rank(OP, 2)? else {
+        unreachable!()
+    };
+    let &[fout, win] = w.expect_rank(OP, 2)? else {
+        unreachable!()
+    };
+    if win != fin {
+        return Err(shape_err(
+            OP,
+            format!(
+                "input {} has {fin} features, weight {} expects {win}",
+                x.shape(),
+                w.shape()
+            ),
+        ));
+    }
+    if let Some(b) = b {
+        if b.dims() != [fout] {
+            return Err(shape_err(
+                OP,
+                format!("bias {} must be [{fout}]", b.shape()),
+            ));
+        }
+        x.expect_same_dtype(OP, b)?;
+    }
+    x.expect_same_dtype(OP, w)?;
+    Ok((n, fin, fout))
+}
+
+pub(crate) fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (n, fin, fout) = sizes(x, w, b)?;
+    with_float!("linear", x.dtype(), T => {
+        let mut y = vec![T::ZERO; n * fout];
+        if let Some(b) = b {
+            let b = b.as_slice::<T>()?;
+            y.chunks_mut(fout.max(1)).for_each(|row| row.copy_from_slice(b));
+        }
+        matmul((n, fout, fin), Mat::rows(x.as_slice()?, fin), Mat::transposed(w.as_slice()?, fin), &mut y, b.is_some());
+        Tensor::from_vec(y, [n, fout])
+    })
+}
+
+/// `(dx if wanted, dw, db if there is a bias)`.
+pub(crate) fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    has_bias: bool,
+    dy: &Tensor,
+    want_dx: bool,
+) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    let (n, fin, fout) = sizes(x, w, None)?;
+    with_float!("linear backward", x.dtype(), T => {
+        let dys = dy.as_slice::<T>()?;
+        let dx = if want_dx {
+            let mut dx = vec![T::ZERO; n * fin];
+            matmul((n, fin, fout), Mat::rows(dys, fout), Mat::rows(w.as_slice()?, fin), &mut dx, false);
+            Some(Tensor::from_vec(dx, [n, fin])?)
+        } else {
+            None
+        };
+        let mut dw = vec![T::ZERO; fout * fin];
+        matmul((fout, fin, n), Mat::transposed(dys, fout), Mat::rows(x.as_slice()?, fin), &mut dw, false);
+        let db = if has_bias {
+            let db: Vec<T> = (0..fout)
+                .into_par_iter()
+                .map(|j| (0..n).map(|i| dys[i * fout + j]).sum())
+                .collect();
+            Some(Tensor::from_vec(db, [fout])?)
+        } else {
+            None
+        };
+        Ok((dx, Tensor::from_vec(dw, [fout, fin])?, db))
+    })
+}

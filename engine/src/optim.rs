@@ -1,0 +1,145 @@
+//! Optimisers and the EMA teacher update, each one pass over the flat buffers.
+
+use crate::error::Result;
+use crate::params::ParamStore;
+use crate::{DType, Tensor};
+use rayon::prelude::*;
+
+/// Elements per parallel task in the flat-buffer loops.
+const GRAIN: usize = 1 << 15;
+
+fn zeros_like_store(store: &ParamStore) -> Result<Tensor> {
+    Tensor::zeros([store.flat_len()], DType::F32, store.device())
+}
+
+/// SGD with momentum and L2 weight decay, PyTorch's rule:
+/// `v ← μ·v + (g + wd·w)`, `w ← w − lr·v`.
+pub struct Sgd {
+    /// Momentum μ.
+    pub momentum: f32,
+    /// Weight decay, applied to every parameter.
+    pub weight_decay: f32,
+    velocity: Tensor,
+}
+
+impl Sgd {
+    /// An optimiser for `store` with zeroed velocity.
+    pub fn new(store: &ParamStore, momentum: f32, weight_decay: f32) -> Result<Self> {
+        Ok(Sgd {
+            momentum,
+            weight_decay,
+            velocity: zeros_like_store(store)?,
+        })
+    }
+
+    /// The velocity buffer (same layout as the store), for checkpoints.
+    pub fn velocity(&self) -> &Tensor {
+        &self.velocity
+    }
+
+    /// Overwrites the velocity buffer, e.g. when resuming.
+    pub fn velocity_mut(&mut self) -> Result<&mut [f32]> {
+        self.velocity.slice_mut()
+    }
+
+    /// One update with learning rate `lr` from the store's accumulated gradients.
+    pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
+        let (mu, wd) = (self.momentum, self.weight_decay);
+        let (w, g) = store.values_and_grads_mut()?;
+        let v = self.velocity.slice_mut::<f32>()?;
+        w.par_chunks_mut(GRAIN)
+            .zip(g.par_chunks(GRAIN).zip(v.par_chunks_mut(GRAIN)))
+            .for_each(|(w, (g, v))| {
+                for ((w, &g), v) in w.iter_mut().zip(g).zip(v) {
+                    *v = mu * *v + (g + wd * *w);
+                    *w -= lr * *v;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// LARS (m2t-method.md §4): per parameter tensor,
+/// `local = η·‖w‖/(‖g‖ + wd·‖w‖)` (1 for biases and BN parameters, or when a
+/// norm is zero), `v ← μ·v + lr·local·(g + wd·w)`, `w ← w − v`.
+pub struct Lars {
+    /// Trust coefficient η.
+    pub eta: f32,
+    /// Momentum μ.
+    pub momentum: f32,
+    /// Weight decay, applied to every parameter.
+    pub weight_decay: f32,
+    velocity: Tensor,
+}
+
+impl Lars {
+    /// An optimiser for `store` with zeroed velocity.
+    pub fn new(store: &ParamStore, eta: f32, momentum: f32, weight_decay: f32) -> Result<Self> {
+        Ok(Lars {
+            eta,
+            momentum,
+            weight_decay,
+            velocity: zeros_like_store(store)?,
+        })
+    }
+
+    /// The velocity buffer (same layout as the store), for checkpoints.
+    pub fn velocity(&self) -> &Tensor {
+        &self.velocity
+    }
+
+    /// Overwrites the velocity buffer, e.g. when resuming.
+    pub fn velocity_mut(&mut self) -> Result<&mut [f32]> {
+        self.velocity.slice_mut()
+    }
+
+    /// One update with learning rate `lr` from the store's accumulated gradients.
+    pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
+        let (eta, mu, wd) = (self.eta as f64, self.momentum, self.weight_decay);
+        let ranges: Vec<_> = store
+            .infos()
+            .iter()
+            .map(|i| (i.offset..i.offset + i.shape.numel(), i.kind.lars_adapted()))
+            .collect();
+        let (w, g) = store.values_and_grads_mut()?;
+        let v = self.velocity.slice_mut::<f32>()?;
+        let norm = |x: &[f32]| x.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+        let local: Vec<f32> = ranges
+            .par_iter()
+            .map(|(r, adapted)| {
+                let (wn, gn) = (norm(&w[r.clone()]), norm(&g[r.clone()]));
+                if *adapted && wn > 0.0 && gn > 0.0 {
+                    (eta * wn / (gn + wd as f64 * wn)) as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        for ((r, _), local) in ranges.into_iter().zip(local) {
+            let scale = lr * local;
+            for ((w, &g), v) in w[r.clone()].iter_mut().zip(&g[r.clone()]).zip(&mut v[r]) {
+                *v = mu * *v + scale * (g + wd * *w);
+                *w -= *v;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The EMA teacher update `t ← m·t + (1 − m)·s` over the teacher's parameters,
+/// which must be a layout prefix of the student's (the predictor comes last in
+/// the student and has no twin). `m = 0` copies the student exactly.
+pub fn ema_update(teacher: &mut ParamStore, student: &ParamStore, m: f32) -> Result<()> {
+    teacher.check_prefix_of(student)?;
+    let n = teacher.flat_len();
+    let s = &student.values().as_slice::<f32>()?[..n];
+    let t = teacher.values_mut()?;
+    t.par_chunks_mut(GRAIN)
+        .zip(s.par_chunks(GRAIN))
+        .for_each(|(t, s)| {
+            for (t, &s) in t.iter_mut().zip(s) {
+                *t = m * *t + (1.0 - m) * s;
+            }
+        });
+    Ok(())
+}

@@ -1,0 +1,620 @@
+//! The autograd tape: the forward pass recorded as data, one [`Node`] per op,
+//! and a backward pass that walks it in reverse.
+//!
+//! A [`Var`] is a value plus, when it needs a gradient, its slot on the tape.
+//! Ops whose inputs need no gradient (or any op on a no-grad tape) record
+//! nothing, so the teacher's forward keeps no activations alive. Backward
+//! consumes the tape and drops each node, with its saved tensors, as soon as
+//! that node is done.
+
+use crate::error::{Error, Result, shape_err};
+use crate::ops::batchnorm::{self, BatchStats, BnNorm, BnSaved};
+use crate::ops::{Conv2dParams, PoolParams, cast, conv, elementwise, linear, loss, pool};
+use crate::{DType, Shape, Tensor};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static NEXT_TAPE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A value in a computation, tracked for gradients when it depends on a parameter.
+#[derive(Clone, Debug)]
+pub struct Var {
+    value: Tensor,
+    /// `(tape id, slot)` when gradients flow to this value.
+    slot: Option<(u64, usize)>,
+}
+
+impl Var {
+    /// The value.
+    pub fn value(&self) -> &Tensor {
+        &self.value
+    }
+
+    /// The value's shape.
+    pub fn shape(&self) -> &Shape {
+        self.value.shape()
+    }
+
+    /// True when backward will produce a gradient for this value.
+    pub fn requires_grad(&self) -> bool {
+        self.slot.is_some()
+    }
+}
+
+/// One recorded op: its inputs' slots (`None` where no gradient is needed), its
+/// output slot, and what its backward needs.
+#[derive(Debug)]
+enum Node {
+    Conv2d {
+        x: Option<usize>,
+        w: Option<usize>,
+        out: usize,
+        saved_x: Tensor,
+        saved_w: Tensor,
+        params: Conv2dParams,
+    },
+    BatchNorm {
+        x: Option<usize>,
+        gamma: Option<usize>,
+        beta: Option<usize>,
+        out: usize,
+        saved: BnSaved,
+    },
+    Relu {
+        x: usize,
+        out: usize,
+        saved_y: Tensor,
+    },
+    Add {
+        a: Option<usize>,
+        b: Option<usize>,
+        out: usize,
+    },
+    MaxPool {
+        x: usize,
+        out: usize,
+        argmax: Vec<u32>,
+        input: Shape,
+    },
+    GlobalAvgPool {
+        x: usize,
+        out: usize,
+        input: Shape,
+    },
+    Linear {
+        x: Option<usize>,
+        w: Option<usize>,
+        b: Option<usize>,
+        out: usize,
+        saved_x: Tensor,
+        saved_w: Tensor,
+    },
+    L2Normalize {
+        x: usize,
+        out: usize,
+        saved_y: Tensor,
+        norms: Vec<f64>,
+    },
+    M2tLoss {
+        /// Slots of `q1, k1, q2, k2`.
+        inputs: [Option<usize>; 4],
+        out: usize,
+        saved: [Tensor; 4],
+    },
+    CrossEntropy {
+        logits: usize,
+        out: usize,
+        probs: Tensor,
+        labels: Tensor,
+    },
+    Reshape {
+        x: usize,
+        out: usize,
+        input: Shape,
+    },
+    Cast {
+        x: usize,
+        out: usize,
+        from: DType,
+    },
+}
+
+impl Node {
+    fn name(&self) -> &'static str {
+        match self {
+            Node::Conv2d { .. } => "conv2d",
+            Node::BatchNorm { .. } => "batch_norm",
+            Node::Relu { .. } => "relu",
+            Node::Add { .. } => "add",
+            Node::MaxPool { .. } => "max_pool2d",
+            Node::GlobalAvgPool { .. } => "global_avg_pool",
+            Node::Linear { .. } => "linear",
+            Node::L2Normalize { .. } => "l2_normalize",
+            Node::M2tLoss { .. } => "m2t_loss",
+            Node::CrossEntropy { .. } => "cross_entropy",
+            Node::Reshape { .. } => "reshape",
+            Node::Cast { .. } => "cast",
+        }
+    }
+
+    fn out(&self) -> usize {
+        match *self {
+            Node::Conv2d { out, .. }
+            | Node::BatchNorm { out, .. }
+            | Node::Relu { out, .. }
+            | Node::Add { out, .. }
+            | Node::MaxPool { out, .. }
+            | Node::GlobalAvgPool { out, .. }
+            | Node::Linear { out, .. }
+            | Node::L2Normalize { out, .. }
+            | Node::M2tLoss { out, .. }
+            | Node::CrossEntropy { out, .. }
+            | Node::Reshape { out, .. }
+            | Node::Cast { out, .. } => out,
+        }
+    }
+
+    fn inputs(&self) -> Vec<Option<usize>> {
+        match *self {
+            Node::Conv2d { x, w, .. } => vec![x, w],
+            Node::BatchNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            Node::Add { a, b, .. } => vec![a, b],
+            Node::Linear { x, w, b, .. } => vec![x, w, b],
+            Node::M2tLoss { inputs, .. } => inputs.to_vec(),
+            Node::Relu { x, .. }
+            | Node::MaxPool { x, .. }
+            | Node::GlobalAvgPool { x, .. }
+            | Node::L2Normalize { x, .. }
+            | Node::Reshape { x, .. }
+            | Node::Cast { x, .. } => vec![Some(x)],
+            Node::CrossEntropy { logits, .. } => vec![Some(logits)],
+        }
+    }
+}
+
+/// Records ops for a backward pass, or (see [`Tape::no_grad`]) records nothing.
+pub struct Tape {
+    id: u64,
+    recording: bool,
+    nodes: Vec<Node>,
+    slots: usize,
+}
+
+impl Default for Tape {
+    fn default() -> Self {
+        Tape::new()
+    }
+}
+
+impl Tape {
+    /// A recording tape.
+    pub fn new() -> Self {
+        Tape {
+            id: NEXT_TAPE_ID.fetch_add(1, Ordering::Relaxed),
+            recording: true,
+            nodes: Vec::new(),
+            slots: 0,
+        }
+    }
+
+    /// A tape that records nothing: ops just compute, and intermediates are freed
+    /// as soon as the caller drops them (the teacher's forward).
+    pub fn no_grad() -> Self {
+        Tape {
+            recording: false,
+            ..Tape::new()
+        }
+    }
+
+    /// True unless this is a [`Tape::no_grad`] tape.
+    pub fn is_recording(&self) -> bool {
+        self.recording
+    }
+
+    /// Number of recorded ops.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when no op has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A value that needs no gradient (inputs, labels, frozen weights).
+    pub fn constant(&self, value: Tensor) -> Var {
+        Var { value, slot: None }
+    }
+
+    /// A value that needs a gradient (a parameter). On a no-grad tape this is a constant.
+    pub fn param(&mut self, value: Tensor) -> Var {
+        let slot = self.recording.then(|| (self.id, self.new_slot()));
+        Var { value, slot }
+    }
+
+    fn new_slot(&mut self) -> usize {
+        self.slots += 1;
+        self.slots - 1
+    }
+
+    fn slot_of(&self, v: &Var) -> Result<Option<usize>> {
+        match v.slot {
+            Some((tape, _)) if tape != self.id => Err(Error::Tape(
+                "a variable from another tape was passed to this one".into(),
+            )),
+            Some((_, s)) => Ok(Some(s)),
+            None => Ok(None),
+        }
+    }
+
+    /// Wraps an op's output; records `node` (built from the input slots and the
+    /// output slot) only if recording and some input needs a gradient.
+    fn record(
+        &mut self,
+        inputs: &[&Var],
+        value: Tensor,
+        node: impl FnOnce(&[Option<usize>], usize) -> Node,
+    ) -> Result<Var> {
+        let slots = inputs
+            .iter()
+            .map(|v| self.slot_of(v))
+            .collect::<Result<Vec<_>>>()?;
+        if !self.recording || slots.iter().all(Option::is_none) {
+            return Ok(Var { value, slot: None });
+        }
+        let out = self.new_slot();
+        self.nodes.push(node(&slots, out));
+        Ok(Var {
+            value,
+            slot: Some((self.id, out)),
+        })
+    }
+
+    /// 2-D convolution of NHWC `x` with KRSC weights `w` (no bias).
+    pub fn conv2d(&mut self, x: &Var, w: &Var, params: Conv2dParams) -> Result<Var> {
+        let y = conv::forward(&x.value, &w.value, params)?;
+        let (saved_x, saved_w) = (x.value.clone(), w.value.clone());
+        self.record(&[x, w], y, |s, out| Node::Conv2d {
+            x: s[0],
+            w: s[1],
+            out,
+            saved_x,
+            saved_w,
+            params,
+        })
+    }
+
+    /// Batch normalisation over the last axis of `[n,c]` or `[n,h,w,c]`.
+    ///
+    /// Returns the output and, except for [`BnNorm::Running`], the batch
+    /// statistics, for [`crate::ops::update_running_stats`] or
+    /// [`crate::ops::momentum_bn_update`].
+    pub fn batch_norm(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        norm: BnNorm,
+        eps: f64,
+    ) -> Result<(Var, Option<BatchStats>)> {
+        let (y, stats, saved) = batchnorm::forward(&x.value, &gamma.value, &beta.value, norm, eps)?;
+        let y = self.record(&[x, gamma, beta], y, |s, out| Node::BatchNorm {
+            x: s[0],
+            gamma: s[1],
+            beta: s[2],
+            out,
+            saved,
+        })?;
+        Ok((y, stats))
+    }
+
+    /// `max(x, 0)`.
+    pub fn relu(&mut self, x: &Var) -> Result<Var> {
+        let y = elementwise::relu(&x.value)?;
+        let saved_y = y.clone();
+        self.record(&[x], y, |s, out| Node::Relu {
+            x: s[0].expect("single input is tracked"),
+            out,
+            saved_y,
+        })
+    }
+
+    /// Elementwise `a + b` (same shape): the residual join.
+    pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
+        let y = elementwise::add(&a.value, &b.value)?;
+        self.record(&[a, b], y, |s, out| Node::Add {
+            a: s[0],
+            b: s[1],
+            out,
+        })
+    }
+
+    /// Max pooling of NHWC `x`; ties go to the first element in scan order.
+    pub fn max_pool2d(&mut self, x: &Var, params: PoolParams) -> Result<Var> {
+        let (y, argmax) = pool::max_forward(&x.value, params)?;
+        let input = x.shape().clone();
+        self.record(&[x], y, |s, out| Node::MaxPool {
+            x: s[0].expect("single input is tracked"),
+            out,
+            argmax,
+            input,
+        })
+    }
+
+    /// `[n,h,w,c] → [n,c]`: the mean over each image's pixels.
+    pub fn global_avg_pool(&mut self, x: &Var) -> Result<Var> {
+        let y = pool::avg_forward(&x.value)?;
+        let input = x.shape().clone();
+        self.record(&[x], y, |s, out| Node::GlobalAvgPool {
+            x: s[0].expect("single input is tracked"),
+            out,
+            input,
+        })
+    }
+
+    /// `x·wᵀ + b` for `x [n,in]`, `w [out,in]`, optional `b [out]`.
+    pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let y = linear::forward(&x.value, &w.value, b.map(Var::value))?;
+        let (saved_x, saved_w) = (x.value.clone(), w.value.clone());
+        let inputs: Vec<&Var> = [Some(x), Some(w), b].into_iter().flatten().collect();
+        let has_bias = b.is_some();
+        self.record(&inputs, y, |s, out| Node::Linear {
+            x: s[0],
+            w: s[1],
+            b: if has_bias { s[2] } else { None },
+            out,
+            saved_x,
+            saved_w,
+        })
+    }
+
+    /// Scales each row of `[n,f]` to unit L2 norm (norms clamped at 1e-12).
+    pub fn l2_normalize(&mut self, x: &Var) -> Result<Var> {
+        let (y, norms) = loss::l2_normalize(&x.value)?;
+        let saved_y = y.clone();
+        self.record(&[x], y, |s, out| Node::L2Normalize {
+            x: s[0].expect("single input is tracked"),
+            out,
+            saved_y,
+            norms,
+        })
+    }
+
+    /// The symmetric M2T loss `mean_i[(2 − 2⟨q1,k1⟩) + (2 − 2⟨q2,k2⟩)]` over
+    /// unit-norm `[n,f]` rows: student predictions `q`, teacher targets `k`.
+    pub fn m2t_loss(&mut self, q1: &Var, k1: &Var, q2: &Var, k2: &Var) -> Result<Var> {
+        let y = loss::m2t_loss(&q1.value, &k1.value, &q2.value, &k2.value)?;
+        let saved = [q1, k1, q2, k2].map(|v| v.value.clone());
+        self.record(&[q1, k1, q2, k2], y, |s, out| Node::M2tLoss {
+            inputs: [s[0], s[1], s[2], s[3]],
+            out,
+            saved,
+        })
+    }
+
+    /// Mean softmax cross-entropy of `[n,c]` logits against i64 `labels [n]`.
+    pub fn cross_entropy(&mut self, logits: &Var, labels: &Tensor) -> Result<Var> {
+        let (y, probs) = loss::cross_entropy(&logits.value, labels)?;
+        let labels = labels.clone();
+        self.record(&[logits], y, |s, out| Node::CrossEntropy {
+            logits: s[0].expect("single input is tracked"),
+            out,
+            probs,
+            labels,
+        })
+    }
+
+    /// The same values with another shape (e.g. flatten `[n,1,1,c]` to `[n,c]`).
+    pub fn reshape(&mut self, x: &Var, shape: impl Into<Shape>) -> Result<Var> {
+        let y = x.value.reshape(shape)?;
+        let input = x.shape().clone();
+        self.record(&[x], y, |s, out| Node::Reshape {
+            x: s[0].expect("single input is tracked"),
+            out,
+            input,
+        })
+    }
+
+    /// Converts to another float dtype, rounding to nearest even; the gradient is
+    /// cast back to the source dtype.
+    pub fn cast(&mut self, x: &Var, to: DType) -> Result<Var> {
+        let y = cast::cast(&x.value, to)?;
+        let from = x.value.dtype();
+        self.record(&[x], y, |s, out| Node::Cast {
+            x: s[0].expect("single input is tracked"),
+            out,
+            from,
+        })
+    }
+
+    /// Backpropagates from a scalar `loss` (seeded with 1), consuming the tape.
+    pub fn backward(self, loss: &Var) -> Result<Gradients> {
+        if loss.value.numel() != 1 {
+            return Err(shape_err(
+                "backward",
+                format!("the loss must be a scalar, got shape {}", loss.shape()),
+            ));
+        }
+        let seed = cast::cast(&Tensor::scalar(1.0f64), loss.value.dtype())?
+            .reshape(loss.shape().clone())?;
+        self.backward_with(loss, seed)
+    }
+
+    /// Backpropagates `seed` (the gradient of some scalar with respect to `out`),
+    /// consuming the tape.
+    pub fn backward_with(self, out: &Var, seed: Tensor) -> Result<Gradients> {
+        let Some(start) = self.slot_of(out)? else {
+            return Err(Error::Tape(
+                "backward from a value that depends on no parameter (or a no-grad tape)".into(),
+            ));
+        };
+        if seed.shape() != out.shape() || seed.dtype() != out.value.dtype() {
+            return Err(shape_err(
+                "backward",
+                format!(
+                    "seed {} {} does not match output {} {}",
+                    seed.shape(),
+                    seed.dtype(),
+                    out.shape(),
+                    out.value.dtype()
+                ),
+            ));
+        }
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.slots];
+        grads[start] = Some(seed);
+        for node in self.nodes.into_iter().rev() {
+            // Nodes the output does not depend on get no gradient; skip them.
+            let Some(dy) = grads[node.out()].take() else {
+                continue;
+            };
+            backward_node(node, &dy, &mut grads)?;
+        }
+        Ok(Gradients {
+            tape: self.id,
+            grads,
+        })
+    }
+}
+
+/// Adds `g` to the gradient in `slot` (a value feeding several consumers).
+fn accumulate(grads: &mut [Option<Tensor>], slot: Option<usize>, g: Tensor) -> Result<()> {
+    let Some(slot) = slot else { return Ok(()) };
+    grads[slot] = Some(match grads[slot].take() {
+        Some(prev) => elementwise::add(&prev, &g)?,
+        None => g,
+    });
+    Ok(())
+}
+
+fn scalar_value(t: &Tensor) -> Result<f64> {
+    Ok(t.to_f64_vec()?[0])
+}
+
+fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Result<()> {
+    match node {
+        Node::Conv2d {
+            x,
+            w,
+            saved_x,
+            saved_w,
+            params,
+            ..
+        } => {
+            let (dx, dw) = conv::backward(&saved_x, &saved_w, dy, params, x.is_some())?;
+            if let Some(dx) = dx {
+                accumulate(grads, x, dx)?;
+            }
+            accumulate(grads, w, dw)
+        }
+        Node::BatchNorm {
+            x,
+            gamma,
+            beta,
+            saved,
+            ..
+        } => {
+            let (dx, dgamma, dbeta) = batchnorm::backward(&saved, dy)?;
+            accumulate(grads, x, dx)?;
+            accumulate(grads, gamma, dgamma)?;
+            accumulate(grads, beta, dbeta)
+        }
+        Node::Relu { x, saved_y, .. } => {
+            accumulate(grads, Some(x), elementwise::relu_backward(&saved_y, dy)?)
+        }
+        Node::Add { a, b, .. } => {
+            accumulate(grads, a, dy.clone())?;
+            accumulate(grads, b, dy.clone())
+        }
+        Node::MaxPool {
+            x, argmax, input, ..
+        } => accumulate(grads, Some(x), pool::max_backward(dy, &argmax, &input)?),
+        Node::GlobalAvgPool { x, input, .. } => {
+            accumulate(grads, Some(x), pool::avg_backward(dy, &input)?)
+        }
+        Node::Linear {
+            x,
+            w,
+            b,
+            saved_x,
+            saved_w,
+            ..
+        } => {
+            let (dx, dw, db) = linear::backward(&saved_x, &saved_w, b.is_some(), dy, x.is_some())?;
+            if let Some(dx) = dx {
+                accumulate(grads, x, dx)?;
+            }
+            accumulate(grads, w, dw)?;
+            if let Some(db) = db {
+                accumulate(grads, b, db)?;
+            }
+            Ok(())
+        }
+        Node::L2Normalize {
+            x, saved_y, norms, ..
+        } => accumulate(
+            grads,
+            Some(x),
+            loss::l2_normalize_backward(&saved_y, &norms, dy)?,
+        ),
+        Node::M2tLoss { inputs, saved, .. } => {
+            let dloss = scalar_value(dy)?;
+            // Each input's partner in its dot product: q1↔k1, q2↔k2.
+            for (i, partner) in [1, 0, 3, 2].into_iter().enumerate() {
+                if inputs[i].is_some() {
+                    let g = loss::m2t_loss_backward(&saved[partner], dloss)?;
+                    accumulate(grads, inputs[i], g)?;
+                }
+            }
+            Ok(())
+        }
+        Node::CrossEntropy {
+            logits,
+            probs,
+            labels,
+            ..
+        } => {
+            let g = loss::cross_entropy_backward(&probs, &labels, scalar_value(dy)?)?;
+            accumulate(grads, Some(logits), g)
+        }
+        Node::Reshape { x, input, .. } => accumulate(grads, Some(x), dy.reshape(input)?),
+        Node::Cast { x, from, .. } => accumulate(grads, Some(x), cast::cast(dy, from)?),
+    }
+}
+
+impl fmt::Display for Tape {
+    /// One line per recorded op: `#out = name(#in, …)`, `-` for inputs without gradient.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for node in &self.nodes {
+            let inputs: Vec<String> = node
+                .inputs()
+                .iter()
+                .map(|s| s.map_or("-".to_string(), |s| format!("#{s}")))
+                .collect();
+            writeln!(
+                f,
+                "#{} = {}({})",
+                node.out(),
+                node.name(),
+                inputs.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The gradients produced by [`Tape::backward`], looked up by [`Var`].
+pub struct Gradients {
+    tape: u64,
+    grads: Vec<Option<Tensor>>,
+}
+
+impl Gradients {
+    /// The gradient of the loss with respect to `v`: `None` if `v` needs no
+    /// gradient, belongs to another tape, or the loss does not depend on it.
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        match v.slot {
+            Some((tape, slot)) if tape == self.tape => self.grads[slot].as_ref(),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Dense tensors with shared, immutable storage.
+
+use crate::error::{Error, Result, shape_err};
+use crate::{DType, Device, Element, Shape};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+/// Host memory of one dtype (crate-internal: the `tensor` module is private).
+#[derive(Clone, Debug)]
+pub enum CpuBuffer {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    U8(Vec<u8>),
+    I64(Vec<i64>),
+}
+
+impl CpuBuffer {
+    fn dtype(&self) -> DType {
+        match self {
+            CpuBuffer::F32(_) => DType::F32,
+            CpuBuffer::F64(_) => DType::F64,
+            CpuBuffer::F16(_) => DType::F16,
+            CpuBuffer::BF16(_) => DType::BF16,
+            CpuBuffer::U8(_) => DType::U8,
+            CpuBuffer::I64(_) => DType::I64,
+        }
+    }
+
+    fn zeros(dtype: DType, len: usize) -> Self {
+        match dtype {
+            DType::F32 => CpuBuffer::F32(vec![0.0; len]),
+            DType::F64 => CpuBuffer::F64(vec![0.0; len]),
+            DType::F16 => CpuBuffer::F16(vec![f16::ZERO; len]),
+            DType::BF16 => CpuBuffer::BF16(vec![bf16::ZERO; len]),
+            DType::U8 => CpuBuffer::U8(vec![0; len]),
+            DType::I64 => CpuBuffer::I64(vec![0; len]),
+        }
+    }
+}
+
+/// The backing memory of a tensor. Backends add variants here.
+#[derive(Debug)]
+pub(crate) enum Storage {
+    Cpu(CpuBuffer),
+}
+
+pub(crate) mod sealed {
+    use super::CpuBuffer;
+
+    /// Moves typed vectors in and out of [`CpuBuffer`]; sealed so only the
+    /// engine's element types implement [`crate::Element`].
+    pub trait Stored: Sized {
+        fn wrap(v: Vec<Self>) -> CpuBuffer;
+        fn slice(b: &CpuBuffer) -> Option<&[Self]>;
+        fn slice_mut(b: &mut CpuBuffer) -> Option<&mut [Self]>;
+    }
+
+    macro_rules! stored {
+        ($t:ty, $v:ident) => {
+            impl Stored for $t {
+                fn wrap(v: Vec<Self>) -> CpuBuffer {
+                    CpuBuffer::$v(v)
+                }
+                fn slice(b: &CpuBuffer) -> Option<&[Self]> {
+                    match b {
+                        CpuBuffer::$v(v) => Some(v),
+                        _ => None,
+                    }
+                }
+                fn slice_mut(b: &mut CpuBuffer) -> Option<&mut [Self]> {
+                    match b {
+                        CpuBuffer::$v(v) => Some(v),
+                        _ => None,
+                    }
+                }
+            }
+        };
+    }
+    stored!(f32, F32);
+    stored!(f64, F64);
+    stored!(half::f16, F16);
+    stored!(half::bf16, BF16);
+    stored!(u8, U8);
+    stored!(i64, I64);
+}
+
+/// A dense, row-major tensor.
+///
+/// Cloning is cheap: clones share storage. A tensor may be a view of a range of a
+/// larger buffer (parameters are views of one flat buffer), so storage that is
+/// shared cannot be written; in-place updates ([`Tensor::slice_mut`]) fail with
+/// [`Error::BufferInUse`] while other references are alive.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    storage: Arc<Storage>,
+    offset: usize,
+    shape: Shape,
+}
+
+impl Tensor {
+    /// A CPU tensor holding `data` with `shape`.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.numel() {
+            return Err(shape_err(
+                "from_vec",
+                format!("{} elements do not fill shape {shape}", data.len()),
+            ));
+        }
+        Ok(Tensor {
+            storage: Arc::new(Storage::Cpu(T::wrap(data))),
+            offset: 0,
+            shape,
+        })
+    }
+
+    /// A zero-filled tensor on `device`.
+    pub fn zeros(shape: impl Into<Shape>, dtype: DType, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        match device {
+            Device::Cpu => Ok(Tensor {
+                storage: Arc::new(Storage::Cpu(CpuBuffer::zeros(dtype, shape.numel()))),
+                offset: 0,
+                shape,
+            }),
+            Device::Cuda(_) => Err(Error::Device {
+                op: "zeros",
+                device,
+            }),
+        }
+    }
+
+    /// A scalar (shape `[]`).
+    pub fn scalar<T: Element>(v: T) -> Tensor {
+        Tensor {
+            storage: Arc::new(Storage::Cpu(T::wrap(vec![v]))),
+            offset: 0,
+            shape: Shape::new([]),
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The dimensions (shorthand for `shape().dims()`).
+    pub fn dims(&self) -> &[usize] {
+        self.shape.dims()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        match &*self.storage {
+            Storage::Cpu(b) => b.dtype(),
+        }
+    }
+
+    /// The device holding the data.
+    pub fn device(&self) -> Device {
+        match &*self.storage {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+
+    /// The elements as a host slice. Fails for another dtype or a device tensor.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        let Storage::Cpu(b) = &*self.storage;
+        T::slice(b)
+            .map(|s| &s[self.offset..self.offset + self.numel()])
+            .ok_or(Error::DType {
+                op: "as_slice",
+                expected: T::DTYPE.to_string(),
+                got: self.dtype(),
+            })
+    }
+
+    /// The elements as a writable host slice, if this tensor is the only
+    /// reference to its storage.
+    pub fn slice_mut<T: Element>(&mut self) -> Result<&mut [T]> {
+        let dtype = self.dtype();
+        let count = Arc::strong_count(&self.storage) - 1;
+        let (offset, numel) = (self.offset, self.numel());
+        let Storage::Cpu(b) = Arc::get_mut(&mut self.storage).ok_or(Error::BufferInUse {
+            what: "tensor storage",
+            count,
+        })?;
+        T::slice_mut(b)
+            .map(|s| &mut s[offset..offset + numel])
+            .ok_or(Error::DType {
+                op: "slice_mut",
+                expected: T::DTYPE.to_string(),
+                got: dtype,
+            })
+    }
+
+    /// Copies the elements into a `Vec`.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        self.as_slice::<T>().map(<[T]>::to_vec)
+    }
+
+    /// Copies the elements of any float tensor into a `Vec<f64>` (exact widening).
+    pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
+        let Storage::Cpu(b) = &*self.storage;
+        let r = self.offset..self.offset + self.numel();
+        Ok(match b {
+            CpuBuffer::F32(v) => v[r].iter().map(|&x| x as f64).collect(),
+            CpuBuffer::F64(v) => v[r].to_vec(),
+            CpuBuffer::F16(v) => v[r].iter().map(|x| x.to_f64()).collect(),
+            CpuBuffer::BF16(v) => v[r].iter().map(|x| x.to_f64()).collect(),
+            CpuBuffer::U8(_) | CpuBuffer::I64(_) => {
+                return Err(Error::DType {
+                    op: "to_f64_vec",
+                    expected: "a float dtype".into(),
+                    got: self.dtype(),
+                });
+            }
+        })
+    }
+
+    /// The same data with another shape of equal element count (no copy).
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.numel() != self.numel() {
+            return Err(shape_err(
+                "reshape",
+                format!("cannot view {} as {shape}", self.shape),
+            ));
+        }
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            offset: self.offset,
+            shape,
+        })
+    }
+
+    /// A view of `numel(shape)` elements starting `offset` elements into this tensor.
+    pub(crate) fn view(&self, offset: usize, shape: Shape) -> Tensor {
+        debug_assert!(offset + shape.numel() <= self.numel());
+        Tensor {
+            storage: self.storage.clone(),
+            offset: self.offset + offset,
+            shape,
+        }
+    }
+
+    /// Fails unless the dtype is one of `allowed`.
+    pub(crate) fn expect_dtype(&self, op: &'static str, allowed: &[DType]) -> Result<DType> {
+        let d = self.dtype();
+        if allowed.contains(&d) {
+            Ok(d)
+        } else {
+            let names: Vec<String> = allowed.iter().map(|d| d.to_string()).collect();
+            Err(Error::DType {
+                op,
+                expected: names.join(" or "),
+                got: d,
+            })
+        }
+    }
+
+    /// Fails unless `other` has this tensor's dtype; returns it.
+    pub(crate) fn expect_same_dtype(&self, op: &'static str, other: &Tensor) -> Result<DType> {
+        if self.dtype() == other.dtype() {
+            Ok(self.dtype())
+        } else {
+            Err(Error::DType {
+                op,
+                expected: self.dtype().to_string(),
+                got: other.dtype(),
+            })
+        }
+    }
+
+    /// Fails unless the tensor has exactly `rank` dimensions.
+    pub(crate) fn expect_rank(&self, op: &'static str, rank: usize) -> Result<&[usize]> {
+        if self.shape.rank() == rank {
+            Ok(self.dims())
+        } else {
+            Err(shape_err(
+                op,
+                format!("expected a rank-{rank} tensor, got shape {}", self.shape),
+            ))
+        }
+    }
+}
