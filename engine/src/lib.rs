@@ -9,6 +9,7 @@
 //! - [`optim`]: SGD, LARS and the EMA teacher update over the flat buffers.
 //! - [`schedule`]: learning rate, EMA momentum and Momentum-BN β per iteration.
 //! - [`ops`]: op parameters, and the running/Momentum-BN statistics updates.
+//! - [`Rng`]: a seedable generator with saveable state, for initialisation and data.
 //!
 //! The CPU backend is the reference every other backend is tested against.
 //!
@@ -33,6 +34,7 @@ mod error;
 pub mod ops;
 pub mod optim;
 mod params;
+mod rng;
 pub mod schedule;
 mod shape;
 mod tape;
@@ -42,6 +44,7 @@ pub use device::Device;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use params::{ParamId, ParamInfo, ParamKind, ParamStore, ParamStoreBuilder, ParamVars};
+pub use rng::Rng;
 pub use shape::Shape;
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::Tensor;

@@ -1,6 +1,6 @@
 //! Optimisers and the EMA teacher update, each one pass over the flat buffers.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::params::ParamStore;
 use crate::{DType, Tensor};
 use rayon::prelude::*;
@@ -12,8 +12,22 @@ fn zeros_like_store(store: &ParamStore) -> Result<Tensor> {
     Tensor::zeros([store.flat_len()], DType::F32, store.device())
 }
 
+/// Fails unless `velocity` was made for a store of `store`'s layout length.
+fn check_matches(velocity: &Tensor, store: &ParamStore) -> Result<()> {
+    if velocity.numel() == store.flat_len() {
+        Ok(())
+    } else {
+        Err(Error::Param(format!(
+            "optimiser state has {} elements but the store has {}; was it built for another store?",
+            velocity.numel(),
+            store.flat_len()
+        )))
+    }
+}
+
 /// SGD with momentum and L2 weight decay, PyTorch's rule:
 /// `v ← μ·v + (g + wd·w)`, `w ← w − lr·v`.
+#[derive(Debug)]
 pub struct Sgd {
     /// Momentum μ.
     pub momentum: f32,
@@ -44,6 +58,7 @@ impl Sgd {
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
     pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
+        check_matches(&self.velocity, store)?;
         let (mu, wd) = (self.momentum, self.weight_decay);
         let (w, g) = store.values_and_grads_mut()?;
         let v = self.velocity.slice_mut::<f32>()?;
@@ -62,6 +77,7 @@ impl Sgd {
 /// LARS (m2t-method.md §4): per parameter tensor,
 /// `local = η·‖w‖/(‖g‖ + wd·‖w‖)` (1 for biases and BN parameters, or when a
 /// norm is zero), `v ← μ·v + lr·local·(g + wd·w)`, `w ← w − v`.
+#[derive(Debug)]
 pub struct Lars {
     /// Trust coefficient η.
     pub eta: f32,
@@ -95,6 +111,7 @@ impl Lars {
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
     pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
+        check_matches(&self.velocity, store)?;
         let (eta, mu, wd) = (self.eta as f64, self.momentum, self.weight_decay);
         let ranges: Vec<_> = store
             .infos()
@@ -134,6 +151,11 @@ pub fn ema_update(teacher: &mut ParamStore, student: &ParamStore, m: f32) -> Res
     let n = teacher.flat_len();
     let s = &student.values().as_slice::<f32>()?[..n];
     let t = teacher.values_mut()?;
+    if m == 0.0 {
+        // An exact copy, even of a teacher holding non-finite values.
+        t.copy_from_slice(s);
+        return Ok(());
+    }
     t.par_chunks_mut(GRAIN)
         .zip(s.par_chunks(GRAIN))
         .for_each(|(t, s)| {

@@ -52,7 +52,7 @@ pub struct ParamId(usize);
 
 /// Collects parameters (name, shape, kind, initial values) before the flat
 /// buffers are allocated.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct ParamStoreBuilder {
     values: Vec<f32>,
     infos: Vec<ParamInfo>,
@@ -111,6 +111,7 @@ impl ParamStoreBuilder {
 }
 
 /// A network's parameters in one flat f32 buffer, with gradients alongside.
+#[derive(Debug)]
 pub struct ParamStore {
     values: Tensor,
     grads: Tensor,
@@ -257,9 +258,16 @@ impl ParamStore {
 }
 
 /// The tape variables of a store's parameters, from [`ParamStore::attach`].
+#[derive(Debug)]
 pub struct ParamVars(Vec<Var>);
 
 impl ParamVars {
+    /// Wraps variables in declaration order, e.g. f64 or 16-bit copies of a
+    /// store's parameters made by the caller.
+    pub fn from_vars(vars: Vec<Var>) -> Self {
+        ParamVars(vars)
+    }
+
     /// The variable of parameter `id`.
     ///
     /// # Panics

@@ -173,6 +173,7 @@ impl Node {
 }
 
 /// Records ops for a backward pass, or (see [`Tape::no_grad`]) records nothing.
+#[derive(Debug)]
 pub struct Tape {
     id: u64,
     recording: bool,
@@ -603,6 +604,7 @@ impl fmt::Display for Tape {
 }
 
 /// The gradients produced by [`Tape::backward`], looked up by [`Var`].
+#[derive(Debug)]
 pub struct Gradients {
     tape: u64,
     grads: Vec<Option<Tensor>>,

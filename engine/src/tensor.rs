@@ -241,6 +241,12 @@ impl Tensor {
         })
     }
 
+    /// A copy converted to another float dtype, rounding to nearest even
+    /// (f16 overflows to ±∞); the same tensor if it already has that dtype.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        crate::ops::cast::cast(self, dtype)
+    }
+
     /// A view of `numel(shape)` elements starting `offset` elements into this tensor.
     pub(crate) fn view(&self, offset: usize, shape: Shape) -> Tensor {
         debug_assert!(offset + shape.numel() <= self.numel());

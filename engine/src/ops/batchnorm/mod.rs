@@ -206,14 +206,30 @@ pub(crate) fn backward(s: &BnSaved, dy: &Tensor) -> Result<(Tensor, Tensor, Tens
     })
 }
 
-fn stats_mut<'a>(op: &'static str, t: &'a mut Tensor, c: usize) -> Result<&'a mut [f32]> {
-    if t.dims() != [c] {
-        return Err(shape_err(
-            op,
-            format!("buffer has shape {}, expected [{c}]", t.shape()),
-        ));
+/// `buf ← (1 − w)·buf + w·batch` for the mean and variance buffers together:
+/// both are checked and borrowed before either is written.
+fn blend_into(
+    op: &'static str,
+    [mean, var]: [&mut Tensor; 2],
+    [batch_mean, batch_var]: [Vec<f64>; 2],
+    w: f64,
+) -> Result<()> {
+    let c = batch_mean.len();
+    for t in [&*mean, &*var] {
+        if t.dims() != [c] {
+            return Err(shape_err(
+                op,
+                format!("buffer has shape {}, expected [{c}]", t.shape()),
+            ));
+        }
     }
-    t.slice_mut::<f32>()
+    let (mean, var) = (mean.slice_mut::<f32>()?, var.slice_mut::<f32>()?);
+    for (buf, batch) in [(mean, batch_mean), (var, batch_var)] {
+        for (h, b) in buf.iter_mut().zip(batch) {
+            *h = ((1.0 - w) * *h as f64 + w * b) as f32;
+        }
+    }
+    Ok(())
 }
 
 /// Training-mode running update (PyTorch's rule):
@@ -230,13 +246,7 @@ pub fn update_running_stats(
         f32_stats(OP, &stats.mean, c)?,
         f32_stats(OP, &stats.var, c)?,
     );
-    for (buf, batch) in [(mean, bm), (var, bv)] {
-        let buf = stats_mut(OP, buf, c)?;
-        for (r, b) in buf.iter_mut().zip(batch) {
-            *r = ((1.0 - momentum) * *r as f64 + momentum * b) as f32;
-        }
-    }
-    Ok(())
+    blend_into(OP, [mean, var], [bm, bv], momentum)
 }
 
 /// Momentum BN's lazy history update, once per iteration after both teacher views
@@ -253,6 +263,15 @@ pub fn momentum_bn_update(
 ) -> Result<()> {
     const OP: &str = "momentum_bn_update";
     let c = view1.mean.numel();
+    if view1.count < 2 {
+        return Err(shape_err(
+            OP,
+            format!(
+                "{} value(s) per channel: batch statistics need at least 2",
+                view1.count
+            ),
+        ));
+    }
     if view2.mean.numel() != c || view1.count != view2.count {
         return Err(Error::Shape {
             op: OP,
@@ -275,11 +294,5 @@ pub fn momentum_bn_update(
         .iter()
         .map(|v| v * corr)
         .collect();
-    for (buf, batch) in [(mean, batch_mean), (var, batch_var)] {
-        let buf = stats_mut(OP, buf, c)?;
-        for (h, b) in buf.iter_mut().zip(batch) {
-            *h = (beta * b + (1.0 - beta) * *h as f64) as f32;
-        }
-    }
-    Ok(())
+    blend_into(OP, [mean, var], [batch_mean, batch_var], beta)
 }

@@ -1,0 +1,307 @@
+//! The Momentum² Teacher model (m2t-method.md §1–§3): a student (backbone,
+//! projector, predictor) trained by SGD or LARS, and a teacher (backbone,
+//! projector) that follows it by EMA and normalises with Momentum BN.
+
+use crate::heads::Mlp;
+use crate::layers::{BN_MOMENTUM, BnBuffers, BnMode, Forward, NetBuilder};
+use crate::resnet::{ResNet, ResNetConfig};
+use crate::{Error, Result};
+use engine::ops::{BatchStats, BesselCorrection};
+use engine::optim::ema_update;
+use engine::schedule::{ema_momentum, mbn_beta};
+use engine::{ParamStore, ParamVars, Tape, Tensor, Var};
+use std::fmt;
+use std::str::FromStr;
+
+/// How the teacher's batch-norm layers normalise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum TeacherBn {
+    /// Momentum BN in every layer (the method).
+    #[default]
+    Momentum,
+    /// Ordinary per-view batch statistics (the paper's ablation).
+    Plain,
+}
+
+impl fmt::Display for TeacherBn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TeacherBn::Momentum => "momentum",
+            TeacherBn::Plain => "plain",
+        })
+    }
+}
+
+impl FromStr for TeacherBn {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "momentum" => Ok(TeacherBn::Momentum),
+            "plain" => Ok(TeacherBn::Plain),
+            _ => Err(Error::Config(format!(
+                "unknown teacher BN '{s}': expected momentum or plain"
+            ))),
+        }
+    }
+}
+
+/// Everything that shapes the M2T model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct M2tConfig {
+    /// The backbone.
+    pub backbone: ResNetConfig,
+    /// Projector hidden width (4096 in the method).
+    pub proj_hidden: usize,
+    /// Projector output and predictor input/output width (256).
+    pub proj_out: usize,
+    /// Predictor hidden width (4096).
+    pub pred_hidden: usize,
+    /// Teacher batch norm: Momentum BN or the plain ablation.
+    pub teacher_bn: TeacherBn,
+    /// Momentum BN's Bessel correction (the release's double one by default).
+    pub correction: BesselCorrection,
+    /// EMA momentum at the start, m0 (0.99).
+    pub ema_base: f64,
+}
+
+impl M2tConfig {
+    /// The method's heads and schedules around `backbone`.
+    pub fn new(backbone: ResNetConfig) -> Self {
+        M2tConfig {
+            backbone,
+            proj_hidden: 4096,
+            proj_out: 256,
+            pred_hidden: 4096,
+            teacher_bn: TeacherBn::Momentum,
+            correction: BesselCorrection::Double,
+            ema_base: 0.99,
+        }
+    }
+}
+
+/// Which network of the pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Which {
+    /// The network trained by the optimiser.
+    Student,
+    /// The EMA network, the one evaluated and exported.
+    Teacher,
+}
+
+/// What one iteration reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// The symmetric loss, in [0, 8].
+    pub loss: f64,
+    /// The EMA momentum used this iteration.
+    pub ema_momentum: f64,
+    /// The Momentum-BN β used this iteration.
+    pub mbn_beta: f64,
+}
+
+/// The student/teacher pair with their parameters and BN buffers.
+pub struct M2t {
+    config: M2tConfig,
+    backbone: ResNet,
+    projector: Mlp,
+    predictor: Mlp,
+    student: ParamStore,
+    teacher: ParamStore,
+    student_bn: BnBuffers,
+    teacher_bn: BnBuffers,
+}
+
+impl M2t {
+    /// A freshly initialised pair; the teacher is an exact copy of the student.
+    pub fn new(config: M2tConfig, seed: u64) -> Result<Self> {
+        if config.proj_hidden == 0 || config.proj_out == 0 || config.pred_hidden == 0 {
+            return Err(Error::Config("head widths must be at least 1".into()));
+        }
+        // The teacher declares the same leading layers as the student, so its
+        // parameters and BN layers are a layout prefix of the student's.
+        let declare = |with_predictor: bool| -> Result<_> {
+            let mut b = NetBuilder::new(seed);
+            let backbone = ResNet::new(&mut b, config.backbone)?;
+            let projector = Mlp::new(
+                &mut b,
+                "projector",
+                config.backbone.feature_dim(),
+                config.proj_hidden,
+                config.proj_out,
+            )?;
+            let predictor = if with_predictor {
+                Some(Mlp::new(
+                    &mut b,
+                    "predictor",
+                    config.proj_out,
+                    config.pred_hidden,
+                    config.proj_out,
+                )?)
+            } else {
+                None
+            };
+            let buffers = BnBuffers::new(&b.bn_layers)?;
+            Ok((backbone, projector, predictor, b.params.build()?, buffers))
+        };
+        let (backbone, projector, predictor, student, student_bn) = declare(true)?;
+        let (_, _, _, mut teacher, teacher_bn) = declare(false)?;
+        ema_update(&mut teacher, &student, 0.0)?;
+        Ok(M2t {
+            config,
+            backbone,
+            projector,
+            predictor: predictor.expect("declared with a predictor"),
+            student,
+            teacher,
+            student_bn,
+            teacher_bn,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &M2tConfig {
+        &self.config
+    }
+
+    /// The student's parameters (and accumulated gradients).
+    pub fn student(&self) -> &ParamStore {
+        &self.student
+    }
+
+    /// The student's parameters, for the optimiser step.
+    pub fn student_mut(&mut self) -> &mut ParamStore {
+        &mut self.student
+    }
+
+    /// The teacher's parameters.
+    pub fn teacher(&self) -> &ParamStore {
+        &self.teacher
+    }
+
+    /// The teacher's parameters, e.g. to restore a checkpoint.
+    pub fn teacher_mut(&mut self) -> &mut ParamStore {
+        &mut self.teacher
+    }
+
+    /// A network's parameters and BN buffers (running statistics for the
+    /// student, Momentum-BN history for the teacher).
+    pub fn network(&self, which: Which) -> (&ParamStore, &BnBuffers) {
+        match which {
+            Which::Student => (&self.student, &self.student_bn),
+            Which::Teacher => (&self.teacher, &self.teacher_bn),
+        }
+    }
+
+    /// A network's parameters and BN buffers, writable (import, resume).
+    pub fn network_mut(&mut self, which: Which) -> (&mut ParamStore, &mut BnBuffers) {
+        match which {
+            Which::Student => (&mut self.student, &mut self.student_bn),
+            Which::Teacher => (&mut self.teacher, &mut self.teacher_bn),
+        }
+    }
+
+    /// The backbone's structure (shared by student and teacher).
+    pub fn backbone(&self) -> &ResNet {
+        &self.backbone
+    }
+
+    /// Eval-mode backbone features `[n, feature_dim]` of NHWC images: the
+    /// student normalises with its running statistics, the teacher with its
+    /// Momentum-BN history.
+    pub fn features(&self, which: Which, images: &Tensor) -> Result<Tensor> {
+        let (store, buffers) = self.network(which);
+        let mut tape = Tape::no_grad();
+        let params = store.attach(&mut tape);
+        let mut f = Forward::new(&mut tape, &params, BnMode::Eval, buffers);
+        let x = f.tape.constant(images.clone());
+        Ok(self.backbone.forward(&mut f, &x)?.value().clone())
+    }
+
+    /// Student output for one view: `normalize(predictor(projector(backbone(x))))`.
+    fn student_view(
+        &self,
+        tape: &mut Tape,
+        params: &ParamVars,
+        x: &Tensor,
+    ) -> Result<(Var, Vec<Option<BatchStats>>)> {
+        let mut f = Forward::new(tape, params, BnMode::Train, &self.student_bn);
+        let x = f.tape.constant(x.clone());
+        let h = self.backbone.forward(&mut f, &x)?;
+        let z = self.projector.forward(&mut f, &h)?;
+        let p = self.predictor.forward(&mut f, &z)?;
+        let q = f.tape.l2_normalize(&p)?;
+        Ok((q, f.stats))
+    }
+
+    /// Teacher target for one view, without gradient: `normalize(projector(backbone(x)))`.
+    fn teacher_view(&self, mode: BnMode, x: &Tensor) -> Result<(Tensor, Vec<Option<BatchStats>>)> {
+        let mut tape = Tape::no_grad();
+        let params = self.teacher.attach(&mut tape);
+        let mut f = Forward::new(&mut tape, &params, mode, &self.teacher_bn);
+        let x = f.tape.constant(x.clone());
+        let h = self.backbone.forward(&mut f, &x)?;
+        let z = self.projector.forward(&mut f, &h)?;
+        let k = f.tape.l2_normalize(&z)?;
+        Ok((k.value().clone(), f.stats))
+    }
+
+    /// One M2T iteration `k` of `total` on two views of a batch (NHWC f32):
+    /// the EMA update, the teacher's two forwards on the crossed views with the
+    /// lazy Momentum-BN history update, the student's two forwards and the
+    /// backward pass. The student's gradient buffer then holds this step's
+    /// gradients; the caller applies the optimiser.
+    pub fn step(
+        &mut self,
+        view1: &Tensor,
+        view2: &Tensor,
+        k: usize,
+        total: usize,
+    ) -> Result<StepReport> {
+        let m = ema_momentum(k, total, self.config.ema_base);
+        ema_update(&mut self.teacher, &self.student, m as f32)?;
+
+        let beta = mbn_beta(k, total);
+        let mode = match self.config.teacher_bn {
+            TeacherBn::Momentum => BnMode::Momentum {
+                beta,
+                correction: self.config.correction,
+            },
+            TeacherBn::Plain => BnMode::Train,
+        };
+        // Both views see the same history: it moves only after the second.
+        let (k1, teacher_stats2) = self.teacher_view(mode, view2)?;
+        let (k2, teacher_stats1) = self.teacher_view(mode, view1)?;
+        match self.config.teacher_bn {
+            TeacherBn::Momentum => self.teacher_bn.update_momentum(
+                &teacher_stats1,
+                &teacher_stats2,
+                beta,
+                self.config.correction,
+            )?,
+            TeacherBn::Plain => {
+                self.teacher_bn
+                    .update_running(&teacher_stats2, BN_MOMENTUM)?;
+                self.teacher_bn
+                    .update_running(&teacher_stats1, BN_MOMENTUM)?;
+            }
+        }
+
+        let mut tape = Tape::new();
+        let params = self.student.attach(&mut tape);
+        let (q1, stats1) = self.student_view(&mut tape, &params, view1)?;
+        let (q2, stats2) = self.student_view(&mut tape, &params, view2)?;
+        let (k1, k2) = (tape.constant(k1), tape.constant(k2));
+        let loss = tape.m2t_loss(&q1, &k1, &q2, &k2)?;
+        let loss_value = loss.value().to_f64_vec()?[0];
+        let grads = tape.backward(&loss)?;
+        self.student.zero_grad()?;
+        self.student.accumulate_grads(params, &grads)?;
+        self.student_bn.update_running(&stats1, BN_MOMENTUM)?;
+        self.student_bn.update_running(&stats2, BN_MOMENTUM)?;
+        Ok(StepReport {
+            loss: loss_value,
+            ema_momentum: m,
+            mbn_beta: beta,
+        })
+    }
+}

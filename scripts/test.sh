@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every check CI runs: formatting, lints, and the whole test suite
+# (tests build with optimisation on; see [profile.test] in Cargo.toml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
