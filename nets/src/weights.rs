@@ -1,7 +1,9 @@
-//! Backbone weights as safetensors with torchvision's names and layouts, so
-//! `torchvision.models.resnetXX().load_state_dict(..., strict=False)` loads an
-//! exported file (only `fc.*` and `num_batches_tracked` missing), and
-//! torchvision weights can start a run here.
+//! Network weights as safetensors with PyTorch's names and layouts. A backbone
+//! export loads into `torchvision.models.resnetXX()` with
+//! `load_state_dict(..., strict=False)` (only `fc.*` and `num_batches_tracked`
+//! missing), and torchvision weights can start a run here. Whole-network files
+//! add the heads under `projector.*` / `predictor.*`, as an
+//! `nn.Sequential(Linear, BatchNorm1d, ReLU, Linear)` would name them.
 //!
 //! Inside the engine convolution weights are KRSC; in the file they are OIHW.
 //! BN buffers are written as `{layer}.running_mean` / `{layer}.running_var`
@@ -16,9 +18,19 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-/// Heads are not part of a torchvision backbone.
-fn is_backbone(name: &str) -> bool {
-    !(name.starts_with("projector.") || name.starts_with("predictor."))
+/// Which tensors of a network a file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The ResNet backbone only (what torchvision loads).
+    Backbone,
+    /// Every parameter and BN buffer, heads included.
+    Whole,
+}
+
+impl Part {
+    fn includes(self, name: &str) -> bool {
+        self == Part::Whole || !(name.starts_with("projector.") || name.starts_with("predictor."))
+    }
 }
 
 /// Tensors torchvision has that a backbone here does not, and may be ignored.
@@ -26,8 +38,9 @@ fn ignorable(name: &str) -> bool {
     name.starts_with("fc.") || name.ends_with(".num_batches_tracked")
 }
 
-/// KRSC → OIHW for rank-4 weights; other shapes unchanged.
-fn to_torch_layout(shape: &[usize], data: &[f32]) -> (Vec<usize>, Vec<f32>) {
+/// KRSC → OIHW for rank-4 weights (the engine's layout to PyTorch's); other
+/// shapes unchanged. Returns the PyTorch shape and data.
+pub fn to_torch_layout(shape: &[usize], data: &[f32]) -> (Vec<usize>, Vec<f32>) {
     let &[k, r, s, c] = shape else {
         return (shape.to_vec(), data.to_vec());
     };
@@ -39,8 +52,8 @@ fn to_torch_layout(shape: &[usize], data: &[f32]) -> (Vec<usize>, Vec<f32>) {
     (vec![k, c, r, s], out)
 }
 
-/// OIHW → KRSC for rank-4 weights; other shapes unchanged.
-fn from_torch_layout(oihw: &[usize], data: &[f32]) -> Vec<f32> {
+/// OIHW → KRSC for rank-4 weights, given the PyTorch shape; other shapes unchanged.
+pub fn from_torch_layout(oihw: &[usize], data: &[f32]) -> Vec<f32> {
     let &[_, c, r, s] = oihw else {
         return data.to_vec();
     };
@@ -55,15 +68,16 @@ fn from_torch_layout(oihw: &[usize], data: &[f32]) -> Vec<f32> {
 /// A tensor in torchvision's layout: shape and f32 data.
 type TorchTensor = (Vec<usize>, Vec<f32>);
 
-/// The backbone's tensors under torchvision's names, torchvision layout, f32.
-fn backbone_tensors(
+/// The tensors of `part` under PyTorch's names, in PyTorch's layout, f32.
+fn torch_tensors(
     store: &ParamStore,
     buffers: &BnBuffers,
+    part: Part,
 ) -> Result<BTreeMap<String, TorchTensor>> {
     let mut out = BTreeMap::new();
     for id in store.ids() {
         let info = store.info(id);
-        if is_backbone(&info.name) {
+        if part.includes(&info.name) {
             let value = store.value(id);
             out.insert(
                 info.name.clone(),
@@ -72,7 +86,7 @@ fn backbone_tensors(
         }
     }
     for i in 0..buffers.len() {
-        if is_backbone(buffers.name(i)) {
+        if part.includes(buffers.name(i)) {
             for (suffix, t) in [
                 ("running_mean", buffers.mean(i)),
                 ("running_var", buffers.var(i)),
@@ -111,10 +125,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Exports the backbone of `store`/`buffers` to `path` (safetensors, f32,
-/// torchvision names and OIHW layout).
-pub fn export_backbone(path: &Path, store: &ParamStore, buffers: &BnBuffers) -> Result<()> {
-    let tensors = backbone_tensors(store, buffers)?;
+/// Exports `part` of a network (its parameters `store` and BN statistics
+/// `buffers`) to `path`: safetensors, f32, PyTorch names and OIHW convolutions.
+pub fn export(path: &Path, store: &ParamStore, buffers: &BnBuffers, part: Part) -> Result<()> {
+    let tensors = torch_tensors(store, buffers, part)?;
     let views = tensors
         .iter()
         .map(|(name, (shape, data))| {
@@ -130,10 +144,17 @@ pub fn export_backbone(path: &Path, store: &ParamStore, buffers: &BnBuffers) -> 
     write_atomic(path, &bytes)
 }
 
-/// Imports backbone weights from a torchvision-named safetensors file into
+/// Imports `part` of a network from a PyTorch-named safetensors file into
 /// `store`/`buffers`. Every missing, unexpected, mis-shaped or non-f32 tensor is
 /// listed in one [`Error::Mismatch`]; nothing is changed unless all match.
-pub fn import_backbone(path: &Path, store: &mut ParamStore, buffers: &mut BnBuffers) -> Result<()> {
+/// torchvision's `fc.*` and `num_batches_tracked` are ignored, and so are the
+/// heads when importing only the backbone.
+pub fn import(
+    path: &Path,
+    store: &mut ParamStore,
+    buffers: &mut BnBuffers,
+    part: Part,
+) -> Result<()> {
     let bytes = fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -142,7 +163,7 @@ pub fn import_backbone(path: &Path, store: &mut ParamStore, buffers: &mut BnBuff
         path: path.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let expected = backbone_tensors(store, buffers)?;
+    let expected = torch_tensors(store, buffers, part)?;
     let mut problems = Vec::new();
     let mut loaded: BTreeMap<String, Vec<f32>> = BTreeMap::new();
     for (name, (shape, _)) in &expected {
@@ -173,7 +194,7 @@ pub fn import_backbone(path: &Path, store: &mut ParamStore, buffers: &mut BnBuff
     let mut unexpected: Vec<&str> = file
         .names()
         .into_iter()
-        .filter(|n| !known.contains(&n.to_string()) && !ignorable(n))
+        .filter(|n| !known.contains(&n.to_string()) && !ignorable(n) && part.includes(n))
         .collect();
     unexpected.sort();
     problems.extend(unexpected.iter().map(|n| format!("unexpected tensor {n}")));

@@ -1,30 +1,75 @@
-//! `trainer`: the Momentum² Teacher command-line tool.
+//! `trainer`: Momentum² Teacher self-supervised pretraining of ResNets.
 
 use clap::{Parser, Subcommand};
+use trainer::bench::BenchArgs;
+use trainer::commands::{EmbedArgs, ExportArgs, KnnArgs, LinearEvalArgs};
+use trainer::config::PretrainOptions;
 
 /// Momentum² Teacher self-supervised pretraining of ResNets.
+///
+/// With no subcommand, pretrains: `trainer --arch resnet18 --bs 128`.
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    name = "trainer",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    pretrain: PretrainOptions,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the compute backends this build has and what they can use.
+    /// Pretrain student and teacher (the default command).
+    Pretrain(PretrainOptions),
+    /// kNN accuracy (k=200, cosine, t=0.1) of a checkpoint's backbone features, or of raw pixels.
+    Knn(KnnArgs),
+    /// Linear evaluation on frozen backbone features (m2t-method.md §6).
+    LinearEval(LinearEvalArgs),
+    /// Write backbone features of a dataset or of an `images` safetensors file.
+    Embed(EmbedArgs),
+    /// Export a backbone as safetensors that torchvision's resnetXX() loads.
+    Export(ExportArgs),
+    /// Time full M2T steps on synthetic data.
+    Bench(BenchArgs),
+    /// Show the compute backends and datasets this build can use.
     Info,
 }
 
 fn main() {
-    match Cli::parse().command {
-        Command::Info => {
-            println!("trainer {}", env!("CARGO_PKG_VERSION"));
-            println!(
-                "cpu: reference backend, {} rayon threads (set RAYON_NUM_THREADS to change)",
-                rayon::current_num_threads()
-            );
-            println!("cuda: not in this build (CPU reference backend only)");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            std::process::exit(0);
         }
+        Err(e) => {
+            let rendered = e.to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("trainer: {}", line.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.command {
+        None => trainer::pretrain::run(cli.pretrain),
+        Some(Command::Pretrain(opts)) => trainer::pretrain::run(opts),
+        Some(Command::Knn(args)) => trainer::commands::knn(args).map(|_| ()),
+        Some(Command::LinearEval(args)) => trainer::commands::linear_eval(args),
+        Some(Command::Embed(args)) => trainer::commands::embed(args),
+        Some(Command::Export(args)) => trainer::commands::export_backbone(args),
+        Some(Command::Bench(args)) => trainer::bench::run(args),
+        Some(Command::Info) => {
+            trainer::commands::info();
+            Ok(())
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("trainer: {e}");
+        std::process::exit(e.exit_code());
     }
 }

@@ -1,0 +1,383 @@
+//! The evaluation and tooling subcommands: knn, linear-eval, embed, export, info.
+
+use crate::augment::AugmentConfig;
+use crate::checkpoint;
+use crate::config::{DataSource, RunConfig};
+use crate::data::Splits;
+use crate::eval;
+use crate::pretrain::{model_config, open_data};
+use crate::{Error, Result};
+use clap::{Args, ValueEnum};
+use engine::Tensor;
+use nets::m2t::{M2t, Which};
+use nets::weights::{Part, export, write_atomic};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::path::{Path, PathBuf};
+
+/// Which network of a checkpoint.
+#[derive(Clone, Copy, Debug, Default, ValueEnum)]
+pub enum Network {
+    /// The EMA teacher (the one the method evaluates).
+    #[default]
+    Teacher,
+    /// The student.
+    Student,
+}
+
+impl From<Network> for Which {
+    fn from(n: Network) -> Which {
+        match n {
+            Network::Teacher => Which::Teacher,
+            Network::Student => Which::Student,
+        }
+    }
+}
+
+/// A checkpoint loaded with the configuration of its run.
+pub struct Loaded {
+    /// The run's resolved configuration.
+    pub config: RunConfig,
+    /// Student and teacher.
+    pub model: M2t,
+}
+
+/// Loads the model of a run folder (its latest checkpoint) or of a checkpoint folder.
+pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
+    let dir = checkpoint::locate(path)?;
+    let run = dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| Error::data(&dir, "checkpoint folder is not inside a run folder"))?;
+    let config = RunConfig::load(&run.join("config.toml"))?;
+    let mut model = M2t::new(model_config(&config), config.seed)?;
+    checkpoint::restore_network(&dir, &mut model, Which::Student)?;
+    checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
+    Ok(Loaded { config, model })
+}
+
+/// Options of `trainer knn`.
+#[derive(Args, Debug)]
+pub struct KnnArgs {
+    /// Run folder (uses its latest checkpoint) or checkpoint folder.
+    #[arg(long, required_unless_present = "raw_pixels")]
+    pub checkpoint: Option<PathBuf>,
+    /// Labelled dataset to evaluate on [default: the run's dataset].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Neighbours.
+    #[arg(long, default_value_t = eval::KNN_K)]
+    pub k: usize,
+    /// Temperature of the weighted vote.
+    #[arg(long, default_value_t = eval::KNN_T)]
+    pub t: f64,
+    /// Network whose backbone features are used.
+    #[arg(long, value_enum, default_value_t = Network::Teacher)]
+    pub which: Network,
+    /// Labelled training images used as memory (0: all).
+    #[arg(long, default_value_t = 10_000)]
+    pub memory: usize,
+    /// Test images used as queries (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub queries: usize,
+    /// Evaluate raw centred pixels instead of a network (needs --data; --res sets the size).
+    #[arg(long)]
+    pub raw_pixels: bool,
+    /// Image size for --raw-pixels [default: the dataset's].
+    #[arg(long)]
+    pub res: Option<usize>,
+}
+
+fn labelled(splits: &Splits, what: &Path) -> Result<()> {
+    if splits.labelled_train.is_none() || splits.test.is_none() {
+        return Err(Error::Usage(format!(
+            "{}: kNN needs labelled train and test splits",
+            what.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `trainer knn`; prints and returns the accuracy.
+pub fn knn(args: KnnArgs) -> Result<f64> {
+    if args.k == 0 || !(args.t > 0.0) {
+        return Err(Error::Usage(format!(
+            "--k {} --t {}: need k ≥ 1 and t > 0",
+            args.k, args.t
+        )));
+    }
+    let (splits, aug, label) = if args.raw_pixels {
+        let data = args
+            .data
+            .clone()
+            .ok_or_else(|| Error::Usage("--raw-pixels needs --data".into()))?;
+        let splits = open_data(&DataSource::Path(data.clone()), 0, 0)?;
+        let res = args
+            .res
+            .or(splits.train.native_size().map(|(h, w)| h.min(w)))
+            .unwrap_or(224);
+        let aug = AugmentConfig::new(res, splits.train.channels())?;
+        labelled(&splits, &data)?;
+        (splits, aug, "raw pixels".to_string())
+    } else {
+        let path = args
+            .checkpoint
+            .clone()
+            .ok_or_else(|| Error::Usage("--checkpoint is required".into()))?;
+        let loaded = load_checkpoint(&path)?;
+        let source = args
+            .data
+            .clone()
+            .map_or(loaded.config.data.clone(), DataSource::Path);
+        let splits = open_data(&source, loaded.config.res, loaded.config.seed)?;
+        labelled(&splits, &path)?;
+        let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
+        let (memory, queries) = (splits.labelled_train.as_ref(), splits.test.as_ref());
+        let (Some(memory), Some(queries)) = (memory, queries) else {
+            unreachable!("checked by labelled()")
+        };
+        let which = Which::from(args.which);
+        let mem = eval::network_features(&loaded.model, which, memory, &aug, args.memory)?;
+        let q = eval::network_features(&loaded.model, which, queries, &aug, args.queries)?;
+        let classes = memory.num_classes().unwrap_or(0);
+        let acc = crate::knn::knn_accuracy(&mem, &q, args.k, args.t, classes)?;
+        println!(
+            "knn {:?} k={} t={}: {:.2}% ({} memory, {} queries)",
+            args.which,
+            args.k,
+            args.t,
+            100.0 * acc,
+            mem.labels.len(),
+            q.labels.len()
+        );
+        return Ok(acc);
+    };
+    let (Some(memory), Some(queries)) = (splits.labelled_train.as_ref(), splits.test.as_ref())
+    else {
+        unreachable!("checked by labelled()")
+    };
+    let acc = eval::knn_of_pixels(memory, queries, &aug, args.memory, args.queries)?;
+    println!("knn {label}: {:.2}%", 100.0 * acc);
+    Ok(acc)
+}
+
+/// Options of `trainer export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Run folder (uses its latest checkpoint) or checkpoint folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output safetensors file (torchvision names and layout).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Network to export.
+    #[arg(long, value_enum, default_value_t = Network::Teacher)]
+    pub which: Network,
+}
+
+/// Runs `trainer export`: the backbone for `torchvision.models.resnetXX().load_state_dict(..., strict=False)`.
+pub fn export_backbone(args: ExportArgs) -> Result<()> {
+    let loaded = load_checkpoint(&args.checkpoint)?;
+    let (store, buffers) = loaded.model.network(args.which.into());
+    export(&args.out, store, buffers, Part::Backbone)?;
+    println!(
+        "wrote {} ({:?} backbone, {}, torchvision names)",
+        args.out.display(),
+        args.which,
+        loaded.config.arch
+    );
+    Ok(())
+}
+
+/// Options of `trainer embed`.
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Run folder (uses its latest checkpoint) or checkpoint folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset to embed (its test split if it has one, else its training split).
+    #[arg(long, conflicts_with = "input", required_unless_present = "input")]
+    pub data: Option<PathBuf>,
+    /// Safetensors file with `images`: f32 [N,H,W,C], already normalised.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Output safetensors file with `features` [N,F] (and `labels` for --data).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Network whose backbone embeds.
+    #[arg(long, value_enum, default_value_t = Network::Teacher)]
+    pub which: Network,
+}
+
+fn read_images(path: &Path, channels: usize) -> Result<Tensor> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::data(path, format!("not a valid safetensors file: {e}")))?;
+    let view = file
+        .tensor("images")
+        .map_err(|_| Error::data(path, "no `images` tensor"))?;
+    let shape = view.shape().to_vec();
+    if view.dtype() != Dtype::F32 || shape.len() != 4 || shape[3] != channels {
+        return Err(Error::data(
+            path,
+            format!(
+                "`images` is {:?} {shape:?}; expected F32 [N,H,W,{channels}]",
+                view.dtype()
+            ),
+        ));
+    }
+    let data: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(Tensor::from_vec(data, shape)?)
+}
+
+/// Runs `trainer embed`.
+pub fn embed(args: EmbedArgs) -> Result<()> {
+    let loaded = load_checkpoint(&args.checkpoint)?;
+    let which = Which::from(args.which);
+    let (features, labels) = match (&args.input, &args.data) {
+        (Some(input), _) => {
+            let images = read_images(input, loaded.config.channels)?;
+            let f = loaded.model.features(which, &images)?;
+            let dim = f.dims()[1];
+            (
+                crate::knn::Features {
+                    data: f.to_vec()?,
+                    dim,
+                    labels: Vec::new(),
+                },
+                None,
+            )
+        }
+        (None, Some(data)) => {
+            let splits = open_data(
+                &DataSource::Path(data.clone()),
+                loaded.config.res,
+                loaded.config.seed,
+            )?;
+            if splits.train.channels() != loaded.config.channels {
+                return Err(Error::Usage(format!(
+                    "{} has {} channels; the network takes {}",
+                    data.display(),
+                    splits.train.channels(),
+                    loaded.config.channels
+                )));
+            }
+            let set = splits.test.as_ref().unwrap_or(&splits.train);
+            let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
+            let f = eval::network_features(&loaded.model, which, set, &aug, 0)?;
+            let has_labels = set.label(0).is_some();
+            let labels = has_labels.then(|| f.labels.clone());
+            (f, labels)
+        }
+        (None, None) => return Err(Error::Usage("pass --data PATH or --input FILE".into())),
+    };
+    let n = features.data.len() / features.dim.max(1);
+    let mut tensors = vec![(
+        "features".to_string(),
+        TensorView::new(
+            Dtype::F32,
+            vec![n, features.dim],
+            bytemuck::cast_slice(&features.data),
+        )
+        .map_err(|e| Error::data(&args.out, e.to_string()))?,
+    )];
+    if let Some(labels) = &labels {
+        tensors.push((
+            "labels".to_string(),
+            TensorView::new(Dtype::I64, vec![labels.len()], bytemuck::cast_slice(labels))
+                .map_err(|e| Error::data(&args.out, e.to_string()))?,
+        ));
+    }
+    let bytes =
+        safetensors::serialize(tensors, None).map_err(|e| Error::data(&args.out, e.to_string()))?;
+    write_atomic(&args.out, &bytes)?;
+    println!(
+        "wrote {} features of dimension {} to {}",
+        n,
+        features.dim,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Runs `trainer info`.
+pub fn info() {
+    println!("trainer {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "cpu: reference backend (f32), {} threads (RAYON_NUM_THREADS to change)",
+        rayon::current_num_threads()
+    );
+    println!("cuda: not in this build; --device cuda is refused, --device auto uses the CPU");
+    let fm = std::path::Path::new(crate::data::FASHION_MNIST_DIR);
+    if fm.is_dir() {
+        println!("fashion-mnist: {}", fm.display());
+    } else {
+        println!("fashion-mnist: missing (apt-get install dataset-fashion-mnist)");
+    }
+}
+
+/// Options of `trainer linear-eval`.
+#[derive(Args, Debug)]
+pub struct LinearEvalArgs {
+    /// Run folder (uses its latest checkpoint) or checkpoint folder.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Labelled dataset [default: the run's dataset].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Epochs (the method's 80 at ImageNet scale; fewer suit small data).
+    #[arg(long, default_value_t = 80)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    pub bs: usize,
+    /// Learning rate [default: 0.2·bs/256].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Training images per epoch (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// Network whose frozen backbone is probed.
+    #[arg(long, value_enum, default_value_t = Network::Teacher)]
+    pub which: Network,
+}
+
+/// Runs `trainer linear-eval`.
+pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
+    let loaded = load_checkpoint(&args.checkpoint)?;
+    let source = args
+        .data
+        .clone()
+        .map_or(loaded.config.data.clone(), DataSource::Path);
+    let splits = open_data(&source, loaded.config.res, loaded.config.seed)?;
+    labelled(&splits, &args.checkpoint)?;
+    let (Some(train), Some(test)) = (splits.labelled_train.as_ref(), splits.test.as_ref()) else {
+        unreachable!("checked by labelled()")
+    };
+    let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
+    let lr = args.lr.unwrap_or(0.2 * args.bs as f64 / 256.0);
+    let report = eval::linear_eval(
+        &loaded.model,
+        args.which.into(),
+        train,
+        test,
+        &aug,
+        args.epochs,
+        args.bs,
+        lr,
+        args.limit,
+        loaded.config.seed,
+    )?;
+    for (e, acc) in report.per_epoch.iter().enumerate() {
+        println!("epoch {}: top-1 {:.2}%", e + 1, 100.0 * acc);
+    }
+    println!(
+        "linear eval {:?}: best top-1 {:.2}%",
+        args.which,
+        100.0 * report.best
+    );
+    Ok(())
+}

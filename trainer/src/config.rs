@@ -1,0 +1,292 @@
+//! Pretraining options: the same keys as command-line flags (`--proj-hidden`)
+//! and as a TOML file (`proj-hidden = 512`); flags override the file, the file
+//! overrides the defaults, and the resolved [`RunConfig`] is saved with the run.
+
+use crate::{Error, Result};
+use clap::Args;
+use nets::m2t::TeacherBn;
+use nets::resnet::{Arch, Stem};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Every pretraining option, each optional so that flags can be layered over a
+/// config file and the file over the defaults.
+#[derive(Args, Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PretrainOptions {
+    /// Backbone: resnet18, resnet34, resnet50, resnet101 or resnet152 [required].
+    #[arg(long, value_parser = parse::<Arch>)]
+    #[serde(default, with = "opt_str")]
+    pub arch: Option<Arch>,
+    /// Pairs of views per step (batch size) [required].
+    #[arg(long)]
+    pub bs: Option<usize>,
+    /// Stem: imagenet (7×7/2 conv + max-pool) or small (3×3/1 conv, for 28–96 px)
+    /// [default: small below 128 px, else imagenet].
+    #[arg(long, value_parser = parse::<Stem>)]
+    #[serde(default, with = "opt_str")]
+    pub stem: Option<Stem>,
+    /// Crop size of the augmented views in pixels [default: the dataset's image size, 224 for ImageFolder].
+    #[arg(long)]
+    pub res: Option<usize>,
+    /// Dataset on disk: an MNIST/Fashion-MNIST IDX folder, CIFAR-10/100 or STL-10 binary folder, or an ImageFolder.
+    #[arg(long, conflicts_with = "dataset")]
+    pub data: Option<PathBuf>,
+    /// A named dataset: fashion-mnist (/usr/share/datasets/fashion-mnist) or synthetic [default: fashion-mnist].
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Training length in epochs [default: 100].
+    #[arg(long, conflicts_with = "steps")]
+    pub epochs: Option<usize>,
+    /// Training length in steps (overrides --epochs); 0 writes the initial checkpoint and exits.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// auto, cpu or cuda[:N] [default: auto].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// bf16, fp16 or fp32 [default: bf16 on a GPU, fp32 on the CPU].
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// sgd or lars [default: sgd].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Peak learning rate [default: 0.05·bs/256 for SGD, 0.45·bs/256 for LARS (0.3 from 300 epochs)].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay on every parameter [default: 1e-4 for SGD, 1e-6 for LARS].
+    #[arg(long)]
+    pub wd: Option<f64>,
+    /// Linear warm-up epochs, clamped to a tenth of the run [default: 10].
+    #[arg(long)]
+    pub warmup_epochs: Option<usize>,
+    /// EMA momentum at the start, rising to 1 by cosine [default: 0.99].
+    #[arg(long)]
+    pub ema: Option<f64>,
+    /// Teacher batch norm: momentum (the method) or plain (the ablation) [default: momentum].
+    #[arg(long, value_parser = parse::<TeacherBn>)]
+    #[serde(default, with = "opt_str")]
+    pub teacher_bn: Option<TeacherBn>,
+    /// Projector (and predictor) hidden width [default: 4096].
+    #[arg(long)]
+    pub proj_hidden: Option<usize>,
+    /// Projector output width [default: 256].
+    #[arg(long)]
+    pub proj_out: Option<usize>,
+    /// Backbone width: channels of the first stage, 64 in torchvision [default: 64].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Run folder for config, metrics, checkpoints and plots [default: runs/<arch>-<dataset>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint, exactly.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+    /// Seed of initialisation, data order and augmentation [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// TOML file with any of these options (flags win).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Data-loading threads [default: the number of cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// kNN monitor every N epochs (0: only at the end) [default: 10].
+    #[arg(long)]
+    pub knn_every: Option<usize>,
+    /// Labelled training images used as kNN memory (0: all) [default: 10000].
+    #[arg(long)]
+    pub knn_memory: Option<usize>,
+    /// Test images used as kNN queries (0: all) [default: all].
+    #[arg(long)]
+    pub knn_queries: Option<usize>,
+    /// Steps between metric lines [default: 10].
+    #[arg(long)]
+    pub log_every: Option<usize>,
+    /// Steps between checkpoints (0: every epoch) [default: 0].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+}
+
+fn parse<T: std::str::FromStr<Err = nets::Error>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: nets::Error| e.to_string())
+}
+
+/// Deserialises `Option<T>` through `T`'s `FromStr`.
+mod opt_str {
+    use serde::{Deserialize, Deserializer, de::Error};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        Option::<String>::deserialize(d)?
+            .map(|s| s.parse().map_err(D::Error::custom))
+            .transpose()
+    }
+}
+
+/// (De)serialises `T` through its `Display`/`FromStr`.
+mod as_str {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Where the images come from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataSource {
+    /// A dataset folder on disk (format detected from its contents).
+    Path(PathBuf),
+    /// Generated images with learnable structure.
+    Synthetic,
+}
+
+/// The optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// SGD with momentum 0.9.
+    Sgd,
+    /// LARS, η = 0.001, momentum 0.9.
+    Lars,
+}
+
+/// A fully resolved pretraining configuration, as saved in `config.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunConfig {
+    /// Backbone depth.
+    #[serde(with = "as_str")]
+    pub arch: Arch,
+    /// Pairs per step.
+    pub bs: usize,
+    /// Stem.
+    #[serde(with = "as_str")]
+    pub stem: Stem,
+    /// Crop size.
+    pub res: usize,
+    /// Image channels of the data (1 or 3).
+    pub channels: usize,
+    /// Images.
+    pub data: DataSource,
+    /// Steps in the whole run.
+    pub steps: usize,
+    /// Epochs the steps correspond to (fractional for `--steps` runs).
+    pub epochs: f64,
+    /// Optimiser.
+    pub optimizer: OptimizerKind,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub wd: f64,
+    /// Warm-up steps.
+    pub warmup_steps: usize,
+    /// EMA momentum at the start.
+    pub ema: f64,
+    /// Teacher batch norm.
+    #[serde(with = "as_str")]
+    pub teacher_bn: TeacherBn,
+    /// Projector and predictor hidden width.
+    pub proj_hidden: usize,
+    /// Projector output width.
+    pub proj_out: usize,
+    /// Backbone width.
+    pub width: usize,
+    /// Seed.
+    pub seed: u64,
+    /// kNN monitor period in epochs (0: only at the end).
+    pub knn_every: usize,
+    /// kNN memory size (0: all).
+    pub knn_memory: usize,
+    /// kNN queries (0: all).
+    pub knn_queries: usize,
+    /// Steps between metric lines.
+    pub log_every: usize,
+    /// Steps between checkpoints (0: every epoch).
+    pub checkpoint_every: usize,
+}
+
+impl RunConfig {
+    /// Reads a saved `config.toml`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::Usage(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// The TOML text saved with the run.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise the config: {e}\n"))
+    }
+}
+
+impl PretrainOptions {
+    /// Reads a `--config` TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("--config {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            Error::Usage(format!(
+                "--config {}: {}",
+                path.display(),
+                e.message().trim()
+            ))
+        })
+    }
+
+    /// Each option of `self` where set, else `base`'s.
+    pub fn over(self, base: PretrainOptions) -> PretrainOptions {
+        macro_rules! pick {
+            ($($f:ident),*) => { PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config } };
+        }
+        pick!(
+            arch,
+            bs,
+            stem,
+            res,
+            data,
+            dataset,
+            epochs,
+            steps,
+            device,
+            precision,
+            optimizer,
+            lr,
+            wd,
+            warmup_epochs,
+            ema,
+            teacher_bn,
+            proj_hidden,
+            proj_out,
+            width,
+            out,
+            seed,
+            workers,
+            knn_every,
+            knn_memory,
+            knn_queries,
+            log_every,
+            checkpoint_every
+        )
+    }
+}

@@ -1,0 +1,259 @@
+//! Evaluation of a pretrained network: kNN on frozen features, the linear probe
+//! of m2t-method.md §6, and raw-pixel baselines.
+
+use crate::augment::AugmentConfig;
+use crate::data::Dataset;
+use crate::knn::{Features, knn_accuracy};
+use crate::loader::eval_batches;
+use crate::{Error, Result};
+use nets::m2t::{M2t, Which};
+
+/// Images per forward pass when extracting features.
+const FEATURE_BATCH: usize = 256;
+/// kNN neighbours and temperature (m2t-method.md §6).
+pub const KNN_K: usize = 200;
+/// kNN temperature.
+pub const KNN_T: f64 = 0.1;
+
+/// `limit` (0: all) images of `dataset`, in order, mapped by `f` from eval views.
+fn collect(
+    dataset: &Dataset,
+    aug: &AugmentConfig,
+    limit: usize,
+    mut f: impl FnMut(&engine::Tensor) -> Result<engine::Tensor>,
+) -> Result<Features> {
+    let limit = if limit == 0 {
+        dataset.len()
+    } else {
+        limit.min(dataset.len())
+    };
+    let (mut data, mut labels, mut dim) = (Vec::new(), Vec::new(), 0);
+    for batch in eval_batches(dataset, aug, FEATURE_BATCH) {
+        let (images, batch_labels) = batch?;
+        let feats = f(&images)?;
+        dim = feats.dims()[1];
+        let take = (limit - labels.len()).min(batch_labels.len());
+        data.extend_from_slice(&feats.as_slice::<f32>()?[..take * dim]);
+        labels.extend_from_slice(&batch_labels[..take]);
+        if labels.len() >= limit {
+            break;
+        }
+    }
+    Ok(Features { data, dim, labels })
+}
+
+/// Eval-mode backbone features of up to `limit` images (0: all).
+pub fn network_features(
+    model: &M2t,
+    which: Which,
+    dataset: &Dataset,
+    aug: &AugmentConfig,
+    limit: usize,
+) -> Result<Features> {
+    collect(dataset, aug, limit, |images| {
+        Ok(model.features(which, images)?)
+    })
+}
+
+/// The normalised eval-view pixels of up to `limit` images, flattened.
+pub fn pixel_features(dataset: &Dataset, aug: &AugmentConfig, limit: usize) -> Result<Features> {
+    collect(dataset, aug, limit, |images| {
+        let n = images.dims()[0];
+        Ok(images.reshape([n, images.numel() / n.max(1)])?)
+    })
+}
+
+fn classes(memory: &Dataset) -> Result<usize> {
+    memory
+        .num_classes()
+        .ok_or_else(|| Error::Usage("kNN needs a labelled dataset".into()))
+}
+
+/// kNN top-1 accuracy of a network's features: `memory_limit` labelled training
+/// images as memory, `query_limit` test images as queries (0: all).
+pub fn knn_of_network(
+    model: &M2t,
+    which: Which,
+    memory: &Dataset,
+    queries: &Dataset,
+    aug: &AugmentConfig,
+    memory_limit: usize,
+    query_limit: usize,
+) -> Result<f64> {
+    let mem = network_features(model, which, memory, aug, memory_limit)?;
+    let q = network_features(model, which, queries, aug, query_limit)?;
+    knn_accuracy(&mem, &q, KNN_K, KNN_T, classes(memory)?)
+}
+
+/// kNN top-1 accuracy on centred raw pixels, the baseline a representation must beat.
+pub fn knn_of_pixels(
+    memory: &Dataset,
+    queries: &Dataset,
+    aug: &AugmentConfig,
+    memory_limit: usize,
+    query_limit: usize,
+) -> Result<f64> {
+    let mem = pixel_features(memory, aug, memory_limit)?;
+    let q = pixel_features(queries, aug, query_limit)?;
+    // Centre both with the memory's mean, as a fitted baseline would.
+    let mean = column_mean(&mem);
+    knn_accuracy(
+        &subtract(&mem, &mean),
+        &subtract(&q, &mean),
+        KNN_K,
+        KNN_T,
+        classes(memory)?,
+    )
+}
+
+fn column_mean(f: &Features) -> Vec<f32> {
+    let mut mean = vec![0.0f64; f.dim];
+    for row in f.data.chunks(f.dim.max(1)) {
+        mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v as f64);
+    }
+    let n = f.labels.len().max(1) as f64;
+    mean.into_iter().map(|m| (m / n) as f32).collect()
+}
+
+fn subtract(f: &Features, mean: &[f32]) -> Features {
+    let data = f
+        .data
+        .chunks(f.dim.max(1))
+        .flat_map(|row| row.iter().zip(mean).map(|(v, m)| v - m))
+        .collect();
+    Features {
+        data,
+        dim: f.dim,
+        labels: f.labels.clone(),
+    }
+}
+
+/// What the linear probe reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinearEvalReport {
+    /// Test top-1 accuracy after each epoch.
+    pub per_epoch: Vec<f64>,
+    /// The best of them (the method reports the best).
+    pub best: f64,
+}
+
+/// Linear evaluation (m2t-method.md §6) on a frozen backbone: Linear(F→classes,
+/// weights N(0, 0.01²), bias 0) then BatchNorm1d(classes), SGD momentum 0.9,
+/// no weight decay, learning rate `lr` with a per-iteration cosine over
+/// `epochs`; training views are RandomResizedCrop + flip, test views the eval
+/// transform; `train_limit` (0: all) caps the training images per epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_eval(
+    model: &M2t,
+    which: Which,
+    train: &Dataset,
+    test: &Dataset,
+    aug: &AugmentConfig,
+    epochs: usize,
+    batch: usize,
+    lr: f64,
+    train_limit: usize,
+    seed: u64,
+) -> Result<LinearEvalReport> {
+    use engine::optim::Sgd;
+    use engine::schedule::LrSchedule;
+    use engine::{ParamKind, Rng, Tape, Tensor};
+    use nets::layers::{BN_MOMENTUM, BatchNorm, BnBuffers, BnMode, Forward, Linear, NetBuilder};
+
+    let classes = classes(train)?;
+    let dim = model.config().backbone.feature_dim();
+    let mut b = NetBuilder::new(seed);
+    let fc = Linear::new(&mut b, "fc", dim, classes)?;
+    let bn = BatchNorm::new(&mut b, "bn", classes)?;
+    let mut buffers = BnBuffers::new(&b.bn_layers)?;
+    let mut store = b.params.build()?;
+    let mut rng = Rng::new(seed);
+    store.set(fc.weight, &rng.normal_vec(classes * dim, 0.01))?;
+    store.set(fc.bias, &vec![0.0; classes])?;
+    debug_assert_eq!(store.info(fc.weight).kind, ParamKind::Weight);
+    let mut sgd = Sgd::new(&store, 0.9, 0.0)?;
+
+    let n = if train_limit == 0 {
+        train.len()
+    } else {
+        train_limit.min(train.len())
+    };
+    let steps_per_epoch = n / batch;
+    if steps_per_epoch == 0 || epochs == 0 {
+        return Err(Error::Usage(format!(
+            "linear eval needs ≥ 1 epoch and ≥ {batch} training images, has {n}"
+        )));
+    }
+    let schedule = LrSchedule {
+        base_lr: lr,
+        warmup_iters: 0,
+        total_iters: epochs * steps_per_epoch,
+    };
+    let test_features = network_features(model, which, test, aug, 0)?;
+    let sample = aug.sample_len();
+    let mut per_epoch = Vec::new();
+    for epoch in 0..epochs {
+        let order = crate::loader::epoch_order(seed, epoch, n);
+        for (step, indices) in order.chunks_exact(batch).enumerate() {
+            let mut pixels = vec![0.0f32; batch * sample];
+            let mut labels = Vec::with_capacity(batch);
+            for (slot, &i) in indices.iter().enumerate() {
+                // Corrupt images are rare; a zero image keeps the batch shape.
+                if let Ok(image) = train.image(i) {
+                    let mut view_rng = Rng::new(seed ^ ((epoch as u64) << 32) ^ i as u64);
+                    crate::augment::classifier_view(
+                        &image,
+                        aug,
+                        &mut view_rng,
+                        &mut pixels[slot * sample..(slot + 1) * sample],
+                    );
+                }
+                labels.push(train.label(i).unwrap_or(0));
+            }
+            let images = Tensor::from_vec(pixels, [batch, aug.size, aug.size, aug.channels])?;
+            let features = model.features(which, &images)?;
+            let mut tape = Tape::new();
+            let params = store.attach(&mut tape);
+            let mut f = Forward::new(&mut tape, &params, BnMode::Train, &buffers);
+            let x = f.tape.constant(features);
+            let logits = fc.forward(&mut f, &x)?;
+            let logits = bn.forward(&mut f, &logits)?;
+            let stats = std::mem::take(&mut f.stats);
+            let labels = Tensor::from_vec(labels, [batch])?;
+            let loss = tape.cross_entropy(&logits, &labels)?;
+            let grads = tape.backward(&loss)?;
+            store.zero_grad()?;
+            store.accumulate_grads(params, &grads)?;
+            buffers.update_running(&stats, BN_MOMENTUM)?;
+            sgd.step(
+                &mut store,
+                schedule.at(epoch * steps_per_epoch + step) as f32,
+            )?;
+        }
+        // Test accuracy with the probe in eval mode.
+        let mut tape = Tape::no_grad();
+        let params = store.attach(&mut tape);
+        let mut f = Forward::new(&mut tape, &params, BnMode::Eval, &buffers);
+        let rows = test_features.labels.len();
+        let x = f
+            .tape
+            .constant(Tensor::from_vec(test_features.data.clone(), [rows, dim])?);
+        let logits = fc.forward(&mut f, &x)?;
+        let logits = bn.forward(&mut f, &logits)?;
+        let scores = logits.value().as_slice::<f32>()?;
+        let correct = scores
+            .chunks(classes)
+            .zip(&test_features.labels)
+            .filter(|&(row, &label)| {
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                best as i64 == label
+            })
+            .count();
+        per_epoch.push(correct as f64 / rows.max(1) as f64);
+    }
+    let best = per_epoch.iter().copied().fold(0.0, f64::max);
+    Ok(LinearEvalReport { per_epoch, best })
+}

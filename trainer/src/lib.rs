@@ -1,0 +1,17 @@
+//! The `trainer` library: datasets, augmentation, the data loader, the
+//! training loop, evaluation and checkpoints behind the `trainer` binary.
+
+pub mod augment;
+pub mod bench;
+pub mod checkpoint;
+pub mod commands;
+pub mod config;
+pub mod data;
+mod error;
+pub mod eval;
+pub mod knn;
+pub mod loader;
+pub mod plot;
+pub mod pretrain;
+
+pub use error::{Error, Result};

@@ -1,0 +1,529 @@
+//! The pretraining loader (pairs of augmented views, prefetched on worker
+//! threads) and the evaluation batch iterator.
+//!
+//! Batches are a pure function of `(seed, step)`, whatever the number of
+//! workers and wherever a run starts:
+//!
+//! - epoch `e` visits the dataset in the order of a Fisher–Yates shuffle of
+//!   `0..len` driven by `Rng::new(seed ^ mix(e))`, where `mix` is the
+//!   SplitMix64 output function ([`epoch_order`]);
+//! - step `s` is epoch `s / steps_per_epoch`, positions
+//!   `(s mod steps_per_epoch)·B ..` of that order; the tail that does not
+//!   fill a batch is dropped;
+//! - the sample at position `p` of epoch `e` draws both of its views (view
+//!   one, then view two) from one `Rng` seeded by `(seed, e, p)`.
+//!
+//! An image that cannot be decoded is replaced by the next readable one in
+//! the epoch order (wrapping) and counted in [`PairBatch::skipped`].
+
+use crate::augment::{AugmentConfig, View, eval_view, view};
+use crate::data::{Dataset, Image};
+use crate::{Error, Result};
+use engine::{Rng, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Batches each worker may have ready ahead of the consumer.
+const PREFETCH_PER_WORKER: usize = 2;
+
+/// One training step's input.
+#[derive(Debug)]
+pub struct PairBatch {
+    /// The global step this batch is for.
+    pub step: usize,
+    /// The epoch the step belongs to.
+    pub epoch: usize,
+    /// View one of each sample, `[B, S, S, C]` f32.
+    pub view1: Tensor,
+    /// View two of each sample, `[B, S, S, C]` f32.
+    pub view2: Tensor,
+    /// Unreadable images skipped while assembling this batch.
+    pub skipped: usize,
+    /// How long [`PairLoader::next`] blocked waiting for this batch.
+    pub wait: Duration,
+}
+
+/// Yields [`PairBatch`]es in step order from `start_step` on, assembled on
+/// worker threads ahead of time (see the module docs for the data order).
+pub struct PairLoader {
+    assembler: Arc<Assembler>,
+    steps_per_epoch: usize,
+    start_step: usize,
+    next_step: usize,
+    source: Source,
+}
+
+/// Where batches come from.
+enum Source {
+    /// Built on the caller's thread, on demand.
+    Inline(EpochOrder),
+    /// Worker `w` builds steps `start_step + w + k·n` and sends them on
+    /// channel `w`, so reading the channels round-robin gives step order.
+    Workers {
+        channels: Vec<Receiver<Result<PairBatch>>>,
+        stop: Arc<AtomicBool>,
+        handles: Vec<JoinHandle<()>>,
+    },
+}
+
+impl PairLoader {
+    /// A loader over `dataset` in batches of `batch_size` (the last partial
+    /// batch of each epoch is dropped), starting at `start_step`.
+    ///
+    /// `workers` threads each build whole batches, up to two each ahead of
+    /// the consumer; with 0 workers batches are built inside [`next`].
+    ///
+    /// [`next`]: PairLoader::next
+    pub fn new(
+        dataset: Arc<Dataset>,
+        cfg: AugmentConfig,
+        batch_size: usize,
+        seed: u64,
+        workers: usize,
+        start_step: usize,
+    ) -> Result<PairLoader> {
+        if batch_size == 0 {
+            return Err(Error::Usage("batch size must be positive".into()));
+        }
+        let steps_per_epoch = dataset.len() / batch_size;
+        if steps_per_epoch == 0 {
+            return Err(Error::Usage(format!(
+                "{} has fewer images than one batch of {batch_size}",
+                dataset.describe()
+            )));
+        }
+        let assembler = Arc::new(Assembler {
+            dataset,
+            cfg,
+            batch_size,
+            seed,
+            steps_per_epoch,
+        });
+        let source = if workers == 0 {
+            Source::Inline(EpochOrder::default())
+        } else {
+            spawn_workers(&assembler, workers, start_step)?
+        };
+        Ok(PairLoader {
+            assembler,
+            steps_per_epoch,
+            start_step,
+            next_step: start_step,
+            source,
+        })
+    }
+
+    /// Full batches per epoch: `len / batch_size`.
+    pub fn steps_per_epoch(&self) -> usize {
+        self.steps_per_epoch
+    }
+
+    /// The step the next call to [`PairLoader::next`] returns.
+    pub fn next_step(&self) -> usize {
+        self.next_step
+    }
+
+    /// The next batch. An error (every image unreadable, a worker that
+    /// died) is returned here; the loader does not advance past it.
+    #[allow(clippy::should_implement_trait)] // fallible and endless: not an Iterator
+    pub fn next(&mut self) -> Result<PairBatch> {
+        let started = Instant::now();
+        let step = self.next_step;
+        let mut batch = match &mut self.source {
+            Source::Inline(order) => self
+                .assembler
+                .batch(step, order, &AtomicBool::new(false))?
+                .ok_or_else(|| loader_error("stopped"))?,
+            Source::Workers { channels, .. } => {
+                let channel = &channels[(step - self.start_step) % channels.len()];
+                channel
+                    .recv()
+                    .map_err(|_| loader_error("a worker thread stopped unexpectedly"))??
+            }
+        };
+        self.next_step += 1;
+        batch.wait = started.elapsed();
+        Ok(batch)
+    }
+}
+
+impl Drop for PairLoader {
+    fn drop(&mut self) {
+        if let Source::Workers {
+            channels,
+            stop,
+            handles,
+        } = &mut self.source
+        {
+            // Stop between samples, and unblock workers waiting to send.
+            stop.store(true, Ordering::Relaxed);
+            channels.clear();
+            for handle in handles.drain(..) {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// Starts `n` workers for the steps from `start_step` on.
+fn spawn_workers(assembler: &Arc<Assembler>, n: usize, start_step: usize) -> Result<Source> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut channels = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
+    for w in 0..n {
+        let (tx, rx) = sync_channel(PREFETCH_PER_WORKER);
+        let (assembler, stop) = (Arc::clone(assembler), Arc::clone(&stop));
+        let handle = std::thread::Builder::new()
+            .name(format!("loader-{w}"))
+            .spawn(move || work(&assembler, start_step + w, n, &stop, &tx))
+            .map_err(|e| loader_error(format!("cannot start a worker thread: {e}")))?;
+        channels.push(rx);
+        handles.push(handle);
+    }
+    Ok(Source::Workers {
+        channels,
+        stop,
+        handles,
+    })
+}
+
+/// A worker's loop: build steps `first, first + stride, ..` and send them
+/// until the loader is dropped or a batch fails (the error is sent).
+fn work(
+    assembler: &Assembler,
+    first: usize,
+    stride: usize,
+    stop: &AtomicBool,
+    tx: &SyncSender<Result<PairBatch>>,
+) {
+    let mut order = EpochOrder::default();
+    for step in (first..).step_by(stride) {
+        let batch = match assembler.batch(step, &mut order, stop) {
+            Ok(Some(batch)) => Ok(batch),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = batch.is_err();
+        if tx.send(batch).is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// Everything needed to build any step's batch.
+struct Assembler {
+    dataset: Arc<Dataset>,
+    cfg: AugmentConfig,
+    batch_size: usize,
+    seed: u64,
+    steps_per_epoch: usize,
+}
+
+impl Assembler {
+    /// The batch for `step`, or `None` if `stop` was raised meanwhile.
+    fn batch(
+        &self,
+        step: usize,
+        order: &mut EpochOrder,
+        stop: &AtomicBool,
+    ) -> Result<Option<PairBatch>> {
+        let epoch = step / self.steps_per_epoch;
+        let first = (step % self.steps_per_epoch) * self.batch_size;
+        let perm = order.get(self.seed, epoch, self.dataset.len());
+        let n = self.cfg.sample_len();
+        let mut view1 = vec![0f32; self.batch_size * n];
+        let mut view2 = vec![0f32; self.batch_size * n];
+        let mut skipped = 0;
+        for (b, (out1, out2)) in view1
+            .chunks_exact_mut(n)
+            .zip(view2.chunks_exact_mut(n))
+            .enumerate()
+        {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let pos = first + b;
+            let image = self.readable(perm, pos, &mut skipped)?;
+            let mut rng = Rng::new(sample_seed(self.seed, epoch, pos));
+            view(&image, View::One, &self.cfg, &mut rng, out1);
+            view(&image, View::Two, &self.cfg, &mut rng, out2);
+        }
+        let shape = [
+            self.batch_size,
+            self.cfg.size,
+            self.cfg.size,
+            self.cfg.channels,
+        ];
+        Ok(Some(PairBatch {
+            step,
+            epoch,
+            view1: Tensor::from_vec(view1, shape)?,
+            view2: Tensor::from_vec(view2, shape)?,
+            skipped,
+            wait: Duration::ZERO,
+        }))
+    }
+
+    /// The first readable image at or after position `pos` of `perm`
+    /// (wrapping), counting the unreadable ones in `skipped`.
+    fn readable(&self, perm: &[usize], pos: usize, skipped: &mut usize) -> Result<Image> {
+        for k in 0..perm.len() {
+            match self.dataset.image(perm[(pos + k) % perm.len()]) {
+                Ok(image) => return Ok(image),
+                Err(_) => *skipped += 1,
+            }
+        }
+        Err(loader_error(format!(
+            "no readable image in {}",
+            self.dataset.describe()
+        )))
+    }
+}
+
+/// The current epoch's order, recomputed when the epoch changes.
+#[derive(Default)]
+struct EpochOrder {
+    epoch: Option<usize>,
+    perm: Vec<usize>,
+}
+
+impl EpochOrder {
+    fn get(&mut self, seed: u64, epoch: usize, len: usize) -> &[usize] {
+        if self.epoch != Some(epoch) {
+            self.perm = epoch_order(seed, epoch, len);
+            self.epoch = Some(epoch);
+        }
+        &self.perm
+    }
+}
+
+/// The order in which epoch `epoch` visits a `len`-image dataset: a
+/// Fisher–Yates shuffle (`i` from `len − 1` down to 1 swaps with
+/// `below(i + 1)`) driven by `Rng::new(seed ^ mix(epoch))`.
+pub fn epoch_order(seed: u64, epoch: usize, len: usize) -> Vec<usize> {
+    let mut rng = Rng::new(seed ^ mix(epoch as u64));
+    let mut perm: Vec<usize> = (0..len).collect();
+    for i in (1..len).rev() {
+        perm.swap(i, rng.below(i + 1));
+    }
+    perm
+}
+
+/// The seed of the augmentation `Rng` of position `pos` in epoch `epoch`.
+fn sample_seed(seed: u64, epoch: usize, pos: usize) -> u64 {
+    // A constant separates this stream from the epoch orders' seeds.
+    mix(mix(mix(seed ^ 0xa076_1d64_78bd_642f) ^ epoch as u64) ^ pos as u64)
+}
+
+/// SplitMix64's output function: a bijective mix of 64 bits.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// An error from the loader itself rather than from a file.
+fn loader_error(detail: impl Into<String>) -> Error {
+    Error::data("data loader", detail)
+}
+
+/// Evaluation batches of `dataset` in order: up to `batch` images (a batch
+/// of 0 counts as 1) through [`eval_view`] as a `[b, S, S, C]` tensor, with
+/// their labels (−1 for an unlabelled dataset). Unreadable images are left
+/// out; images are decoded in parallel on the rayon pool.
+pub fn eval_batches<'a>(
+    dataset: &'a Dataset,
+    cfg: &AugmentConfig,
+    batch: usize,
+) -> impl Iterator<Item = Result<(Tensor, Vec<i64>)>> + use<'a> {
+    let cfg = cfg.clone();
+    let batch = batch.max(1);
+    let mut next = 0;
+    std::iter::from_fn(move || {
+        let n = cfg.sample_len();
+        let mut pixels = Vec::with_capacity(batch * n);
+        let mut labels = Vec::with_capacity(batch);
+        while labels.len() < batch && next < dataset.len() {
+            let end = (next + batch - labels.len()).min(dataset.len());
+            let samples: Vec<Option<(Vec<f32>, i64)>> = (next..end)
+                .into_par_iter()
+                .map(|i| {
+                    let image = dataset.image(i).ok()?;
+                    let mut out = vec![0f32; n];
+                    eval_view(&image, &cfg, &mut out);
+                    Some((out, dataset.label(i).unwrap_or(-1)))
+                })
+                .collect();
+            next = end;
+            for (out, label) in samples.into_iter().flatten() {
+                pixels.extend_from_slice(&out);
+                labels.push(label);
+            }
+        }
+        if labels.is_empty() {
+            return None;
+        }
+        let shape = [labels.len(), cfg.size, cfg.size, cfg.channels];
+        Some(
+            Tensor::from_vec(pixels, shape)
+                .map(|t| (t, labels))
+                .map_err(Error::from),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::{TempDir, write_corrupt_jpeg, write_image};
+    use crate::data::{open, synthetic};
+
+    fn synthetic_set(n: usize) -> Arc<Dataset> {
+        Arc::new(synthetic(n, 8, 3, 11).train)
+    }
+
+    fn cfg() -> AugmentConfig {
+        AugmentConfig::new(8, 3).unwrap()
+    }
+
+    fn run(
+        ds: &Arc<Dataset>,
+        workers: usize,
+        start: usize,
+        steps: usize,
+    ) -> Vec<(usize, usize, Vec<f32>, Vec<f32>)> {
+        let mut loader = PairLoader::new(Arc::clone(ds), cfg(), 4, 99, workers, start).unwrap();
+        (0..steps)
+            .map(|_| {
+                let b = loader.next().unwrap();
+                assert_eq!(b.view1.dims(), &[4, 8, 8, 3]);
+                let v1 = b.view1.to_vec::<f32>().unwrap();
+                let v2 = b.view2.to_vec::<f32>().unwrap();
+                (b.step, b.epoch, v1, v2)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_depend_only_on_seed_and_step() {
+        let ds = synthetic_set(42); // 10 steps per epoch, 2 images dropped
+        let full = run(&ds, 0, 0, 25);
+        assert_eq!((full[9].0, full[9].1, full[10].1, full[24].1), (9, 0, 1, 2));
+        assert_ne!(full[0].2, full[0].3, "the two views differ");
+        assert_ne!(full[0].2, full[10].2, "epochs differ");
+        for (workers, start) in [(1, 0), (3, 0), (2, 13), (0, 13)] {
+            let resumed = run(&ds, workers, start, 25 - start);
+            assert_eq!(
+                resumed[..],
+                full[start..],
+                "workers {workers}, start {start}"
+            );
+        }
+    }
+
+    #[test]
+    fn epoch_orders_are_distinct_permutations() {
+        let a = epoch_order(5, 0, 100);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(a, epoch_order(5, 1, 100));
+        assert_ne!(a, epoch_order(6, 0, 100));
+        assert_eq!(a, epoch_order(5, 0, 100));
+        assert!(epoch_order(5, 0, 0).is_empty());
+    }
+
+    #[test]
+    fn corrupt_images_are_replaced_and_counted() {
+        let dir = TempDir::new("loader-skip");
+        for i in 0..3 {
+            write_image(&dir.path().join(format!("c/{i}.png")), 10, i);
+        }
+        write_corrupt_jpeg(&dir.path().join("c/bad.jpg"));
+        let ds = Arc::new(open(dir.path()).unwrap().train);
+        for workers in [0, 2] {
+            let mut loader = PairLoader::new(Arc::clone(&ds), cfg(), 2, 1, workers, 0).unwrap();
+            assert_eq!(loader.steps_per_epoch(), 2);
+            for _epoch in 0..3 {
+                // Every position of the 4-image epoch is used once.
+                let skipped: usize = (0..2).map(|_| loader.next().unwrap().skipped).sum();
+                assert_eq!(skipped, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unreadable_dataset_is_an_error_not_a_hang() {
+        let dir = TempDir::new("loader-bad");
+        for i in 0..3 {
+            write_corrupt_jpeg(&dir.path().join(format!("c/{i}.jpg")));
+        }
+        let ds = Arc::new(open(dir.path()).unwrap().train);
+        for workers in [0, 2] {
+            let mut loader = PairLoader::new(Arc::clone(&ds), cfg(), 2, 1, workers, 0).unwrap();
+            let err = loader.next().unwrap_err();
+            assert!(err.to_string().contains("no readable image"), "{err}");
+            assert!(loader.next().is_err());
+        }
+    }
+
+    #[test]
+    fn rejects_datasets_smaller_than_a_batch() {
+        let err = PairLoader::new(synthetic_set(3), cfg(), 4, 0, 0, 0)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("fewer images than one batch"),
+            "{err}"
+        );
+        assert!(PairLoader::new(synthetic_set(3), cfg(), 0, 0, 0, 0).is_err());
+    }
+
+    #[test]
+    fn dropping_stops_the_workers_promptly() {
+        let ds = Arc::new(synthetic(256, 64, 3, 0).train);
+        let cfg = AugmentConfig::new(64, 3).unwrap();
+        let mut loader = PairLoader::new(ds, cfg, 128, 0, 4, 0).unwrap();
+        let b = loader.next().unwrap();
+        assert_eq!((b.step, b.view2.dims()), (0, &[128, 64, 64, 3][..]));
+        assert_eq!(loader.next_step(), 1);
+        let started = Instant::now();
+        drop(loader);
+        // At most one image per worker is finished after the stop flag.
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn eval_batches_are_in_order_and_skip_corrupt_images() {
+        let dir = TempDir::new("loader-eval");
+        for (class, i) in [("a", 0), ("a", 1), ("b", 2), ("b", 3), ("b", 4)] {
+            write_image(&dir.path().join(format!("{class}/{i}.png")), 12, i);
+        }
+        write_corrupt_jpeg(&dir.path().join("a/2_bad.jpg"));
+        let ds = open(dir.path()).unwrap().train;
+        let cfg = cfg();
+        let batches: Vec<_> = eval_batches(&ds, &cfg, 2).map(|b| b.unwrap()).collect();
+        let labels: Vec<Vec<i64>> = batches.iter().map(|(_, l)| l.clone()).collect();
+        assert_eq!(labels, [vec![0, 0], vec![1, 1], vec![1]]);
+        assert_eq!(batches[2].0.dims(), &[1, 8, 8, 3]);
+        // Deterministic, and equal to eval_view of the images.
+        let again: Vec<_> = eval_batches(&ds, &cfg, 3).map(|b| b.unwrap()).collect();
+        let mut want = vec![0f32; cfg.sample_len()];
+        eval_view(&ds.image(3).unwrap(), &cfg, &mut want);
+        assert_eq!(again[0].0.to_vec::<f32>().unwrap()[2 * 192..], want[..]);
+        // Unlabelled datasets get −1.
+        let pixels = vec![0u8; 2 * 8 * 8 * 3];
+        let unlabelled = Dataset::from_pixels("u", pixels, (8, 8, 3), None).unwrap();
+        let (t, l) = eval_batches(&unlabelled, &cfg, 8).next().unwrap().unwrap();
+        assert_eq!((t.dims(), l), (&[2, 8, 8, 3][..], vec![-1, -1]));
+    }
+}

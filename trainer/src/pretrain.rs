@@ -1,0 +1,619 @@
+//! `trainer pretrain`: resolve the configuration, then run Momentum² Teacher
+//! step by step with metrics, kNN monitoring, checkpoints and exact resume.
+
+use crate::augment::AugmentConfig;
+use crate::checkpoint::{self, State};
+use crate::config::{DataSource, OptimizerKind, PretrainOptions, RunConfig};
+use crate::data::{self, Splits};
+use crate::eval;
+use crate::loader::PairLoader;
+use crate::{Error, Result, plot};
+use engine::optim::{Lars, Sgd};
+use engine::schedule::LrSchedule;
+use engine::{ParamStore, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use nets::m2t::{M2t, M2tConfig, Which};
+use nets::resnet::{ResNetConfig, Stem};
+use serde_json::json;
+use std::fs;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Images of the synthetic dataset (train split).
+const SYNTHETIC_IMAGES: usize = 2048;
+
+/// The optimiser of the run.
+pub enum Optimizer {
+    /// SGD, momentum 0.9.
+    Sgd(Sgd),
+    /// LARS, η = 0.001, momentum 0.9.
+    Lars(Lars),
+}
+
+impl Optimizer {
+    /// The configured optimiser over `store`.
+    pub fn new(kind: OptimizerKind, wd: f64, store: &ParamStore) -> Result<Self> {
+        Ok(match kind {
+            OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(store, 0.9, wd as f32)?),
+            OptimizerKind::Lars => Optimizer::Lars(Lars::new(store, 0.001, 0.9, wd as f32)?),
+        })
+    }
+
+    /// One update with learning rate `lr`.
+    pub fn step(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.step(store, lr as f32)?,
+            Optimizer::Lars(o) => o.step(store, lr as f32)?,
+        }
+        Ok(())
+    }
+
+    /// The momentum buffer, for checkpoints.
+    pub fn velocity(&self) -> &Tensor {
+        match self {
+            Optimizer::Sgd(o) => o.velocity(),
+            Optimizer::Lars(o) => o.velocity(),
+        }
+    }
+
+    fn velocity_mut(&mut self) -> Result<&mut [f32]> {
+        Ok(match self {
+            Optimizer::Sgd(o) => o.velocity_mut()?,
+            Optimizer::Lars(o) => o.velocity_mut()?,
+        })
+    }
+}
+
+/// Opens the images a configuration names.
+pub fn open_data(source: &DataSource, res: usize, seed: u64) -> Result<Splits> {
+    match source {
+        DataSource::Path(p) => data::open(p),
+        DataSource::Synthetic => Ok(data::synthetic(SYNTHETIC_IMAGES, res, 3, seed)),
+    }
+}
+
+/// The M2T model a configuration describes.
+pub fn model_config(cfg: &RunConfig) -> M2tConfig {
+    let backbone = ResNetConfig {
+        arch: cfg.arch,
+        stem: cfg.stem,
+        in_channels: cfg.channels,
+        width: cfg.width,
+    };
+    M2tConfig {
+        proj_hidden: cfg.proj_hidden,
+        proj_out: cfg.proj_out,
+        pred_hidden: cfg.proj_hidden,
+        teacher_bn: cfg.teacher_bn,
+        ema_base: cfg.ema,
+        ..M2tConfig::new(backbone)
+    }
+}
+
+/// Checks `--device` and `--precision` against what this build can run.
+pub fn check_device(device: Option<&str>, precision: Option<&str>) -> Result<()> {
+    match device.unwrap_or("auto") {
+        "cpu" => {}
+        "auto" => eprintln!("device auto: this build has no CUDA backend; training on the CPU"),
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            return Err(Error::Usage(format!(
+                "--device {d}: this build has no CUDA backend (CPU reference only); use --device cpu or auto"
+            )));
+        }
+        d => {
+            return Err(Error::Usage(format!(
+                "--device {d}: expected auto, cpu or cuda[:N]"
+            )));
+        }
+    }
+    match precision.unwrap_or("fp32") {
+        "fp32" => Ok(()),
+        p @ ("bf16" | "fp16") => Err(Error::Usage(format!(
+            "--precision {p}: the CPU backend trains in fp32; 16-bit training needs --device cuda"
+        ))),
+        p => Err(Error::Usage(format!(
+            "--precision {p}: expected bf16, fp16 or fp32"
+        ))),
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Error {
+    Error::Usage(msg.into())
+}
+
+/// Resolves flags (already layered over any `--config` file) against the data.
+fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<RunConfig> {
+    let arch = o.arch.ok_or_else(|| {
+        usage("missing --arch (resnet18, resnet34, resnet50, resnet101 or resnet152)")
+    })?;
+    let bs =
+        o.bs.ok_or_else(|| usage("missing --bs (pairs of views per step)"))?;
+    if bs < 2 {
+        return Err(usage(format!(
+            "--bs {bs}: batch norm needs at least 2 images per batch"
+        )));
+    }
+    let images = splits.train.len();
+    if bs > images {
+        return Err(usage(format!(
+            "--bs {bs} is larger than the dataset ({images} images)"
+        )));
+    }
+    let res = o.res.unwrap_or(match splits.train.native_size() {
+        Some((h, w)) => h.min(w),
+        None => 224,
+    });
+    if res < 8 {
+        return Err(usage(format!("--res {res}: at least 8 pixels")));
+    }
+    let stem = o.stem.unwrap_or(if res < 128 {
+        Stem::Small
+    } else {
+        Stem::ImageNet
+    });
+    let optimizer = match o.optimizer.as_deref().unwrap_or("sgd") {
+        "sgd" => OptimizerKind::Sgd,
+        "lars" => OptimizerKind::Lars,
+        other => return Err(usage(format!("--optimizer {other}: expected sgd or lars"))),
+    };
+    let steps_per_epoch = images / bs;
+    let (steps, epochs) = match (o.steps, o.epochs) {
+        (Some(s), _) => (s, s as f64 / steps_per_epoch as f64),
+        (None, e) => {
+            let e = e.unwrap_or(100);
+            (e * steps_per_epoch, e as f64)
+        }
+    };
+    let lr = o.lr.unwrap_or(match optimizer {
+        OptimizerKind::Sgd => 0.05 * bs as f64 / 256.0,
+        OptimizerKind::Lars if epochs >= 300.0 => 0.3 * bs as f64 / 256.0,
+        OptimizerKind::Lars => 0.45 * bs as f64 / 256.0,
+    });
+    let wd = o.wd.unwrap_or(match optimizer {
+        OptimizerKind::Sgd => 1e-4,
+        OptimizerKind::Lars => 1e-6,
+    });
+    let ema = o.ema.unwrap_or(0.99);
+    if !(0.0..1.0).contains(&ema) {
+        return Err(usage(format!("--ema {ema}: expected a momentum in [0, 1)")));
+    }
+    if !(lr.is_finite() && lr > 0.0) || !(wd.is_finite() && wd >= 0.0) {
+        return Err(usage(format!(
+            "--lr {lr} / --wd {wd}: expected lr > 0 and wd ≥ 0"
+        )));
+    }
+    let warmup_steps = (o.warmup_epochs.unwrap_or(10) * steps_per_epoch).min(steps / 10);
+    let positive = |name: &str, v: Option<usize>, default: usize| -> Result<usize> {
+        match v.unwrap_or(default) {
+            0 => Err(usage(format!("--{name} 0: must be at least 1"))),
+            v => Ok(v),
+        }
+    };
+    Ok(RunConfig {
+        arch,
+        bs,
+        stem,
+        res,
+        channels: splits.train.channels(),
+        data: source,
+        steps,
+        epochs,
+        optimizer,
+        lr,
+        wd,
+        warmup_steps,
+        ema,
+        teacher_bn: o.teacher_bn.unwrap_or_default(),
+        proj_hidden: positive("proj-hidden", o.proj_hidden, 4096)?,
+        proj_out: positive("proj-out", o.proj_out, 256)?,
+        width: positive("width", o.width, 64)?,
+        seed: o.seed.unwrap_or(0),
+        knn_every: o.knn_every.unwrap_or(10),
+        knn_memory: o.knn_memory.unwrap_or(10_000),
+        knn_queries: o.knn_queries.unwrap_or(0),
+        log_every: positive("log-every", o.log_every, 10)?,
+        checkpoint_every: o.checkpoint_every.unwrap_or(0),
+    })
+}
+
+/// The dataset the flags name.
+fn data_source(o: &PretrainOptions) -> Result<DataSource> {
+    match (&o.data, o.dataset.as_deref()) {
+        (Some(p), _) => Ok(DataSource::Path(p.clone())),
+        (None, None | Some("fashion-mnist")) => {
+            Ok(DataSource::Path(PathBuf::from(data::FASHION_MNIST_DIR)))
+        }
+        (None, Some("synthetic")) => Ok(DataSource::Synthetic),
+        (None, Some(other)) => Err(usage(format!(
+            "--dataset {other}: expected fashion-mnist or synthetic (or pass --data PATH)"
+        ))),
+    }
+}
+
+fn default_out(cfg: &RunConfig) -> PathBuf {
+    let data = match &cfg.data {
+        DataSource::Synthetic => "synthetic".to_string(),
+        DataSource::Path(p) => p
+            .file_name()
+            .map_or("data".into(), |n| n.to_string_lossy().to_string()),
+    };
+    PathBuf::from("runs").join(format!("{}-{data}", cfg.arch))
+}
+
+/// Appends metric lines to `metrics.jsonl`.
+struct Metrics {
+    file: fs::File,
+    lines: usize,
+}
+
+impl Metrics {
+    /// Opens the run's metrics, keeping only the first `keep` lines (those
+    /// covered by the checkpoint being resumed).
+    fn open(path: &Path, keep: usize) -> Result<Self> {
+        let kept: Vec<String> = match fs::File::open(path) {
+            Ok(f) => BufReader::new(f)
+                .lines()
+                .take(keep)
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::io(path, e))?,
+            Err(_) => Vec::new(),
+        };
+        let mut file = fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        for l in &kept {
+            writeln!(file, "{l}").map_err(|e| Error::io(path, e))?;
+        }
+        Ok(Metrics {
+            file,
+            lines: kept.len(),
+        })
+    }
+
+    fn write(&mut self, path: &Path, line: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| Error::io(path, e))?;
+        self.file.flush().map_err(|e| Error::io(path, e))?;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+/// Loss and kNN points of a run's metrics, for the plot.
+fn curves(path: &Path) -> (Vec<(usize, f64)>, Vec<(usize, f64)>) {
+    let (mut loss, mut knn) = (Vec::new(), Vec::new());
+    let Ok(text) = fs::read_to_string(path) else {
+        return (loss, knn);
+    };
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let step = v["step"].as_u64().unwrap_or(0) as usize;
+        if let Some(l) = v["loss"].as_f64() {
+            loss.push((step, l));
+        }
+        if let Some(a) = v["knn_acc"].as_f64() {
+            knn.push((step, a));
+        }
+    }
+    (loss, knn)
+}
+
+/// Set by SIGINT/SIGTERM; the loop checkpoints and stops after the current step.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Runs `trainer pretrain`.
+pub fn run(flags: PretrainOptions) -> Result<()> {
+    let resume = flags.resume;
+    let (cfg, out) = if resume {
+        let out = flags
+            .out
+            .clone()
+            .ok_or_else(|| usage("--resume needs --out DIR (the run to continue)"))?;
+        let given = PretrainOptions {
+            out: None,
+            workers: None,
+            resume: false,
+            ..flags.clone()
+        };
+        if format!("{given:?}") != format!("{:?}", PretrainOptions::default()) {
+            return Err(usage(
+                "--resume continues with the run's saved config.toml; pass only --out and optionally --workers",
+            ));
+        }
+        (RunConfig::load(&out.join("config.toml"))?, out)
+    } else {
+        let opts = match &flags.config {
+            Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
+            None => flags.clone(),
+        };
+        check_device(opts.device.as_deref(), opts.precision.as_deref())?;
+        let source = data_source(&opts)?;
+        let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
+        let cfg = resolve(&opts, &splits, source)?;
+        let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
+        if out.join("checkpoints").join("latest").exists() {
+            return Err(usage(format!(
+                "{} already holds a run: pass --resume to continue it, or another --out",
+                out.display()
+            )));
+        }
+        (cfg, out)
+    };
+    let workers = flags.workers.unwrap_or_else(rayon::current_num_threads);
+    train(&cfg, &out, resume, workers)
+}
+
+fn train(cfg: &RunConfig, out: &Path, resume: bool, workers: usize) -> Result<()> {
+    let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
+    let channels = splits.train.channels();
+    if channels != cfg.channels {
+        return Err(Error::data(
+            out,
+            format!(
+                "the data now has {channels} channels, the run was configured for {}",
+                cfg.channels
+            ),
+        ));
+    }
+    let mut model = M2t::new(model_config(cfg), cfg.seed)?;
+    let mut optimizer = Optimizer::new(cfg.optimizer, cfg.wd, model.student())?;
+    fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let metrics_path = out.join("metrics.jsonl");
+
+    let mut state = State {
+        step: 0,
+        seed: cfg.seed,
+        metrics_lines: 0,
+        skipped_images: 0,
+        train_seconds: 0.0,
+    };
+    if resume {
+        let dir = checkpoint::locate(out)?;
+        state = checkpoint::load_state(&dir)?;
+        checkpoint::restore_network(&dir, &mut model, Which::Student)?;
+        checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
+        let store = model.student();
+        let mut velocity = vec![0.0f32; store.flat_len()];
+        checkpoint::restore_velocity(&dir, store, &mut velocity)?;
+        optimizer.velocity_mut()?.copy_from_slice(&velocity);
+        eprintln!(
+            "resuming {} at step {}/{}",
+            out.display(),
+            state.step,
+            cfg.steps
+        );
+    } else {
+        nets::weights::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
+    let mut metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
+    eprintln!(
+        "{} {} stem, width {}, {} params; {}; {} steps of {} pairs at {} px",
+        cfg.arch,
+        cfg.stem,
+        cfg.width,
+        model.student().num_params(),
+        splits.train.describe(),
+        cfg.steps,
+        cfg.bs,
+        cfg.res
+    );
+    if cfg.steps == 0 || state.step >= cfg.steps {
+        let dir = checkpoint::save(out, &model, optimizer.velocity(), &state)?;
+        eprintln!("checkpoint: {}", dir.display());
+        return finish(cfg, out, &model, &splits, &state, &metrics_path, None);
+    }
+
+    let aug = AugmentConfig::new(cfg.res, channels)?;
+    let train_set = Arc::new(splits.train.clone());
+    let steps_per_epoch = train_set.len() / cfg.bs;
+    let mut loader = PairLoader::new(
+        train_set,
+        aug.clone(),
+        cfg.bs,
+        cfg.seed,
+        workers,
+        state.step,
+    )?;
+    let schedule = LrSchedule {
+        base_lr: cfg.lr,
+        warmup_iters: cfg.warmup_steps,
+        total_iters: cfg.steps,
+    };
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    // Only the first handler registration in a process succeeds; later runs reuse it.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+
+    let bar = progress_bar(cfg.steps, state.step);
+    let checkpoint_every = if cfg.checkpoint_every == 0 {
+        steps_per_epoch
+    } else {
+        cfg.checkpoint_every
+    };
+    let (mut window_start, mut window_pairs, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
+    let mut last_knn = None;
+    let mut last_checkpoint = None;
+    for step in state.step..cfg.steps {
+        let started = Instant::now();
+        let batch = loader.next()?;
+        state.skipped_images += batch.skipped;
+        window_wait += batch.wait.as_secs_f64();
+        let report = model.step(&batch.view1, &batch.view2, step, cfg.steps)?;
+        if !report.loss.is_finite() {
+            let kept = last_checkpoint
+                .as_ref()
+                .map_or("none yet".to_string(), |d: &PathBuf| {
+                    d.display().to_string()
+                });
+            return Err(Error::Diverged(format!(
+                "step {step}: the M2T loss (student predictions vs teacher targets, both views) is {}; stopped. Last good checkpoint: {kept}. Try a lower --lr.",
+                report.loss
+            )));
+        }
+        let lr = schedule.at(step);
+        optimizer.step(model.student_mut(), lr)?;
+        state.step = step + 1;
+        state.train_seconds += started.elapsed().as_secs_f64();
+        window_pairs += cfg.bs;
+
+        let epoch_done = state.step % steps_per_epoch == 0;
+        let epoch = state.step / steps_per_epoch;
+        let knn_due =
+            epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0 && state.step < cfg.steps;
+        let knn_acc = if knn_due {
+            knn_monitor(cfg, &model, &splits, &aug)?
+        } else {
+            None
+        };
+        if knn_acc.is_some() {
+            last_knn = knn_acc;
+        }
+        if state.step % cfg.log_every == 0 || state.step == cfg.steps || knn_acc.is_some() {
+            let secs = window_start.elapsed().as_secs_f64();
+            let mut line = json!({
+                "step": state.step,
+                "epoch": state.step as f64 / steps_per_epoch as f64,
+                "loss": report.loss,
+                "lr": lr,
+                "ema_m": report.ema_momentum,
+                "mbn_beta": report.mbn_beta,
+                "pairs_per_s": window_pairs as f64 / secs.max(1e-9),
+                "data_wait_ms": 1000.0 * window_wait,
+                "skipped_images": state.skipped_images,
+            });
+            if let Some(acc) = knn_acc {
+                line["knn_acc"] = json!(acc);
+            }
+            let message = format!(
+                "step {}/{} loss {:.4} lr {:.4} {:.1} pairs/s",
+                state.step,
+                cfg.steps,
+                report.loss,
+                lr,
+                window_pairs as f64 / secs.max(1e-9)
+            );
+            match &bar {
+                Some(b) => b.set_message(message),
+                None => eprintln!(
+                    "{message}{}",
+                    knn_acc.map_or(String::new(), |a| format!(" kNN {:.2}%", 100.0 * a))
+                ),
+            }
+            metrics.write(&metrics_path, line)?;
+            (window_start, window_pairs, window_wait) = (Instant::now(), 0, 0.0);
+        }
+        if let Some(b) = &bar {
+            b.set_position(state.step as u64);
+        }
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if state.step % checkpoint_every == 0 || state.step == cfg.steps || interrupted {
+            state.metrics_lines = metrics.lines;
+            last_checkpoint = Some(checkpoint::save(out, &model, optimizer.velocity(), &state)?);
+        }
+        if interrupted {
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            return Err(Error::Interrupted(format!(
+                "checkpointed at step {}/{}; continue with: trainer --resume --out {}",
+                state.step,
+                cfg.steps,
+                out.display()
+            )));
+        }
+    }
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    if state.skipped_images > 0 {
+        eprintln!(
+            "skipped {} corrupt or unreadable images",
+            state.skipped_images
+        );
+    }
+    finish(cfg, out, &model, &splits, &state, &metrics_path, last_knn)
+}
+
+fn progress_bar(total: usize, at: usize) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(total as u64).with_position(at as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed} < {eta}] {msg}")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
+/// kNN accuracy of the teacher on the test split, if the data has labels.
+fn knn_monitor(
+    cfg: &RunConfig,
+    model: &M2t,
+    splits: &Splits,
+    aug: &AugmentConfig,
+) -> Result<Option<f64>> {
+    let (Some(memory), Some(queries)) = (&splits.labelled_train, &splits.test) else {
+        return Ok(None);
+    };
+    let acc = eval::knn_of_network(
+        model,
+        Which::Teacher,
+        memory,
+        queries,
+        aug,
+        cfg.knn_memory,
+        cfg.knn_queries,
+    )?;
+    Ok(Some(acc))
+}
+
+/// Final kNN, summary.json and curves.png.
+fn finish(
+    cfg: &RunConfig,
+    out: &Path,
+    model: &M2t,
+    splits: &Splits,
+    state: &State,
+    metrics_path: &Path,
+    last_knn: Option<f64>,
+) -> Result<()> {
+    let aug = AugmentConfig::new(cfg.res, splits.train.channels())?;
+    let knn = match last_knn {
+        Some(a) => Some(a),
+        None => knn_monitor(cfg, model, splits, &aug)?,
+    };
+    let (loss, mut knn_points) = curves(metrics_path);
+    if let (Some(acc), None) = (knn, last_knn) {
+        knn_points.push((state.step, acc));
+    }
+    let summary = json!({
+        "steps": state.step,
+        "epochs": cfg.epochs,
+        "final_loss": loss.last().map(|&(_, l)| l),
+        "knn_acc": knn,
+        "train_seconds": state.train_seconds,
+        "pairs_per_s": if state.train_seconds > 0.0 { (state.step * cfg.bs) as f64 / state.train_seconds } else { 0.0 },
+        "skipped_images": state.skipped_images,
+        "params": model.student().num_params(),
+    });
+    let text =
+        serde_json::to_string_pretty(&summary).map_err(|e| Error::data(out, e.to_string()))?;
+    nets::weights::write_atomic(&out.join("summary.json"), text.as_bytes())?;
+    plot::write_curves(
+        &out.join("curves.png"),
+        &loss,
+        &knn_points
+            .iter()
+            .map(|&(s, a)| (s, 100.0 * a))
+            .collect::<Vec<_>>(),
+    )?;
+    match knn {
+        Some(a) => eprintln!("kNN accuracy (teacher, k=200): {:.2}%", 100.0 * a),
+        None => eprintln!("no labelled test split: kNN skipped"),
+    }
+    eprintln!("run folder: {}", out.display());
+    Ok(())
+}
