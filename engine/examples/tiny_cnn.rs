@@ -23,6 +23,8 @@
 //! cargo run --release -p engine --example tiny_cnn
 //! ```
 
+use std::f64::consts::{SQRT_2, TAU};
+
 use engine::ops::{BatchStats, BnNorm, Conv2dParams, update_running_stats};
 use engine::optim::Sgd;
 use engine::schedule::LrSchedule;
@@ -62,7 +64,7 @@ impl Rng {
     fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform(); // (0, 1]: keeps ln finite
         let u2 = self.uniform();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        (-2.0 * u1.ln()).sqrt() * (TAU * u2).cos()
     }
 
     fn below(&mut self, n: usize) -> usize {
@@ -85,18 +87,18 @@ fn stripes(rng: &mut Rng, n: usize) -> Result<(Tensor, Tensor)> {
     for _ in 0..n {
         let class = rng.below(CLASSES);
         let period = 3.0 + 3.0 * rng.uniform();
-        let phase = std::f64::consts::TAU * rng.uniform();
+        let phase = TAU * rng.uniform();
         for y in 0..IMAGE {
             for x in 0..IMAGE {
                 let (x, y) = (x as f64, y as f64);
                 // The coordinate that varies across the stripes.
                 let t = match class {
-                    0 => y,                                  // horizontal stripes
-                    1 => x,                                  // vertical stripes
-                    2 => (x + y) / std::f64::consts::SQRT_2, // diagonal
-                    _ => (x - y) / std::f64::consts::SQRT_2, // anti-diagonal
+                    0 => y,                // horizontal stripes
+                    1 => x,                // vertical stripes
+                    2 => (x + y) / SQRT_2, // diagonal
+                    _ => (x - y) / SQRT_2, // anti-diagonal
                 };
-                let v = (std::f64::consts::TAU * t / period + phase).sin() + NOISE * rng.normal();
+                let v = (TAU * t / period + phase).sin() + NOISE * rng.normal();
                 pixels.push(v as f32);
             }
         }
@@ -280,10 +282,10 @@ fn main() -> Result<()> {
         total_iters: STEPS,
     };
 
-    // Averages of the loss and accuracy over the steps since the last print.
     println!(
         "training {STEPS} steps of batch {BATCH}; loss and accuracy are means over the last 10 steps"
     );
+    // Sums of the loss and accuracy over the steps since the last print.
     let (mut loss_sum, mut acc_sum, mut seen) = (0.0, 0.0, 0);
     for step in 0..STEPS {
         let (images, labels) = stripes(&mut rng, BATCH)?;

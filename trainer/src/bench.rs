@@ -68,7 +68,9 @@ fn peak_rss_mb() -> f64 {
 
 /// Runs `trainer bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    check_device(Some(&args.device), args.precision.as_deref())?;
+    if let Some(note) = check_device(Some(&args.device), args.precision.as_deref())? {
+        eprintln!("{note}");
+    }
     if args.bs < 2 || args.res < 8 || args.steps == 0 {
         return Err(Error::Usage("--bs ≥ 2, --res ≥ 8 and --steps ≥ 1".into()));
     }

@@ -99,7 +99,7 @@ fn labelled(splits: &Splits, what: &Path) -> Result<()> {
 
 /// Runs `trainer knn`; prints and returns the accuracy.
 pub fn knn(args: KnnArgs) -> Result<f64> {
-    if args.k == 0 || !(args.t > 0.0) {
+    if args.k == 0 || args.t.is_nan() || args.t <= 0.0 {
         return Err(Error::Usage(format!(
             "--k {} --t {}: need k ≥ 1 and t > 0",
             args.k, args.t

@@ -5,6 +5,11 @@ use trainer::bench::BenchArgs;
 use trainer::commands::{EmbedArgs, ExportArgs, KnnArgs, LinearEvalArgs};
 use trainer::config::PretrainOptions;
 
+// The CPU backend allocates fresh activation buffers every step; mimalloc
+// reuses freed memory instead of returning it to the OS and faulting it back in.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Momentum² Teacher self-supervised pretraining of ResNets.
 ///
 /// With no subcommand, pretrains: `trainer --arch resnet18 --bs 128`.
@@ -25,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pretrain student and teacher (the default command).
-    Pretrain(PretrainOptions),
+    Pretrain(Box<PretrainOptions>),
     /// kNN accuracy (k=200, cosine, t=0.1) of a checkpoint's backbone features, or of raw pixels.
     Knn(KnnArgs),
     /// Linear evaluation on frozen backbone features (m2t-method.md §6).
@@ -57,7 +62,7 @@ fn main() {
     };
     let result = match cli.command {
         None => trainer::pretrain::run(cli.pretrain),
-        Some(Command::Pretrain(opts)) => trainer::pretrain::run(opts),
+        Some(Command::Pretrain(opts)) => trainer::pretrain::run(*opts),
         Some(Command::Knn(args)) => trainer::commands::knn(args).map(|_| ()),
         Some(Command::LinearEval(args)) => trainer::commands::linear_eval(args),
         Some(Command::Embed(args)) => trainer::commands::embed(args),

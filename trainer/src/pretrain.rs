@@ -93,11 +93,12 @@ pub fn model_config(cfg: &RunConfig) -> M2tConfig {
     }
 }
 
-/// Checks `--device` and `--precision` against what this build can run.
-pub fn check_device(device: Option<&str>, precision: Option<&str>) -> Result<()> {
-    match device.unwrap_or("auto") {
-        "cpu" => {}
-        "auto" => eprintln!("device auto: this build has no CUDA backend; training on the CPU"),
+/// Checks `--device` and `--precision` against what this build can run;
+/// returns the line to print when `auto` falls back to the CPU.
+pub fn check_device(device: Option<&str>, precision: Option<&str>) -> Result<Option<&'static str>> {
+    let note = match device.unwrap_or("auto") {
+        "cpu" => None,
+        "auto" => Some("device auto: this build has no CUDA backend; running on the CPU"),
         d if d == "cuda" || d.starts_with("cuda:") => {
             return Err(Error::Usage(format!(
                 "--device {d}: this build has no CUDA backend (CPU reference only); use --device cpu or auto"
@@ -108,9 +109,9 @@ pub fn check_device(device: Option<&str>, precision: Option<&str>) -> Result<()>
                 "--device {d}: expected auto, cpu or cuda[:N]"
             )));
         }
-    }
+    };
     match precision.unwrap_or("fp32") {
-        "fp32" => Ok(()),
+        "fp32" => Ok(note),
         p @ ("bf16" | "fp16") => Err(Error::Usage(format!(
             "--precision {p}: the CPU backend trains in fp32; 16-bit training needs --device cuda"
         ))),
@@ -180,7 +181,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     if !(0.0..1.0).contains(&ema) {
         return Err(usage(format!("--ema {ema}: expected a momentum in [0, 1)")));
     }
-    if !(lr.is_finite() && lr > 0.0) || !(wd.is_finite() && wd >= 0.0) {
+    if !(lr.is_finite() && lr > 0.0 && wd.is_finite() && wd >= 0.0) {
         return Err(usage(format!(
             "--lr {lr} / --wd {wd}: expected lr > 0 and wd ≥ 0"
         )));
@@ -279,8 +280,11 @@ impl Metrics {
     }
 }
 
+/// `(step, value)` points of one curve.
+type Series = Vec<(usize, f64)>;
+
 /// Loss and kNN points of a run's metrics, for the plot.
-fn curves(path: &Path) -> (Vec<(usize, f64)>, Vec<(usize, f64)>) {
+fn curves(path: &Path) -> (Series, Series) {
     let (mut loss, mut knn) = (Vec::new(), Vec::new());
     let Ok(text) = fs::read_to_string(path) else {
         return (loss, knn);
@@ -328,10 +332,13 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
             None => flags.clone(),
         };
-        check_device(opts.device.as_deref(), opts.precision.as_deref())?;
+        let device_note = check_device(opts.device.as_deref(), opts.precision.as_deref())?;
         let source = data_source(&opts)?;
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
         let cfg = resolve(&opts, &splits, source)?;
+        if let Some(note) = device_note {
+            eprintln!("{note}");
+        }
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
         if out.join("checkpoints").join("latest").exists() {
             return Err(usage(format!(

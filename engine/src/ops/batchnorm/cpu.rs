@@ -1,23 +1,29 @@
-//! CPU batch norm: per-channel reductions in f64 over fixed row blocks (so the
-//! result does not depend on thread scheduling), then elementwise passes.
+//! CPU batch norm over channels-last rows: per-channel sums in f64 over fixed
+//! row blocks (so results do not depend on thread scheduling), then one fused
+//! multiply-add per element with per-channel coefficients.
 
 use crate::ops::real::Real;
 use rayon::prelude::*;
 
 /// Rows per parallel task; fixed so reductions are deterministic.
-const ROWS_PER_TASK: usize = 512;
+const ROWS_PER_TASK: usize = 256;
 
-/// Per-channel `Σ term(i)` over every row, `i` the flat index of row·c + channel.
-fn channel_sum(len: usize, c: usize, term: impl Fn(usize) -> f64 + Sync) -> Vec<f64> {
-    let rows = len / c;
-    let partials: Vec<Vec<f64>> = (0..rows.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .map(|block| {
+/// Per-channel sums of `term(x_row, y_row, acc)` over all rows of two
+/// channels-last arrays, accumulated block by block in a fixed order.
+fn channel_sums<T: Real>(
+    x: &[T],
+    y: &[T],
+    c: usize,
+    term: impl Fn(&[T], &[T], &mut [f64]) + Sync,
+) -> Vec<f64> {
+    let block = c * ROWS_PER_TASK;
+    let partials: Vec<Vec<f64>> = x
+        .par_chunks(block)
+        .zip(y.par_chunks(block))
+        .map(|(xb, yb)| {
             let mut acc = vec![0.0; c];
-            for row in block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(rows) {
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a += term(row * c + j);
-                }
+            for (xr, yr) in xb.chunks_exact(c).zip(yb.chunks_exact(c)) {
+                term(xr, yr, &mut acc);
             }
             acc
         })
@@ -31,17 +37,54 @@ fn channel_sum(len: usize, c: usize, term: impl Fn(usize) -> f64 + Sync) -> Vec<
 /// Per-channel mean and biased variance (two passes).
 pub(super) fn mean_and_biased_var<T: Real>(x: &[T], c: usize) -> (Vec<f64>, Vec<f64>) {
     let n = (x.len() / c) as f64;
-    let mean: Vec<f64> = channel_sum(x.len(), c, |i| x[i].to_f64())
-        .into_iter()
-        .map(|s| s / n)
-        .collect();
-    let var = channel_sum(x.len(), c, |i| (x[i].to_f64() - mean[i % c]).powi(2))
-        .into_iter()
-        .map(|s| s / n)
-        .collect();
-    (mean, var)
+    let sum = channel_sums(x, x, c, |xr, _, acc| {
+        acc.iter_mut().zip(xr).for_each(|(a, &v)| *a += v.to_f64());
+    });
+    let mean: Vec<f64> = sum.into_iter().map(|s| s / n).collect();
+    let sq = channel_sums(x, x, c, |xr, _, acc| {
+        for ((a, &v), m) in acc.iter_mut().zip(xr).zip(&mean) {
+            let d = v.to_f64() - m;
+            *a += d * d;
+        }
+    });
+    (mean, sq.into_iter().map(|s| s / n).collect())
 }
 
+/// `out = x·scale + shift` per channel, in parallel row blocks.
+fn affine<T: Real>(x: &[T], extra: Option<&[T]>, c: usize, k: &[[T; 3]]) -> Vec<T> {
+    let block = c * ROWS_PER_TASK;
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(block).enumerate().for_each(|(b, ob)| {
+        let start = b * block;
+        let xb = &x[start..start + ob.len()];
+        match extra {
+            // out = k0·extra + k1·x + k2
+            Some(e) => {
+                let eb = &e[start..start + ob.len()];
+                for ((or, xr), er) in ob
+                    .chunks_exact_mut(c)
+                    .zip(xb.chunks_exact(c))
+                    .zip(eb.chunks_exact(c))
+                {
+                    for (((o, &xv), &ev), k) in or.iter_mut().zip(xr).zip(er).zip(k) {
+                        *o = k[0] * ev + k[1] * xv + k[2];
+                    }
+                }
+            }
+            // out = k1·x + k2
+            None => {
+                for (or, xr) in ob.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                    for ((o, &xv), k) in or.iter_mut().zip(xr).zip(k) {
+                        *o = k[1] * xv + k[2];
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `y = γ·(x − μ̂)·r + β` as `y = (γr)·x + (β − γr·μ̂)`.
 pub(super) fn normalize<T: Real>(
     x: &[T],
     gamma: &[T],
@@ -49,18 +92,17 @@ pub(super) fn normalize<T: Real>(
     mean: &[f64],
     inv_std: &[f64],
 ) -> Vec<T> {
-    let c = gamma.len();
-    let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(c * ROWS_PER_TASK)
-        .zip(x.par_chunks(c * ROWS_PER_TASK))
-        .for_each(|(y, x)| {
-            for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                let j = i % c;
-                let xhat = (x.to_f64() - mean[j]) * inv_std[j];
-                *y = T::from_f64(gamma[j].to_f64() * xhat + beta[j].to_f64());
-            }
-        });
-    y
+    let k: Vec<[T; 3]> = (0..gamma.len())
+        .map(|j| {
+            let scale = gamma[j].to_f64() * inv_std[j];
+            [
+                T::ZERO,
+                T::from_f64(scale),
+                T::from_f64(beta[j].to_f64() - scale * mean[j]),
+            ]
+        })
+        .collect();
+    affine(x, None, gamma.len(), &k)
 }
 
 /// The per-channel constants of one forward.
@@ -73,7 +115,7 @@ pub(super) struct Coefficients<'a> {
 }
 
 /// `dx = γ·r·[dy − a·Σdy/n − b·r²·(x − μ_b)·Σdy·(x − μ̂)/n]`,
-/// `dγ = r·Σdy·(x − μ̂)`, `dβ = Σdy`.
+/// `dγ = r·Σdy·(x − μ̂)`, `dβ = Σdy`; `dx` is evaluated as `k0·dy + k1·x + k2`.
 pub(super) fn backward<T: Real>(
     x: &[T],
     dy: &[T],
@@ -82,24 +124,23 @@ pub(super) fn backward<T: Real>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let c = gamma.len();
     let n = (x.len() / c) as f64;
-    let sum_dy = channel_sum(x.len(), c, |i| dy[i].to_f64());
-    let sum_dy_xc = channel_sum(x.len(), c, |i| {
-        dy[i].to_f64() * (x[i].to_f64() - k.mean_hat[i % c])
+    let sum_dy = channel_sums(dy, dy, c, |dr, _, acc| {
+        acc.iter_mut().zip(dr).for_each(|(a, &g)| *a += g.to_f64());
     });
-    let mut dx = vec![T::ZERO; x.len()];
-    dx.par_chunks_mut(c * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(block, dx)| {
-            let base = block * c * ROWS_PER_TASK;
-            for (o, d) in dx.iter_mut().enumerate() {
-                let (i, j) = (base + o, o % c);
-                let r = k.inv_std[j];
-                let centred = x[i].to_f64() - k.batch_mean[j];
-                let v =
-                    dy[i].to_f64() - k.a * sum_dy[j] / n - k.b * r * r * centred * sum_dy_xc[j] / n;
-                *d = T::from_f64(gamma[j].to_f64() * r * v);
-            }
-        });
+    let sum_dy_xc = channel_sums(x, dy, c, |xr, dr, acc| {
+        for (((a, &xv), &g), m) in acc.iter_mut().zip(xr).zip(dr).zip(k.mean_hat) {
+            *a += g.to_f64() * (xv.to_f64() - m);
+        }
+    });
+    let coeff: Vec<[T; 3]> = (0..c)
+        .map(|j| {
+            let (g, r) = (gamma[j].to_f64(), k.inv_std[j]);
+            let slope = -g * r * r * r * k.b * sum_dy_xc[j] / n;
+            let offset = -g * r * k.a * sum_dy[j] / n - slope * k.batch_mean[j];
+            [T::from_f64(g * r), T::from_f64(slope), T::from_f64(offset)]
+        })
+        .collect();
+    let dx = affine(x, Some(dy), c, &coeff);
     let dgamma = (0..c)
         .map(|j| T::from_f64(sum_dy_xc[j] * k.inv_std[j]))
         .collect();

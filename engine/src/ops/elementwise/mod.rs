@@ -9,23 +9,23 @@ use rayon::prelude::*;
 /// Elements per parallel task.
 const GRAIN: usize = 1 << 14;
 
-fn map<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
-    let mut y = vec![T::ZERO; x.len()];
-    y.par_chunks_mut(GRAIN)
-        .zip(x.par_chunks(GRAIN))
-        .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x)));
+// `collect_into_vec` writes the output once, without zero-filling it first.
+fn map<T: Real>(x: &[T], f: impl Fn(T) -> T + Sync + Send) -> Vec<T> {
+    let mut y = Vec::new();
+    x.par_iter()
+        .with_min_len(GRAIN)
+        .map(|&v| f(v))
+        .collect_into_vec(&mut y);
     y
 }
 
-fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
-    let mut y = vec![T::ZERO; a.len()];
-    y.par_chunks_mut(GRAIN)
-        .zip(a.par_chunks(GRAIN).zip(b.par_chunks(GRAIN)))
-        .for_each(|(y, (a, b))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                *y = f(a, b);
-            }
-        });
+fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Vec<T> {
+    let mut y = Vec::new();
+    a.par_iter()
+        .zip(b)
+        .with_min_len(GRAIN)
+        .map(|(&a, &b)| f(a, b))
+        .collect_into_vec(&mut y);
     y
 }
 

@@ -1,0 +1,521 @@
+//! End-to-end runs of the `trainer` binary: small CPU pretraining runs on
+//! synthetic data, Fashion-MNIST and an ImageFolder, exact resume after an
+//! interrupt or a kill, the evaluation subcommands, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+fn trainer() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_trainer"));
+    c.env("RAYON_NUM_THREADS", "2");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    trainer().args(args).output().expect("trainer starts")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("trainer-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A small, fast configuration on synthetic 16-px images.
+fn tiny(out: &Path, steps: usize) -> Vec<String> {
+    [
+        "--arch",
+        "resnet18",
+        "--bs",
+        "16",
+        "--dataset",
+        "synthetic",
+        "--res",
+        "16",
+        "--width",
+        "4",
+        "--proj-hidden",
+        "32",
+        "--proj-out",
+        "16",
+        "--knn-memory",
+        "256",
+        "--knn-queries",
+        "128",
+        "--log-every",
+        "1",
+        "--workers",
+        "2",
+        "--steps",
+        &steps.to_string(),
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.display().to_string()])
+    .collect()
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The losses of a run's metrics, as exact bit patterns.
+fn losses(out: &Path) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap().to_bits(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn synthetic_run_writes_every_output() {
+    let out = tmp("synthetic");
+    let o = run(&args(&tiny(&out, 6)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "checkpoints/latest",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    assert_eq!(losses(&out).len(), 6);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps"], 6);
+    let acc = summary["knn_acc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        config.contains("arch = \"resnet18\"") && config.contains("bs = 16"),
+        "{config}"
+    );
+}
+
+#[test]
+fn fashion_mnist_run() {
+    if !Path::new(FASHION_MNIST).is_dir() {
+        panic!(
+            "{FASHION_MNIST} is missing: apt-get install dataset-fashion-mnist (scripts/test.sh installs it)"
+        );
+    }
+    let out = tmp("fmnist");
+    let o = run(&[
+        "--arch",
+        "resnet18",
+        "--bs",
+        "32",
+        "--width",
+        "4",
+        "--proj-hidden",
+        "32",
+        "--proj-out",
+        "16",
+        "--steps",
+        "3",
+        "--knn-memory",
+        "500",
+        "--knn-queries",
+        "200",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("60000 images") && err.contains("kNN accuracy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn image_folder_run_and_tools() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/imagefolder");
+    let out = tmp("folder");
+    let o = run(&[
+        "--arch",
+        "resnet18",
+        "--bs",
+        "4",
+        "--res",
+        "8",
+        "--width",
+        "4",
+        "--proj-hidden",
+        "16",
+        "--proj-out",
+        "8",
+        "--steps",
+        "2",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let exported = out.join("backbone.safetensors");
+    let o = run(&[
+        "export",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&exported).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        file.tensor("conv1.weight").unwrap().shape(),
+        [4, 3, 3, 3],
+        "OIHW"
+    );
+    assert!(file.tensor("layer4.1.bn2.running_var").is_ok());
+    assert!(file.names().iter().all(|n| !n.starts_with("projector")));
+
+    let feats = out.join("features.safetensors");
+    let o = run(&[
+        "embed",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        feats.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&feats).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("features").unwrap().shape(), [8, 32]);
+    assert_eq!(file.tensor("labels").unwrap().shape(), [8]);
+}
+
+#[test]
+fn steps_zero_writes_the_initial_checkpoint_and_tools_use_it() {
+    let out = tmp("init");
+    let o = run(&args(&tiny(&out, 0)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::read_to_string(out.join("checkpoints/latest"))
+            .unwrap()
+            .contains("step-0000000")
+    );
+
+    // embed --input: normalised NHWC images in, features out.
+    let images: Vec<f32> = (0..2 * 16 * 16 * 3).map(|i| (i % 7) as f32 / 7.0).collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![2, 16, 16, 3],
+        bytemuck::cast_slice(&images),
+    )
+    .unwrap();
+    let input = out.join("images.safetensors");
+    std::fs::write(
+        &input,
+        safetensors::serialize([("images", view)], None).unwrap(),
+    )
+    .unwrap();
+    let feats = out.join("f.safetensors");
+    let o = run(&[
+        "embed",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        feats.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&feats).unwrap();
+    assert_eq!(
+        safetensors::SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .tensor("features")
+            .unwrap()
+            .shape(),
+        [2, 32]
+    );
+
+    let o = run(&[
+        "knn",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--memory",
+        "300",
+        "--queries",
+        "100",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("knn Teacher k=200"));
+
+    let o = run(&[
+        "linear-eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--bs",
+        "64",
+        "--limit",
+        "256",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("best top-1"));
+}
+
+/// Runs `args` in the background and sends `signal` once the run has logged
+/// `after` metric lines; returns the exit status.
+fn interrupt(args: &[&str], out: &Path, signal: &str, after: usize) -> std::process::ExitStatus {
+    let mut child = trainer()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(120) {
+        let lines =
+            std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count());
+        if lines >= after {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn resume_after_interrupt_or_kill_equals_an_uninterrupted_run() {
+    let steps = 120;
+    let reference = tmp("reference");
+    let mut a = tiny(&reference, steps);
+    a.extend(["--checkpoint-every".into(), "7".into()]);
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = losses(&reference);
+    assert_eq!(want.len(), steps);
+
+    for (signal, exit) in [("-INT", Some(130)), ("-KILL", None)] {
+        let out = tmp(&format!("resumed{signal}"));
+        let mut a = tiny(&out, steps);
+        a.extend(["--checkpoint-every".into(), "7".into()]);
+        let status = interrupt(&args(&a), &out, signal, 10);
+        assert_eq!(
+            status.code(),
+            exit,
+            "{signal}: the run must be stopped mid-way"
+        );
+        let o = run(&["--resume", "--out", out.to_str().unwrap(), "--workers", "1"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("resuming"), "{}", stderr(&o));
+        assert_eq!(
+            losses(&out),
+            want,
+            "{signal}: resumed losses differ from the uninterrupted run"
+        );
+    }
+}
+
+fn assert_usage_error(a: &[&str], needle: &str) {
+    let o = run(a);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{a:?}: {err}");
+    assert_eq!(
+        err.trim().lines().count(),
+        1,
+        "{a:?}: one line expected: {err}"
+    );
+    assert!(err.contains(needle), "{a:?}: {err}");
+}
+
+#[test]
+fn invalid_flags_exit_2_with_one_line() {
+    let out = tmp("bad");
+    let o = out.to_str().unwrap();
+    let base = [
+        "--dataset",
+        "synthetic",
+        "--res",
+        "16",
+        "--width",
+        "4",
+        "--steps",
+        "1",
+        "--out",
+        o,
+    ];
+    let with =
+        |extra: &[&'static str]| -> Vec<&str> { extra.iter().copied().chain(base).collect() };
+    assert_usage_error(&with(&["--arch", "resnet18", "--bs", "0"]), "--bs 0");
+    assert_usage_error(
+        &with(&["--arch", "resnet18", "--bs", "5000"]),
+        "larger than the dataset",
+    );
+    assert_usage_error(
+        &with(&["--arch", "resnet9", "--bs", "16"]),
+        "unknown arch 'resnet9'",
+    );
+    assert_usage_error(
+        &with(&["--arch", "resnet18", "--bs", "16", "--device", "cuda"]),
+        "no CUDA backend",
+    );
+    assert_usage_error(
+        &with(&["--arch", "resnet18", "--bs", "16", "--precision", "bf16"]),
+        "fp32",
+    );
+    assert_usage_error(&with(&["--bs", "16"]), "missing --arch");
+    assert_usage_error(&["--bogus"], "--bogus");
+    assert_usage_error(&["--resume"], "--resume needs --out");
+}
+
+#[test]
+fn bad_files_give_clear_errors() {
+    let dir = tmp("files");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A truncated IDX image file.
+    std::fs::write(
+        dir.join("train-images-idx3-ubyte"),
+        [0, 0, 8, 3, 0, 0, 0, 9, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2, 3],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("train-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    )
+    .unwrap();
+    let o = run(&[
+        "--arch",
+        "resnet18",
+        "--bs",
+        "4",
+        "--data",
+        dir.to_str().unwrap(),
+        "--out",
+        dir.join("run").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("train-images-idx3-ubyte"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = run(&[
+        "--arch",
+        "resnet18",
+        "--bs",
+        "4",
+        "--data",
+        "/nonexistent/data",
+        "--out",
+        dir.join("run").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/data"), "{}", stderr(&o));
+
+    // A corrupt checkpoint file.
+    let run_dir = tmp("corrupt");
+    let o = run(&args(&tiny(&run_dir, 0)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(
+        run_dir.join("checkpoints/step-0000000/teacher.safetensors"),
+        b"garbage",
+    )
+    .unwrap();
+    let o = run(&[
+        "export",
+        "--checkpoint",
+        run_dir.to_str().unwrap(),
+        "--out",
+        dir.join("x.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("teacher.safetensors")
+            && stderr(&o).contains("not a valid safetensors"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn divergence_stops_with_a_diagnosis() {
+    let out = tmp("nan");
+    let mut a = tiny(&out, 30);
+    a.extend(["--lr".into(), "1e30".into()]);
+    let o = run(&args(&a));
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the M2T loss") && err.contains("step "),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_file_is_read_and_flags_override_it() {
+    let dir = tmp("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("m2t.toml");
+    std::fs::write(&file, "arch = \"resnet18\"\nbs = 8\ndataset = \"synthetic\"\nres = 16\nwidth = 4\nproj-hidden = 16\nproj-out = 8\nsteps = 1\n").unwrap();
+    let out = dir.join("run");
+    let o = run(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--bs",
+        "16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("bs = 16") && saved.contains("width = 4"),
+        "{saved}"
+    );
+
+    std::fs::write(&file, "arch = \"resnet18\"\nbatch = 8\n").unwrap();
+    assert_usage_error(
+        &["--config", file.to_str().unwrap()],
+        "unknown field `batch`",
+    );
+}
+
+#[test]
+fn help_explains_flags_with_defaults() {
+    let o = run(&["--help"]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    for needle in [
+        "--arch",
+        "--teacher-bn",
+        "default: 0.05·bs/256",
+        "knn",
+        "linear-eval",
+        "export",
+        "bench",
+    ] {
+        assert!(text.contains(needle), "--help lacks {needle}");
+    }
+}
