@@ -10,10 +10,9 @@
 //! A 1×1 stride-1 convolution is exactly one GEMM (no im2col), so the `gemm`
 //! rows time plain GEMMs through the same path: `gemm` is 8192 rows
 //! (32·16·16) × 256 → 256, the baseline that `fwd/gemm` divides by, and
-//! `gemm.32k` is 32768 rows (32·32·32) × 256 → 256. The latter's 32 MiB output
-//! is above glibc's largest mmap threshold, so every call gets fresh pages from
-//! the kernel and pays their first-touch faults: its lower rate is that
-//! allocation cost, not the GEMM kernel.
+//! `gemm.32k` is 32768 rows (32·32·32) × 256 → 256, whose 32 MiB output
+//! shows what large fresh allocations cost. The benchmark uses mimalloc, the
+//! trainer's allocator, so freed buffers are reused as they are in training.
 //!
 //! `fwd/same` divides the time of the very GEMM a conv lowers to
 //! (`[N·OH·OW, R·S·C] · [R·S·C, K]`, run as a 1×1 conv so it is chunked alike)
@@ -27,6 +26,10 @@
 //! ```
 
 use engine::ops::Conv2dParams;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use engine::{Result, Tape, Tensor};
 use std::time::{Duration, Instant};
 

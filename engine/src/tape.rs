@@ -501,11 +501,15 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             params,
             ..
         } => {
-            let (dx, dw) = conv::backward(&saved_x, &saved_w, dy, params, x.is_some())?;
+            let want = (x.is_some(), w.is_some());
+            let (dx, dw) = conv::backward(&saved_x, &saved_w, dy, params, want)?;
             if let Some(dx) = dx {
                 accumulate(grads, x, dx)?;
             }
-            accumulate(grads, w, dw)
+            if let Some(dw) = dw {
+                accumulate(grads, w, dw)?;
+            }
+            Ok(())
         }
         Node::BatchNorm {
             x,
@@ -540,11 +544,14 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             saved_w,
             ..
         } => {
-            let (dx, dw, db) = linear::backward(&saved_x, &saved_w, b.is_some(), dy, x.is_some())?;
+            let want = (x.is_some(), w.is_some(), b.is_some());
+            let (dx, dw, db) = linear::backward(&saved_x, &saved_w, dy, want)?;
             if let Some(dx) = dx {
                 accumulate(grads, x, dx)?;
             }
-            accumulate(grads, w, dw)?;
+            if let Some(dw) = dw {
+                accumulate(grads, w, dw)?;
+            }
             if let Some(db) = db {
                 accumulate(grads, b, db)?;
             }
@@ -611,8 +618,10 @@ pub struct Gradients {
 }
 
 impl Gradients {
-    /// The gradient of the loss with respect to `v`: `None` if `v` needs no
-    /// gradient, belongs to another tape, or the loss does not depend on it.
+    /// The gradient of the loss with respect to `v`, kept for the leaves made
+    /// with [`Tape::param`]. `None` if `v` needs no gradient, belongs to another
+    /// tape, the loss does not depend on it, or it is an op's output (those
+    /// gradients are freed as soon as backward has passed them on).
     pub fn get(&self, v: &Var) -> Option<&Tensor> {
         match v.slot {
             Some((tape, slot)) if tape == self.tape => self.grads[slot].as_ref(),

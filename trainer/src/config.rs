@@ -75,6 +75,9 @@ pub struct PretrainOptions {
     /// Backbone width: channels of the first stage, 64 in torchvision [default: 64].
     #[arg(long)]
     pub width: Option<usize>,
+    /// Smallest RandomResizedCrop area, as a fraction of the image [default: 0.08].
+    #[arg(long)]
+    pub crop_min: Option<f64>,
     /// Run folder for config, metrics, checkpoints and plots [default: runs/<arch>-<dataset>].
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -212,6 +215,8 @@ pub struct RunConfig {
     pub proj_out: usize,
     /// Backbone width.
     pub width: usize,
+    /// Smallest RandomResizedCrop area fraction.
+    pub crop_min: f64,
     /// Seed.
     pub seed: u64,
     /// kNN monitor period in epochs (0: only at the end).
@@ -279,6 +284,7 @@ impl PretrainOptions {
             proj_hidden,
             proj_out,
             width,
+            crop_min,
             out,
             seed,
             workers,

@@ -186,6 +186,12 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
             "--lr {lr} / --wd {wd}: expected lr > 0 and wd ≥ 0"
         )));
     }
+    let crop_min = o.crop_min.unwrap_or(0.08);
+    if !(crop_min > 0.0 && crop_min <= 1.0) {
+        return Err(usage(format!(
+            "--crop-min {crop_min}: expected a fraction in (0, 1]"
+        )));
+    }
     let warmup_steps = (o.warmup_epochs.unwrap_or(10) * steps_per_epoch).min(steps / 10);
     let positive = |name: &str, v: Option<usize>, default: usize| -> Result<usize> {
         match v.unwrap_or(default) {
@@ -211,6 +217,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         proj_hidden: positive("proj-hidden", o.proj_hidden, 4096)?,
         proj_out: positive("proj-out", o.proj_out, 256)?,
         width: positive("width", o.width, 64)?,
+        crop_min,
         seed: o.seed.unwrap_or(0),
         knn_every: o.knn_every.unwrap_or(10),
         knn_memory: o.knn_memory.unwrap_or(10_000),
@@ -413,16 +420,13 @@ fn train(cfg: &RunConfig, out: &Path, resume: bool, workers: usize) -> Result<()
     }
 
     let aug = AugmentConfig::new(cfg.res, channels)?;
+    let train_aug = AugmentConfig {
+        crop_scale: (cfg.crop_min, 1.0),
+        ..aug.clone()
+    };
     let train_set = Arc::new(splits.train.clone());
     let steps_per_epoch = train_set.len() / cfg.bs;
-    let mut loader = PairLoader::new(
-        train_set,
-        aug.clone(),
-        cfg.bs,
-        cfg.seed,
-        workers,
-        state.step,
-    )?;
+    let mut loader = PairLoader::new(train_set, train_aug, cfg.bs, cfg.seed, workers, state.step)?;
     let schedule = LrSchedule {
         base_lr: cfg.lr,
         warmup_iters: cfg.warmup_steps,

@@ -5,10 +5,15 @@ use super::ConvGeometry;
 use crate::ops::real::{Mat, Real, matmul};
 use rayon::prelude::*;
 
-/// Upper bound on im2col elements held at once; larger batches go in chunks.
-const COL_BUDGET: usize = 1 << 23;
+/// Upper bound on im2col elements held at once (8 MiB of f32); larger batches
+/// go in chunks, so the buffer stays small enough for the allocator to reuse.
+const COL_BUDGET: usize = 1 << 21;
 
 fn images_per_chunk(g: &ConvGeometry) -> usize {
+    if g.is_pointwise() {
+        // No im2col buffer: the input rows are the GEMM operand.
+        return g.n.max(1);
+    }
     (COL_BUDGET / (g.oh * g.ow * g.patch()).max(1)).clamp(1, g.n.max(1))
 }
 
@@ -97,10 +102,10 @@ pub(super) fn backward<T: Real>(
     x: &[T],
     w: &[T],
     dy: &[T],
-    want_dx: bool,
-) -> (Option<Vec<T>>, Vec<T>) {
+    (want_dx, want_dw): (bool, bool),
+) -> (Option<Vec<T>>, Option<Vec<T>>) {
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
-    let mut dw = vec![T::ZERO; g.k * patch];
+    let mut dw = want_dw.then(|| vec![T::ZERO; g.k * patch]);
     let mut dx = want_dx.then(|| vec![T::ZERO; x.len()]);
     let chunk = images_per_chunk(g);
     let (mut col, mut dcol) = (Vec::new(), Vec::new());
@@ -108,21 +113,23 @@ pub(super) fn backward<T: Real>(
         let images = chunk.min(g.n - first);
         let rows = images * pixels;
         let dy_chunk = &dy[first * pixels * g.k..][..rows * g.k];
-        let a = if g.is_pointwise() {
-            &x[first * pixels * g.c..][..rows * g.c]
-        } else {
-            col.resize(rows * patch, T::ZERO);
-            im2col(g, x, first, &mut col);
-            &col[..]
-        };
-        // dw (k × patch) += dyᵀ (k × rows) · col (rows × patch)
-        matmul(
-            (g.k, patch, rows),
-            Mat::transposed(dy_chunk, g.k),
-            Mat::rows(a, patch),
-            &mut dw,
-            first > 0,
-        );
+        if let Some(dw) = dw.as_mut() {
+            let a = if g.is_pointwise() {
+                &x[first * pixels * g.c..][..rows * g.c]
+            } else {
+                col.resize(rows * patch, T::ZERO);
+                im2col(g, x, first, &mut col);
+                &col[..]
+            };
+            // dw (k × patch) += dyᵀ (k × rows) · col (rows × patch)
+            matmul(
+                (g.k, patch, rows),
+                Mat::transposed(dy_chunk, g.k),
+                Mat::rows(a, patch),
+                dw,
+                first > 0,
+            );
+        }
         if let Some(dx) = dx.as_mut() {
             let image_len = g.h * g.w * g.c;
             let dx_chunk = &mut dx[first * image_len..][..images * image_len];

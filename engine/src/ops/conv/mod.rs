@@ -101,19 +101,20 @@ pub(crate) fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
     })
 }
 
-/// Gradients of [`forward`]: `(dx if wanted, dw)`.
+/// Gradients of [`forward`]: `(dx, dw)`, each computed only if wanted.
 pub(crate) fn backward(
     x: &Tensor,
     w: &Tensor,
     dy: &Tensor,
     p: Conv2dParams,
-    want_dx: bool,
-) -> Result<(Option<Tensor>, Tensor)> {
+    want: (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let g = ConvGeometry::new(x, w, p)?;
     let dt = x.expect_same_dtype("conv2d backward", w)?;
     with_float!("conv2d backward", dt, T => {
-        let (dx, dw) = cpu::backward::<T>(&g, x.as_slice()?, w.as_slice()?, dy.as_slice()?, want_dx);
+        let (dx, dw) = cpu::backward::<T>(&g, x.as_slice()?, w.as_slice()?, dy.as_slice()?, want);
         let dx = dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?;
-        Ok((dx, Tensor::from_vec(dw, w.shape().clone())?))
+        let dw = dw.map(|v| Tensor::from_vec(v, w.shape().clone())).transpose()?;
+        Ok((dx, dw))
     })
 }

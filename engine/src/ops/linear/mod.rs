@@ -51,14 +51,13 @@ pub(crate) fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
     })
 }
 
-/// `(dx if wanted, dw, db if there is a bias)`.
+/// `(dx, dw, db)`, each computed only if wanted (`db` only with a bias).
 pub(crate) fn backward(
     x: &Tensor,
     w: &Tensor,
-    has_bias: bool,
     dy: &Tensor,
-    want_dx: bool,
-) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    (want_dx, want_dw, want_db): (bool, bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (n, fin, fout) = sizes(x, w, None)?;
     with_float!("linear backward", x.dtype(), T => {
         let dys = dy.as_slice::<T>()?;
@@ -69,9 +68,14 @@ pub(crate) fn backward(
         } else {
             None
         };
-        let mut dw = vec![T::ZERO; fout * fin];
-        matmul((fout, fin, n), Mat::transposed(dys, fout), Mat::rows(x.as_slice()?, fin), &mut dw, false);
-        let db = if has_bias {
+        let dw = if want_dw {
+            let mut dw = vec![T::ZERO; fout * fin];
+            matmul((fout, fin, n), Mat::transposed(dys, fout), Mat::rows(x.as_slice()?, fin), &mut dw, false);
+            Some(Tensor::from_vec(dw, [fout, fin])?)
+        } else {
+            None
+        };
+        let db = if want_db {
             let db: Vec<T> = (0..fout)
                 .into_par_iter()
                 .map(|j| (0..n).map(|i| dys[i * fout + j]).sum())
@@ -80,6 +84,6 @@ pub(crate) fn backward(
         } else {
             None
         };
-        Ok((dx, Tensor::from_vec(dw, [fout, fin])?, db))
+        Ok((dx, dw, db))
     })
 }
