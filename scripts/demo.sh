@@ -20,7 +20,7 @@ cargo build --release -q -p trainer
 trainer=target/release/trainer
 
 out=${DEMO_OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
-steps=${DEMO_STEPS:-1000}
+steps=${DEMO_STEPS:-1500}
 # ResNet-18 layout at width 8 (small stem, 28 px), 512/128-wide heads.
 model=(--arch resnet18 --width 8 --proj-hidden 512 --proj-out 128 --bs 128 --seed 0)
 # kNN: memory = the first 10,000 training images, queries = all 10,000 test images.
@@ -28,7 +28,7 @@ knn=(--knn-every 0 --knn-memory 10000 --knn-queries 0)
 
 echo "== pretraining $steps steps on the CPU (output in $out)"
 start=$(date +%s)
-"$trainer" "${model[@]}" "${knn[@]}" --lr 0.2 --crop-min 0.2 --steps "$steps" --out "$out/trained"
+"$trainer" "${model[@]}" "${knn[@]}" --lr 0.1 --crop-min 0.2 --steps "$steps" --out "$out/trained"
 minutes=$(( ($(date +%s) - start + 59) / 60 ))
 
 echo "== the same network, untrained"

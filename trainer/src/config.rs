@@ -258,41 +258,60 @@ impl PretrainOptions {
             ))
         })
     }
-
-    /// Each option of `self` where set, else `base`'s.
-    pub fn over(self, base: PretrainOptions) -> PretrainOptions {
-        macro_rules! pick {
-            ($($f:ident),*) => { PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config } };
-        }
-        pick!(
-            arch,
-            bs,
-            stem,
-            res,
-            data,
-            dataset,
-            epochs,
-            steps,
-            device,
-            precision,
-            optimizer,
-            lr,
-            wd,
-            warmup_epochs,
-            ema,
-            teacher_bn,
-            proj_hidden,
-            proj_out,
-            width,
-            crop_min,
-            out,
-            seed,
-            workers,
-            knn_every,
-            knn_memory,
-            knn_queries,
-            log_every,
-            checkpoint_every
-        )
-    }
 }
+
+/// Implements the layering of options over one another, and the list of the
+/// options a command line sets, over every optional field.
+macro_rules! layered {
+    ($($f:ident),*) => {
+        impl PretrainOptions {
+            /// Each option of `self` where set, else `base`'s.
+            pub fn over(self, base: PretrainOptions) -> PretrainOptions {
+                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config }
+            }
+
+            /// The flags of the options that are set, e.g. `--proj-hidden`.
+            pub fn given(&self) -> Vec<String> {
+                let mut flags = Vec::new();
+                $(if self.$f.is_some() {
+                    flags.push(format!("--{}", stringify!($f).replace('_', "-")));
+                })*
+                if self.config.is_some() {
+                    flags.push("--config".into());
+                }
+                flags
+            }
+        }
+    };
+}
+
+layered!(
+    arch,
+    bs,
+    stem,
+    res,
+    data,
+    dataset,
+    epochs,
+    steps,
+    device,
+    precision,
+    optimizer,
+    lr,
+    wd,
+    warmup_epochs,
+    ema,
+    teacher_bn,
+    proj_hidden,
+    proj_out,
+    width,
+    crop_min,
+    out,
+    seed,
+    workers,
+    knn_every,
+    knn_memory,
+    knn_queries,
+    log_every,
+    checkpoint_every
+);

@@ -322,16 +322,16 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             .out
             .clone()
             .ok_or_else(|| usage("--resume needs --out DIR (the run to continue)"))?;
-        let given = PretrainOptions {
-            out: None,
-            workers: None,
-            resume: false,
-            ..flags.clone()
-        };
-        if format!("{given:?}") != format!("{:?}", PretrainOptions::default()) {
-            return Err(usage(
-                "--resume continues with the run's saved config.toml; pass only --out and optionally --workers",
-            ));
+        let extra: Vec<String> = flags
+            .given()
+            .into_iter()
+            .filter(|f| f != "--out" && f != "--workers")
+            .collect();
+        if !extra.is_empty() {
+            return Err(usage(format!(
+                "--resume continues with the run's saved config.toml; drop {}",
+                extra.join(" ")
+            )));
         }
         (RunConfig::load(&out.join("config.toml"))?, out)
     } else {

@@ -387,6 +387,10 @@ fn invalid_flags_exit_2_with_one_line() {
     assert_usage_error(&with(&["--bs", "16"]), "missing --arch");
     assert_usage_error(&["--bogus"], "--bogus");
     assert_usage_error(&["--resume"], "--resume needs --out");
+    assert_usage_error(
+        &["--resume", "--out", o, "--bs", "4", "--lr", "0.1"],
+        "drop --bs --lr",
+    );
 }
 
 #[test]
