@@ -70,6 +70,25 @@ fn col2im<T: Real>(g: &ConvGeometry, col: &[T], dx_images: &mut [T]) {
         });
 }
 
+/// The GEMM operand of `images` images from `first` on: their receptive
+/// fields as rows, built in `col` unless the input pixels already are them.
+fn patches<'a, T: Real>(
+    g: &ConvGeometry,
+    x: &'a [T],
+    first: usize,
+    images: usize,
+    col: &'a mut Vec<T>,
+) -> &'a [T] {
+    let rows = images * g.oh * g.ow;
+    if g.is_pointwise() {
+        &x[first * g.h * g.w * g.c..][..rows * g.c]
+    } else {
+        col.resize(rows * g.patch(), T::ZERO);
+        im2col(g, x, first, col);
+        col
+    }
+}
+
 pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
     let mut y = vec![T::ZERO; g.n * pixels * g.k];
@@ -78,13 +97,7 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     for first in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - first);
         let rows = images * pixels;
-        let a = if g.is_pointwise() {
-            &x[first * pixels * g.c..][..rows * g.c]
-        } else {
-            col.resize(rows * patch, T::ZERO);
-            im2col(g, x, first, &mut col);
-            &col[..]
-        };
+        let a = patches(g, x, first, images, &mut col);
         let out = &mut y[first * pixels * g.k..][..rows * g.k];
         matmul(
             (rows, g.k, patch),
@@ -114,13 +127,7 @@ pub(super) fn backward<T: Real>(
         let rows = images * pixels;
         let dy_chunk = &dy[first * pixels * g.k..][..rows * g.k];
         if let Some(dw) = dw.as_mut() {
-            let a = if g.is_pointwise() {
-                &x[first * pixels * g.c..][..rows * g.c]
-            } else {
-                col.resize(rows * patch, T::ZERO);
-                im2col(g, x, first, &mut col);
-                &col[..]
-            };
+            let a = patches(g, x, first, images, &mut col);
             // dw (k × patch) += dyᵀ (k × rows) · col (rows × patch)
             matmul(
                 (g.k, patch, rows),
