@@ -3,7 +3,7 @@
 use crate::augment::AugmentConfig;
 use crate::checkpoint;
 use crate::config::{DataSource, RunConfig};
-use crate::data::Splits;
+use crate::data::{Dataset, Splits};
 use crate::eval;
 use crate::pretrain::{model_config, open_data};
 use crate::{Error, Result};
@@ -87,14 +87,15 @@ pub struct KnnArgs {
     pub res: Option<usize>,
 }
 
-fn labelled(splits: &Splits, what: &Path) -> Result<()> {
-    if splits.labelled_train.is_none() || splits.test.is_none() {
-        return Err(Error::Usage(format!(
-            "{}: kNN needs labelled train and test splits",
+/// The labelled training split (kNN memory, probe training) and the test split.
+fn labelled<'a>(splits: &'a Splits, what: &Path) -> Result<(&'a Dataset, &'a Dataset)> {
+    match (&splits.labelled_train, &splits.test) {
+        (Some(train), Some(test)) => Ok((train, test)),
+        _ => Err(Error::Usage(format!(
+            "{}: evaluation needs labelled train and test splits",
             what.display()
-        )));
+        ))),
     }
-    Ok(())
 }
 
 /// Runs `trainer knn`; prints and returns the accuracy.
@@ -105,19 +106,22 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             args.k, args.t
         )));
     }
-    let (splits, aug, label) = if args.raw_pixels {
+    let (memory, queries, label) = if args.raw_pixels {
         let data = args
             .data
             .clone()
             .ok_or_else(|| Error::Usage("--raw-pixels needs --data".into()))?;
         let splits = open_data(&DataSource::Path(data.clone()), 0, 0)?;
+        let (memory, queries) = labelled(&splits, &data)?;
         let res = args
             .res
-            .or(splits.train.native_size().map(|(h, w)| h.min(w)))
+            .or(memory.native_size().map(|(h, w)| h.min(w)))
             .unwrap_or(224);
-        let aug = AugmentConfig::new(res, splits.train.channels())?;
-        labelled(&splits, &data)?;
-        (splits, aug, "raw pixels".to_string())
+        let aug = AugmentConfig::new(res, memory.channels())?;
+        let mem = eval::pixel_features(memory, &aug, args.memory)?;
+        let q = eval::pixel_features(queries, &aug, args.queries)?;
+        let (mem, q) = crate::knn::centre_on(&mem, &q);
+        (mem, q, (memory.num_classes(), "raw pixels".to_string()))
     } else {
         let path = args
             .checkpoint
@@ -129,34 +133,24 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             .clone()
             .map_or(loaded.config.data.clone(), DataSource::Path);
         let splits = open_data(&source, loaded.config.res, loaded.config.seed)?;
-        labelled(&splits, &path)?;
+        let (memory, queries) = labelled(&splits, &path)?;
         let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
-        let (memory, queries) = (splits.labelled_train.as_ref(), splits.test.as_ref());
-        let (Some(memory), Some(queries)) = (memory, queries) else {
-            unreachable!("checked by labelled()")
-        };
         let which = Which::from(args.which);
         let mem = eval::network_features(&loaded.model, which, memory, &aug, args.memory)?;
         let q = eval::network_features(&loaded.model, which, queries, &aug, args.queries)?;
-        let classes = memory.num_classes().unwrap_or(0);
-        let acc = crate::knn::knn_accuracy(&mem, &q, args.k, args.t, classes)?;
-        println!(
-            "knn {:?} k={} t={}: {:.2}% ({} memory, {} queries)",
-            args.which,
-            args.k,
-            args.t,
-            100.0 * acc,
-            mem.labels.len(),
-            q.labels.len()
-        );
-        return Ok(acc);
+        (mem, q, (memory.num_classes(), format!("{:?}", args.which)))
     };
-    let (Some(memory), Some(queries)) = (splits.labelled_train.as_ref(), splits.test.as_ref())
-    else {
-        unreachable!("checked by labelled()")
-    };
-    let acc = eval::knn_of_pixels(memory, queries, &aug, args.memory, args.queries)?;
-    println!("knn {label}: {:.2}%", 100.0 * acc);
+    let (classes, label) = label;
+    let classes = classes.ok_or_else(|| Error::Usage("kNN needs a labelled dataset".into()))?;
+    let acc = crate::knn::knn_accuracy(&memory, &queries, args.k, args.t, classes)?;
+    println!(
+        "knn {label} k={} t={}: {:.2}% ({} memory, {} queries)",
+        args.k,
+        args.t,
+        100.0 * acc,
+        memory.len(),
+        queries.len()
+    );
     Ok(acc)
 }
 
@@ -353,10 +347,7 @@ pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
         .clone()
         .map_or(loaded.config.data.clone(), DataSource::Path);
     let splits = open_data(&source, loaded.config.res, loaded.config.seed)?;
-    labelled(&splits, &args.checkpoint)?;
-    let (Some(train), Some(test)) = (splits.labelled_train.as_ref(), splits.test.as_ref()) else {
-        unreachable!("checked by labelled()")
-    };
+    let (train, test) = labelled(&splits, &args.checkpoint)?;
     let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
     let lr = args.lr.unwrap_or(0.2 * args.bs as f64 / 256.0);
     let report = eval::linear_eval(

@@ -85,49 +85,6 @@ pub fn knn_of_network(
     knn_accuracy(&mem, &q, KNN_K, KNN_T, classes(memory)?)
 }
 
-/// kNN top-1 accuracy on centred raw pixels, the baseline a representation must beat.
-pub fn knn_of_pixels(
-    memory: &Dataset,
-    queries: &Dataset,
-    aug: &AugmentConfig,
-    memory_limit: usize,
-    query_limit: usize,
-) -> Result<f64> {
-    let mem = pixel_features(memory, aug, memory_limit)?;
-    let q = pixel_features(queries, aug, query_limit)?;
-    // Centre both with the memory's mean, as a fitted baseline would.
-    let mean = column_mean(&mem);
-    knn_accuracy(
-        &subtract(&mem, &mean),
-        &subtract(&q, &mean),
-        KNN_K,
-        KNN_T,
-        classes(memory)?,
-    )
-}
-
-fn column_mean(f: &Features) -> Vec<f32> {
-    let mut mean = vec![0.0f64; f.dim];
-    for row in f.data.chunks(f.dim.max(1)) {
-        mean.iter_mut().zip(row).for_each(|(m, &v)| *m += v as f64);
-    }
-    let n = f.labels.len().max(1) as f64;
-    mean.into_iter().map(|m| (m / n) as f32).collect()
-}
-
-fn subtract(f: &Features, mean: &[f32]) -> Features {
-    let data = f
-        .data
-        .chunks(f.dim.max(1))
-        .flat_map(|row| row.iter().zip(mean).map(|(v, m)| v - m))
-        .collect();
-    Features {
-        data,
-        dim: f.dim,
-        labels: f.labels.clone(),
-    }
-}
-
 /// What the linear probe reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LinearEvalReport {

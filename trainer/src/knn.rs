@@ -80,21 +80,23 @@ pub fn knn_accuracy(
     Ok(correct as f64 / queries.len() as f64)
 }
 
-/// `features` with the per-dimension mean of its rows subtracted (the
-/// raw-pixel kNN baseline runs on centred pixels, so that cosine similarity
-/// compares deviations from the average image rather than overall brightness).
+/// `memory` and `queries` with the per-dimension mean of the memory's rows
+/// subtracted (the raw-pixel kNN baseline runs on centred pixels, so that
+/// cosine similarity compares deviations from the average image rather than
+/// overall brightness; the queries are centred with what the memory shows, as
+/// a fitted model would be).
 ///
-/// Features without rows or with `dim == 0` come back unchanged.
-pub fn centred(features: &Features) -> Features {
-    let dim = features.dim;
-    if dim == 0 || features.data.len() < dim {
-        return features.clone();
+/// Feature sets without rows or with `dim == 0` come back unchanged.
+pub fn centre_on(memory: &Features, queries: &Features) -> (Features, Features) {
+    let dim = memory.dim;
+    if dim == 0 || memory.data.len() < dim || queries.dim != dim {
+        return (memory.clone(), queries.clone());
     }
-    let rows = features.data.len() / dim;
+    let rows = memory.data.len() / dim;
     // Sequential f64 sums: exact enough for 60k rows and independent of the
     // thread count.
     let mut mean = vec![0f64; dim];
-    for row in features.data.chunks_exact(dim) {
+    for row in memory.data.chunks_exact(dim) {
         for (m, &v) in mean.iter_mut().zip(row) {
             *m += f64::from(v);
         }
@@ -102,17 +104,20 @@ pub fn centred(features: &Features) -> Features {
     for m in &mut mean {
         *m /= rows as f64;
     }
-    let mut data = features.data.clone();
-    data.par_chunks_mut(dim).for_each(|row| {
-        for (v, &m) in row.iter_mut().zip(&mean) {
-            *v = (f64::from(*v) - m) as f32;
+    let subtract = |f: &Features| {
+        let mut data = f.data.clone();
+        data.par_chunks_mut(dim).for_each(|row| {
+            for (v, &m) in row.iter_mut().zip(&mean) {
+                *v = (f64::from(*v) - m) as f32;
+            }
+        });
+        Features {
+            data,
+            dim,
+            labels: f.labels.clone(),
         }
-    });
-    Features {
-        data,
-        dim,
-        labels: features.labels.clone(),
-    }
+    };
+    (subtract(memory), subtract(queries))
 }
 
 /// The predicted class of every query, computing similarities `chunk` queries
@@ -518,13 +523,15 @@ mod tests {
     #[test]
     fn centring_removes_the_mean() {
         let f = features(&[&[1.0, 10.0], &[3.0, 10.0], &[5.0, 13.0]], &[0, 1, 0]);
-        let c = centred(&f);
+        let q = features(&[&[2.0, 12.0]], &[1]);
+        let (c, cq) = centre_on(&f, &q);
         assert_eq!(c.data, vec![-2.0, -1.0, 0.0, -1.0, 2.0, 2.0]);
         assert_eq!((c.dim, c.labels), (2, f.labels.clone()));
+        assert_eq!(cq.data, vec![-1.0, 1.0], "queries use the memory's mean");
         let empty = Features {
             dim: 4,
             ..Features::default()
         };
-        assert_eq!(centred(&empty), empty);
+        assert_eq!(centre_on(&empty, &empty), (empty.clone(), empty));
     }
 }
