@@ -35,11 +35,11 @@ echo "== the same network, untrained"
 "$trainer" "${model[@]}" "${knn[@]}" --steps 0 --out "$out/untrained" 2> "$out/untrained.log"
 
 echo "== raw pixels"
-raw=$("$trainer" knn --raw-pixels --data "$data" --memory 10000 --queries 0)
+raw=$("$trainer" knn --raw-pixels --data "$data" --memory 10000 --queries 0 | sed -n 's/.*: \([0-9.]*%\).*/\1/p')
 
 acc() { sed -n 's/.*"knn_acc": \([0-9.]*\).*/\1/p' "$1/summary.json" | awk '{printf "%.2f%%", 100 * $1}'; }
 echo
 echo "kNN top-1 on the Fashion-MNIST test set (k=200, cosine, t=0.1; memory: first 10,000 training images)"
 echo "  trained teacher ($steps steps, ~$minutes min): $(acc "$out/trained")"
 echo "  untrained network:                 $(acc "$out/untrained")"
-echo "  raw pixels:                        ${raw##*: }"
+echo "  raw pixels:                        $raw"
