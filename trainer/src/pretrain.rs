@@ -317,7 +317,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
     let resume = flags.resume;
-    let (cfg, out) = if resume {
+    let (cfg, out, splits) = if resume {
         let out = flags
             .out
             .clone()
@@ -333,7 +333,9 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
                 extra.join(" ")
             )));
         }
-        (RunConfig::load(&out.join("config.toml"))?, out)
+        let cfg = RunConfig::load(&out.join("config.toml"))?;
+        let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
+        (cfg, out, splits)
     } else {
         let opts = match &flags.config {
             Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
@@ -353,14 +355,13 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
                 out.display()
             )));
         }
-        (cfg, out)
+        (cfg, out, splits)
     };
     let workers = flags.workers.unwrap_or_else(rayon::current_num_threads);
-    train(&cfg, &out, resume, workers)
+    train(&cfg, &out, splits, resume, workers)
 }
 
-fn train(cfg: &RunConfig, out: &Path, resume: bool, workers: usize) -> Result<()> {
-    let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
+fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usize) -> Result<()> {
     let channels = splits.train.channels();
     if channels != cfg.channels {
         return Err(Error::data(
