@@ -1,6 +1,7 @@
 //! `trainer bench`: full M2T steps (EMA, teacher forwards, student forward and
 //! backward on two views, SGD) on synthetic data, timed.
 
+use crate::config::parse;
 use crate::pretrain::check_device;
 use crate::{Error, Result};
 use clap::Args;
@@ -15,7 +16,7 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Backbone.
-    #[arg(long, value_parser = |s: &str| s.parse::<Arch>().map_err(|e| e.to_string()))]
+    #[arg(long, value_parser = parse::<Arch>)]
     pub arch: Arch,
     /// Pairs per step.
     #[arg(long)]
@@ -24,7 +25,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub res: usize,
     /// Stem [default: small below 128 px, else imagenet].
-    #[arg(long, value_parser = |s: &str| s.parse::<Stem>().map_err(|e| e.to_string()))]
+    #[arg(long, value_parser = parse::<Stem>)]
     pub stem: Option<Stem>,
     /// auto, cpu or cuda[:N].
     #[arg(long, default_value = "auto")]
@@ -71,8 +72,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(note) = check_device(Some(&args.device), args.precision.as_deref())? {
         eprintln!("{note}");
     }
-    if args.bs < 2 || args.res < 8 || args.steps == 0 {
-        return Err(Error::Usage("--bs ≥ 2, --res ≥ 8 and --steps ≥ 1".into()));
+    for (flag, value, least) in [
+        ("--bs", args.bs, 2),
+        ("--res", args.res, 8),
+        ("--steps", args.steps, 1),
+    ] {
+        if value < least {
+            return Err(Error::Usage(format!("{flag} {value}: at least {least}")));
+        }
     }
     let stem = args.stem.unwrap_or(if args.res < 128 {
         Stem::Small

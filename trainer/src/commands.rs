@@ -24,6 +24,15 @@ pub enum Network {
     Student,
 }
 
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Network::Teacher => "teacher",
+            Network::Student => "student",
+        })
+    }
+}
+
 impl From<Network> for Which {
     fn from(n: Network) -> Which {
         match n {
@@ -39,6 +48,20 @@ pub struct Loaded {
     pub config: RunConfig,
     /// Student and teacher.
     pub model: M2t,
+}
+
+impl Loaded {
+    /// The dataset to evaluate on: `data`, or the run's own. Images whose
+    /// channel count differs from the network's are converted (grey ↔ RGB).
+    fn splits(&self, data: Option<&PathBuf>) -> Result<Splits> {
+        let source = data.map_or(self.config.data.clone(), |p| DataSource::Path(p.clone()));
+        open_data(&source, self.config.res, self.config.seed)
+    }
+
+    /// The evaluation transform at the run's resolution and channels.
+    fn eval_transform(&self) -> Result<AugmentConfig> {
+        AugmentConfig::new(self.config.res, self.config.channels)
+    }
 }
 
 /// Loads the model of a run folder (its latest checkpoint) or of a checkpoint folder.
@@ -128,17 +151,13 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             .clone()
             .ok_or_else(|| Error::Usage("--checkpoint is required".into()))?;
         let loaded = load_checkpoint(&path)?;
-        let source = args
-            .data
-            .clone()
-            .map_or(loaded.config.data.clone(), DataSource::Path);
-        let splits = open_data(&source, loaded.config.res, loaded.config.seed)?;
+        let splits = loaded.splits(args.data.as_ref())?;
         let (memory, queries) = labelled(&splits, &path)?;
-        let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
+        let aug = loaded.eval_transform()?;
         let which = Which::from(args.which);
         let mem = eval::network_features(&loaded.model, which, memory, &aug, args.memory)?;
         let q = eval::network_features(&loaded.model, which, queries, &aug, args.queries)?;
-        (mem, q, (memory.num_classes(), format!("{:?}", args.which)))
+        (mem, q, (memory.num_classes(), args.which.to_string()))
     };
     let (classes, label) = label;
     let classes = classes.ok_or_else(|| Error::Usage("kNN needs a labelled dataset".into()))?;
@@ -174,7 +193,7 @@ pub fn export_backbone(args: ExportArgs) -> Result<()> {
     let (store, buffers) = loaded.model.network(args.which.into());
     export(&args.out, store, buffers, Part::Backbone)?;
     println!(
-        "wrote {} ({:?} backbone, {}, torchvision names)",
+        "wrote {} ({} backbone, {}, torchvision names)",
         args.out.display(),
         args.which,
         loaded.config.arch
@@ -246,21 +265,9 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
             )
         }
         (None, Some(data)) => {
-            let splits = open_data(
-                &DataSource::Path(data.clone()),
-                loaded.config.res,
-                loaded.config.seed,
-            )?;
-            if splits.train.channels() != loaded.config.channels {
-                return Err(Error::Usage(format!(
-                    "{} has {} channels; the network takes {}",
-                    data.display(),
-                    splits.train.channels(),
-                    loaded.config.channels
-                )));
-            }
+            let splits = loaded.splits(Some(data))?;
             let set = splits.test.as_ref().unwrap_or(&splits.train);
-            let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
+            let aug = loaded.eval_transform()?;
             let f = eval::network_features(&loaded.model, which, set, &aug, 0)?;
             let has_labels = set.label(0).is_some();
             let labels = has_labels.then(|| f.labels.clone());
@@ -342,13 +349,9 @@ pub struct LinearEvalArgs {
 /// Runs `trainer linear-eval`.
 pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
     let loaded = load_checkpoint(&args.checkpoint)?;
-    let source = args
-        .data
-        .clone()
-        .map_or(loaded.config.data.clone(), DataSource::Path);
-    let splits = open_data(&source, loaded.config.res, loaded.config.seed)?;
+    let splits = loaded.splits(args.data.as_ref())?;
     let (train, test) = labelled(&splits, &args.checkpoint)?;
-    let aug = AugmentConfig::new(loaded.config.res, loaded.config.channels)?;
+    let aug = loaded.eval_transform()?;
     let lr = args.lr.unwrap_or(0.2 * args.bs as f64 / 256.0);
     let report = eval::linear_eval(
         &loaded.model,

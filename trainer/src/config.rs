@@ -59,6 +59,9 @@ pub struct PretrainOptions {
     /// Linear warm-up epochs, clamped to a tenth of the run [default: 10].
     #[arg(long)]
     pub warmup_epochs: Option<usize>,
+    /// Linear warm-up in steps (overrides --warmup-epochs).
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
     /// EMA momentum at the start, rising to 1 by cosine [default: 0.99].
     #[arg(long)]
     pub ema: Option<f64>,
@@ -112,8 +115,12 @@ pub struct PretrainOptions {
     pub checkpoint_every: Option<usize>,
 }
 
-fn parse<T: std::str::FromStr<Err = nets::Error>>(s: &str) -> Result<T, String> {
-    s.parse().map_err(|e: nets::Error| e.to_string())
+/// Parses a flag value with `T`'s `FromStr`, keeping just the message.
+pub(crate) fn parse<T: std::str::FromStr<Err = nets::Error>>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|e: nets::Error| match e {
+        nets::Error::Config(message) => message,
+        other => other.to_string(),
+    })
 }
 
 /// Deserialises `Option<T>` through `T`'s `FromStr`.
@@ -246,17 +253,59 @@ impl RunConfig {
 }
 
 impl PretrainOptions {
-    /// Reads a `--config` TOML file.
+    /// Reads a `--config` TOML file: option keys as on the command line, or a
+    /// run's saved `config.toml` (which then reproduces that run).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Usage(format!("--config {}: {e}", path.display())))?;
-        toml::from_str(&text).map_err(|e| {
-            Error::Usage(format!(
+        toml::from_str(&text).or_else(|e| match toml::from_str::<RunConfig>(&text) {
+            Ok(run) => Ok(PretrainOptions::from(run)),
+            Err(_) => Err(Error::Usage(format!(
                 "--config {}: {}",
                 path.display(),
                 e.message().trim()
-            ))
+            ))),
         })
+    }
+}
+
+impl From<RunConfig> for PretrainOptions {
+    /// The options that resolve to `run` again on the same data.
+    fn from(run: RunConfig) -> Self {
+        let (data, dataset) = match run.data {
+            DataSource::Path(p) => (Some(p), None),
+            DataSource::Synthetic => (None, Some("synthetic".to_string())),
+        };
+        let optimizer = match run.optimizer {
+            OptimizerKind::Sgd => "sgd",
+            OptimizerKind::Lars => "lars",
+        };
+        PretrainOptions {
+            arch: Some(run.arch),
+            bs: Some(run.bs),
+            stem: Some(run.stem),
+            res: Some(run.res),
+            data,
+            dataset,
+            steps: Some(run.steps),
+            optimizer: Some(optimizer.to_string()),
+            lr: Some(run.lr),
+            wd: Some(run.wd),
+            warmup_steps: Some(run.warmup_steps),
+            ema: Some(run.ema),
+            teacher_bn: Some(run.teacher_bn),
+            proj_hidden: Some(run.proj_hidden),
+            proj_out: Some(run.proj_out),
+            width: Some(run.width),
+            crop_min: Some(run.crop_min),
+            seed: Some(run.seed),
+            knn_every: Some(run.knn_every),
+            knn_memory: Some(run.knn_memory),
+            knn_queries: Some(run.knn_queries),
+            log_every: Some(run.log_every),
+            checkpoint_every: Some(run.checkpoint_every),
+            ..PretrainOptions::default()
+        }
     }
 }
 
@@ -300,6 +349,7 @@ layered!(
     lr,
     wd,
     warmup_epochs,
+    warmup_steps,
     ema,
     teacher_bn,
     proj_hidden,

@@ -18,7 +18,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     name = "trainer",
     version,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    allow_negative_numbers = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,9 +55,19 @@ fn main() {
             std::process::exit(0);
         }
         Err(e) => {
+            // One line: clap's message (with its list of missing arguments)
+            // without the usage block and the pointer to --help.
             let rendered = e.to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
-            eprintln!("trainer: {}", line.trim_start_matches("error: "));
+            let message: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!(
+                "trainer: {} (see --help)",
+                message.join(" ").trim_start_matches("error: ")
+            );
             std::process::exit(2);
         }
     };

@@ -163,6 +163,11 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     let steps_per_epoch = images / bs;
     let (steps, epochs) = match (o.steps, o.epochs) {
         (Some(s), _) => (s, s as f64 / steps_per_epoch as f64),
+        (None, Some(0)) => {
+            return Err(usage(
+                "--epochs 0: train at least one epoch (--steps 0 writes the initial checkpoint)",
+            ));
+        }
         (None, e) => {
             let e = e.unwrap_or(100);
             (e * steps_per_epoch, e as f64)
@@ -181,10 +186,13 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     if !(0.0..1.0).contains(&ema) {
         return Err(usage(format!("--ema {ema}: expected a momentum in [0, 1)")));
     }
-    if !(lr.is_finite() && lr > 0.0 && wd.is_finite() && wd >= 0.0) {
+    if !(lr.is_finite() && lr > 0.0) {
         return Err(usage(format!(
-            "--lr {lr} / --wd {wd}: expected lr > 0 and wd ≥ 0"
+            "--lr {lr}: expected a positive learning rate"
         )));
+    }
+    if !(wd.is_finite() && wd >= 0.0) {
+        return Err(usage(format!("--wd {wd}: expected a weight decay ≥ 0")));
     }
     let crop_min = o.crop_min.unwrap_or(0.08);
     if !(crop_min > 0.0 && crop_min <= 1.0) {
@@ -192,7 +200,10 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
             "--crop-min {crop_min}: expected a fraction in (0, 1]"
         )));
     }
-    let warmup_steps = (o.warmup_epochs.unwrap_or(10) * steps_per_epoch).min(steps / 10);
+    let warmup_steps = match o.warmup_steps {
+        Some(w) => w.min(steps),
+        None => (o.warmup_epochs.unwrap_or(10) * steps_per_epoch).min(steps / 10),
+    };
     let positive = |name: &str, v: Option<usize>, default: usize| -> Result<usize> {
         match v.unwrap_or(default) {
             0 => Err(usage(format!("--{name} 0: must be at least 1"))),
@@ -331,6 +342,12 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             return Err(usage(format!(
                 "--resume continues with the run's saved config.toml; drop {}",
                 extra.join(" ")
+            )));
+        }
+        if !out.join("config.toml").is_file() {
+            return Err(usage(format!(
+                "--resume: {} holds no run (no config.toml)",
+                out.display()
             )));
         }
         let cfg = RunConfig::load(&out.join("config.toml"))?;
@@ -623,9 +640,9 @@ fn finish(
             .collect::<Vec<_>>(),
     )?;
     match knn {
-        Some(a) => eprintln!("kNN accuracy (teacher, k=200): {:.2}%", 100.0 * a),
-        None => eprintln!("no labelled test split: kNN skipped"),
+        Some(a) => println!("kNN accuracy (teacher, k=200): {:.2}%", 100.0 * a),
+        None => println!("no labelled test split: kNN skipped"),
     }
-    eprintln!("run folder: {}", out.display());
+    println!("run folder: {}", out.display());
     Ok(())
 }
