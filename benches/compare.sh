@@ -16,7 +16,8 @@
 # Environment:
 #   TRAINER  engine binary [default: target/release/trainer of this repository]
 #   PYTHON   Python with torch and torchvision [default: python3; on the dev
-#            machine that is /opt/torchenv/bin/python]
+#            machine that is /opt/torchenv/bin/python]; the summary maths
+#            use the system python3 (stdlib only)
 #   RUNS     runs of each [default: 3]
 #
 # Example: PYTHON=/opt/torchenv/bin/python RUNS=3 bash benches/compare.sh

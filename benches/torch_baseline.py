@@ -144,7 +144,7 @@ class Teacher(nn.Module):
     @classmethod
     def _to_momentum_bn(cls, module):
         for name, child in module.named_children():
-            if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 setattr(module, name, MomentumBN(child))
             else:
                 cls._to_momentum_bn(child)
