@@ -8,8 +8,8 @@ use crate::tape::{Gradients, Tape, Var};
 use crate::{DType, Device, Shape, Tensor};
 use std::collections::HashMap;
 
-/// Offsets are rounded up to this many elements (256 bytes), so every view is
-/// aligned for vector loads.
+/// Offsets are rounded up to this many elements (256 bytes), so views keep the
+/// buffer's alignment for vector loads (and device buffers' 256-byte alignment).
 const ALIGN: usize = 64;
 
 /// What a parameter is, which decides how optimisers treat it.

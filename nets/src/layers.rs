@@ -1,7 +1,7 @@
 //! Layers: each owns named handles into the network's flat parameter store, and
 //! batch-norm layers an index into the network's [`BnBuffers`].
 
-use crate::Result;
+use crate::{Error, Result};
 use engine::ops::{
     BatchStats, BesselCorrection, BnNorm, Conv2dParams, momentum_bn_update, update_running_stats,
 };
@@ -101,8 +101,17 @@ impl BnBuffers {
         &self.var[i]
     }
 
-    /// Overwrites layer `i`'s buffers (same shapes).
+    /// Overwrites layer `i`'s buffers; `mean` and `var` must have its channel count.
     pub fn set(&mut self, i: usize, mean: &[f32], var: &[f32]) -> Result<()> {
+        let c = self.mean[i].numel();
+        if mean.len() != c || var.len() != c {
+            return Err(Error::Config(format!(
+                "{}: {} mean and {} variance values for {c} channels",
+                self.names[i],
+                mean.len(),
+                var.len()
+            )));
+        }
         self.mean[i].slice_mut::<f32>()?.copy_from_slice(mean);
         self.var[i].slice_mut::<f32>()?.copy_from_slice(var);
         Ok(())

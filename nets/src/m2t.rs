@@ -178,11 +178,6 @@ impl M2t {
         &self.teacher
     }
 
-    /// The teacher's parameters, e.g. to restore a checkpoint.
-    pub fn teacher_mut(&mut self) -> &mut ParamStore {
-        &mut self.teacher
-    }
-
     /// A network's parameters and BN buffers (running statistics for the
     /// student, Momentum-BN history for the teacher).
     pub fn network(&self, which: Which) -> (&ParamStore, &BnBuffers) {

@@ -86,6 +86,17 @@ pub enum Stem {
     Small,
 }
 
+impl Stem {
+    /// The stem that suits `res`-pixel images: small below 128 px.
+    pub fn for_res(res: usize) -> Stem {
+        if res < 128 {
+            Stem::Small
+        } else {
+            Stem::ImageNet
+        }
+    }
+}
+
 impl fmt::Display for Stem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -101,6 +101,15 @@ fn torch_tensors(
     Ok(out)
 }
 
+/// The elements of a little-endian f32 safetensors tensor (the file's bytes
+/// need not be aligned for f32).
+pub fn f32_values(view: &TensorView) -> Vec<f32> {
+    view.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, flushed to
 /// disk, then renamed over the target, so a crash leaves the old file or the new.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -182,11 +191,7 @@ pub fn import(
                 view.shape()
             ));
         } else {
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
+            let data = f32_values(&view);
             loaded.insert(name.clone(), from_torch_layout(shape, &data));
         }
     }

@@ -81,11 +81,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             return Err(Error::Usage(format!("{flag} {value}: at least {least}")));
         }
     }
-    let stem = args.stem.unwrap_or(if args.res < 128 {
-        Stem::Small
-    } else {
-        Stem::ImageNet
-    });
+    let stem = args.stem.unwrap_or(Stem::for_res(args.res));
     let backbone = ResNetConfig {
         arch: args.arch,
         stem,

@@ -8,7 +8,7 @@
 use crate::{Error, Result};
 use engine::{ParamStore, Tensor};
 use nets::m2t::{M2t, Which};
-use nets::weights::{Part, export, import, write_atomic};
+use nets::weights::{Part, export, f32_values, import, write_atomic};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -93,12 +93,15 @@ pub fn save(run: &Path, model: &M2t, velocity: &Tensor, state: &State) -> Result
     Ok(dir)
 }
 
-/// Removes every checkpoint but `keep` and `previous`.
+/// Removes every checkpoint but `keep` and `previous`, and temporary folders
+/// left by interrupted saves.
 fn prune(root: &Path, keep: &str, previous: Option<&str>) -> Result<()> {
     let entries = fs::read_dir(root).map_err(|e| Error::io(root, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with("step-") && name != keep && Some(name.as_str()) != previous {
+        let stale_tmp = name.starts_with(".step-") && name.ends_with(".tmp");
+        let old = name.starts_with("step-") && name != keep && Some(name.as_str()) != previous;
+        if stale_tmp || old {
             fs::remove_dir_all(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
         }
     }
@@ -146,8 +149,6 @@ pub fn restore_velocity(dir: &Path, store: &ParamStore, velocity: &mut [f32]) ->
             ),
         ));
     }
-    for (v, b) in velocity.iter_mut().zip(view.data().chunks_exact(4)) {
-        *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    }
+    velocity.copy_from_slice(&f32_values(&view));
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::{Error, Result};
 use clap::{Args, ValueEnum};
 use engine::Tensor;
 use nets::m2t::{M2t, Which};
-use nets::weights::{Part, export, write_atomic};
+use nets::weights::{Part, export, f32_values, write_atomic};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::path::{Path, PathBuf};
 
@@ -221,7 +221,8 @@ pub struct EmbedArgs {
     pub which: Network,
 }
 
-fn read_images(path: &Path, channels: usize) -> Result<Tensor> {
+/// The `images` tensor of a safetensors file: NHWC f32 values and the shape.
+fn read_images(path: &Path, channels: usize) -> Result<(Vec<f32>, Vec<usize>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::data(path, format!("not a valid safetensors file: {e}")))?;
@@ -238,12 +239,7 @@ fn read_images(path: &Path, channels: usize) -> Result<Tensor> {
             ),
         ));
     }
-    let data: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    Ok(Tensor::from_vec(data, shape)?)
+    Ok((f32_values(&view), shape))
 }
 
 /// Runs `trainer embed`.
@@ -252,12 +248,20 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     let which = Which::from(args.which);
     let (features, labels) = match (&args.input, &args.data) {
         (Some(input), _) => {
-            let images = read_images(input, loaded.config.channels)?;
-            let f = loaded.model.features(which, &images)?;
-            let dim = f.dims()[1];
+            let (pixels, shape) = read_images(input, loaded.config.channels)?;
+            // A batch at a time, so a large file does not need all activations at once.
+            let image_len = shape[1..].iter().product::<usize>().max(1);
+            let (mut data, mut dim) = (Vec::new(), loaded.model.config().backbone.feature_dim());
+            for chunk in pixels.chunks(image_len * eval::FEATURE_BATCH) {
+                let n = chunk.len() / image_len;
+                let images = Tensor::from_vec(chunk.to_vec(), [n, shape[1], shape[2], shape[3]])?;
+                let f = loaded.model.features(which, &images)?;
+                dim = f.dims()[1];
+                data.extend_from_slice(f.as_slice::<f32>()?);
+            }
             (
                 crate::knn::Features {
-                    data: f.to_vec()?,
+                    data,
                     dim,
                     labels: Vec::new(),
                 },
@@ -353,6 +357,20 @@ pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
     let (train, test) = labelled(&splits, &args.checkpoint)?;
     let aug = loaded.eval_transform()?;
     let lr = args.lr.unwrap_or(0.2 * args.bs as f64 / 256.0);
+    if args.bs < 2 {
+        return Err(Error::Usage(format!(
+            "--bs {}: batch norm needs at least 2 images per batch",
+            args.bs
+        )));
+    }
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(Error::Usage(format!(
+            "--lr {lr}: expected a positive learning rate"
+        )));
+    }
+    if args.epochs == 0 {
+        return Err(Error::Usage("--epochs 0: train at least one epoch".into()));
+    }
     let report = eval::linear_eval(
         &loaded.model,
         args.which.into(),

@@ -69,6 +69,10 @@ pub struct PretrainOptions {
     #[arg(long, value_parser = parse::<TeacherBn>)]
     #[serde(default, with = "opt_str")]
     pub teacher_bn: Option<TeacherBn>,
+    /// Momentum BN's Bessel correction: double (the release: n/(n−1) on top of
+    /// the unbiased variance) or single [default: double].
+    #[arg(long)]
+    pub mbn_correction: Option<String>,
     /// Projector (and predictor) hidden width [default: 4096].
     #[arg(long)]
     pub proj_hidden: Option<usize>,
@@ -216,6 +220,8 @@ pub struct RunConfig {
     /// Teacher batch norm.
     #[serde(with = "as_str")]
     pub teacher_bn: TeacherBn,
+    /// Momentum BN's Bessel correction: "double" or "single".
+    pub mbn_correction: String,
     /// Projector and predictor hidden width.
     pub proj_hidden: usize,
     /// Projector output width.
@@ -242,8 +248,16 @@ impl RunConfig {
     /// Reads a saved `config.toml`.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text)
-            .map_err(|e| Error::Usage(format!("{}: {}", path.display(), e.message())))
+        let run: RunConfig = toml::from_str(&text)
+            .map_err(|e| Error::Usage(format!("{}: {}", path.display(), e.message())))?;
+        if !matches!(run.mbn_correction.as_str(), "double" | "single") {
+            return Err(Error::Usage(format!(
+                "{}: mbn-correction = {:?}, expected \"double\" or \"single\"",
+                path.display(),
+                run.mbn_correction
+            )));
+        }
+        Ok(run)
     }
 
     /// The TOML text saved with the run.
@@ -294,6 +308,7 @@ impl From<RunConfig> for PretrainOptions {
             warmup_steps: Some(run.warmup_steps),
             ema: Some(run.ema),
             teacher_bn: Some(run.teacher_bn),
+            mbn_correction: Some(run.mbn_correction),
             proj_hidden: Some(run.proj_hidden),
             proj_out: Some(run.proj_out),
             width: Some(run.width),
@@ -314,8 +329,20 @@ impl From<RunConfig> for PretrainOptions {
 macro_rules! layered {
     ($($f:ident),*) => {
         impl PretrainOptions {
-            /// Each option of `self` where set, else `base`'s.
-            pub fn over(self, base: PretrainOptions) -> PretrainOptions {
+            /// Each option of `self` where set, else `base`'s. Options that set
+            /// the same thing in two ways (`epochs`/`steps`,
+            /// `warmup-epochs`/`warmup-steps`, `data`/`dataset`) go as pairs:
+            /// if `self` sets either, `base` sets neither.
+            pub fn over(self, mut base: PretrainOptions) -> PretrainOptions {
+                if self.epochs.is_some() || self.steps.is_some() {
+                    (base.epochs, base.steps) = (None, None);
+                }
+                if self.warmup_epochs.is_some() || self.warmup_steps.is_some() {
+                    (base.warmup_epochs, base.warmup_steps) = (None, None);
+                }
+                if self.data.is_some() || self.dataset.is_some() {
+                    (base.data, base.dataset) = (None, None);
+                }
                 PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config }
             }
 
@@ -352,6 +379,7 @@ layered!(
     warmup_steps,
     ema,
     teacher_bn,
+    mbn_correction,
     proj_hidden,
     proj_out,
     width,

@@ -9,7 +9,7 @@ use crate::{Error, Result};
 use nets::m2t::{M2t, Which};
 
 /// Images per forward pass when extracting features.
-const FEATURE_BATCH: usize = 256;
+pub const FEATURE_BATCH: usize = 256;
 /// kNN neighbours and temperature (m2t-method.md §6).
 pub const KNN_K: usize = 200;
 /// kNN temperature.
@@ -147,6 +147,8 @@ pub fn linear_eval(
         total_iters: epochs * steps_per_epoch,
     };
     let test_features = network_features(model, which, test, aug, 0)?;
+    let rows = test_features.labels.len();
+    let test_inputs = Tensor::from_vec(test_features.data.clone(), [rows, dim])?;
     let sample = aug.sample_len();
     let mut per_epoch = Vec::new();
     for epoch in 0..epochs {
@@ -191,10 +193,7 @@ pub fn linear_eval(
         let mut tape = Tape::no_grad();
         let params = store.attach(&mut tape);
         let mut f = Forward::new(&mut tape, &params, BnMode::Eval, &buffers);
-        let rows = test_features.labels.len();
-        let x = f
-            .tape
-            .constant(Tensor::from_vec(test_features.data.clone(), [rows, dim])?);
+        let x = f.tape.constant(test_inputs.clone());
         let logits = fc.forward(&mut f, &x)?;
         let logits = bn.forward(&mut f, &logits)?;
         let scores = logits.value().as_slice::<f32>()?;

@@ -31,10 +31,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pretrain student and teacher (the default command).
+    #[command(allow_negative_numbers = true)]
     Pretrain(Box<PretrainOptions>),
     /// kNN accuracy (k=200, cosine, t=0.1) of a checkpoint's backbone features, or of raw pixels.
+    #[command(allow_negative_numbers = true)]
     Knn(KnnArgs),
     /// Linear evaluation on frozen backbone features (m2t-method.md §6).
+    #[command(allow_negative_numbers = true)]
     LinearEval(LinearEvalArgs),
     /// Write backbone features of a dataset or of an `images` safetensors file.
     Embed(EmbedArgs),

@@ -8,6 +8,7 @@ use crate::data::{self, Splits};
 use crate::eval;
 use crate::loader::PairLoader;
 use crate::{Error, Result, plot};
+use engine::ops::BesselCorrection;
 use engine::optim::{Lars, Sgd};
 use engine::schedule::LrSchedule;
 use engine::{ParamStore, Tensor};
@@ -88,6 +89,10 @@ pub fn model_config(cfg: &RunConfig) -> M2tConfig {
         proj_out: cfg.proj_out,
         pred_hidden: cfg.proj_hidden,
         teacher_bn: cfg.teacher_bn,
+        correction: match cfg.mbn_correction.as_str() {
+            "single" => BesselCorrection::Single,
+            _ => BesselCorrection::Double,
+        },
         ema_base: cfg.ema,
         ..M2tConfig::new(backbone)
     }
@@ -150,11 +155,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     if res < 8 {
         return Err(usage(format!("--res {res}: at least 8 pixels")));
     }
-    let stem = o.stem.unwrap_or(if res < 128 {
-        Stem::Small
-    } else {
-        Stem::ImageNet
-    });
+    let stem = o.stem.unwrap_or(Stem::for_res(res));
     let optimizer = match o.optimizer.as_deref().unwrap_or("sgd") {
         "sgd" => OptimizerKind::Sgd,
         "lars" => OptimizerKind::Lars,
@@ -170,7 +171,10 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         }
         (None, e) => {
             let e = e.unwrap_or(100);
-            (e * steps_per_epoch, e as f64)
+            let steps = e
+                .checked_mul(steps_per_epoch)
+                .ok_or_else(|| usage(format!("--epochs {e}: too many")))?;
+            (steps, e as f64)
         }
     };
     let lr = o.lr.unwrap_or(match optimizer {
@@ -194,6 +198,14 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     if !(wd.is_finite() && wd >= 0.0) {
         return Err(usage(format!("--wd {wd}: expected a weight decay ≥ 0")));
     }
+    let mbn_correction = match o.mbn_correction.as_deref().unwrap_or("double") {
+        c @ ("double" | "single") => c.to_string(),
+        other => {
+            return Err(usage(format!(
+                "--mbn-correction {other}: expected double or single"
+            )));
+        }
+    };
     let crop_min = o.crop_min.unwrap_or(0.08);
     if !(crop_min > 0.0 && crop_min <= 1.0) {
         return Err(usage(format!(
@@ -202,7 +214,11 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     }
     let warmup_steps = match o.warmup_steps {
         Some(w) => w.min(steps),
-        None => (o.warmup_epochs.unwrap_or(10) * steps_per_epoch).min(steps / 10),
+        None => o
+            .warmup_epochs
+            .unwrap_or(10)
+            .saturating_mul(steps_per_epoch)
+            .min(steps / 10),
     };
     let positive = |name: &str, v: Option<usize>, default: usize| -> Result<usize> {
         match v.unwrap_or(default) {
@@ -225,6 +241,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         warmup_steps,
         ema,
         teacher_bn: o.teacher_bn.unwrap_or_default(),
+        mbn_correction,
         proj_hidden: positive("proj-hidden", o.proj_hidden, 4096)?,
         proj_out: positive("proj-out", o.proj_out, 256)?,
         width: positive("width", o.width, 64)?,
@@ -280,10 +297,13 @@ impl Metrics {
                 .map_err(|e| Error::io(path, e))?,
             Err(_) => Vec::new(),
         };
-        let mut file = fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        for l in &kept {
-            writeln!(file, "{l}").map_err(|e| Error::io(path, e))?;
-        }
+        // Rewrite atomically, so a crash here cannot lose the kept history.
+        let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        nets::weights::write_atomic(path, text.as_bytes())?;
+        let file = fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
         Ok(Metrics {
             file,
             lines: kept.len(),
@@ -406,10 +426,7 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
         state = checkpoint::load_state(&dir)?;
         checkpoint::restore_network(&dir, &mut model, Which::Student)?;
         checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
-        let store = model.student();
-        let mut velocity = vec![0.0f32; store.flat_len()];
-        checkpoint::restore_velocity(&dir, store, &mut velocity)?;
-        optimizer.velocity_mut()?.copy_from_slice(&velocity);
+        checkpoint::restore_velocity(&dir, model.student(), optimizer.velocity_mut()?)?;
         eprintln!(
             "resuming {} at step {}/{}",
             out.display(),
@@ -431,9 +448,13 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
         cfg.bs,
         cfg.res
     );
-    if cfg.steps == 0 || state.step >= cfg.steps {
-        let dir = checkpoint::save(out, &model, optimizer.velocity(), &state)?;
-        eprintln!("checkpoint: {}", dir.display());
+    if state.step >= cfg.steps {
+        // A finished run resumed again changes nothing; a fresh `--steps 0`
+        // run saves the initial networks.
+        if !resume {
+            let dir = checkpoint::save(out, &model, optimizer.velocity(), &state)?;
+            eprintln!("checkpoint: {}", dir.display());
+        }
         return finish(cfg, out, &model, &splits, &state, &metrics_path, None);
     }
 
@@ -443,8 +464,8 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
         ..aug.clone()
     };
     let train_set = Arc::new(splits.train.clone());
-    let steps_per_epoch = train_set.len() / cfg.bs;
     let mut loader = PairLoader::new(train_set, train_aug, cfg.bs, cfg.seed, workers, state.step)?;
+    let steps_per_epoch = loader.steps_per_epoch();
     let schedule = LrSchedule {
         base_lr: cfg.lr,
         warmup_iters: cfg.warmup_steps,
@@ -461,8 +482,12 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
         cfg.checkpoint_every
     };
     let (mut window_start, mut window_pairs, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
-    let mut last_knn = None;
-    let mut last_checkpoint = None;
+    let mut final_knn = None;
+    let mut last_checkpoint = if resume {
+        checkpoint::locate(out).ok()
+    } else {
+        None
+    };
     for step in state.step..cfg.steps {
         let started = Instant::now();
         let batch = loader.next()?;
@@ -470,14 +495,17 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
         window_wait += batch.wait.as_secs_f64();
         let report = model.step(&batch.view1, &batch.view2, step, cfg.steps)?;
         if !report.loss.is_finite() {
-            let kept = last_checkpoint
-                .as_ref()
-                .map_or("none yet".to_string(), |d: &PathBuf| {
-                    d.display().to_string()
-                });
+            let kept = describe(&last_checkpoint);
             return Err(Error::Diverged(format!(
                 "step {step}: the M2T loss (student predictions vs teacher targets, both views) is {}; stopped. Last good checkpoint: {kept}. Try a lower --lr.",
                 report.loss
+            )));
+        }
+        if !all_finite(model.student().grads())? {
+            return Err(Error::Diverged(format!(
+                "step {step}: non-finite gradients (loss {}); stopped before the update. Last good checkpoint: {}. Try a lower --lr.",
+                report.loss,
+                describe(&last_checkpoint)
             )));
         }
         let lr = schedule.at(step);
@@ -488,15 +516,14 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
 
         let epoch_done = state.step % steps_per_epoch == 0;
         let epoch = state.step / steps_per_epoch;
-        let knn_due =
-            epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0 && state.step < cfg.steps;
+        let knn_due = epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0;
         let knn_acc = if knn_due {
             knn_monitor(cfg, &model, &splits, &aug)?
         } else {
             None
         };
-        if knn_acc.is_some() {
-            last_knn = knn_acc;
+        if state.step == cfg.steps {
+            final_knn = knn_acc;
         }
         if state.step % cfg.log_every == 0 || state.step == cfg.steps || knn_acc.is_some() {
             let secs = window_start.elapsed().as_secs_f64();
@@ -561,7 +588,20 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
             state.skipped_images
         );
     }
-    finish(cfg, out, &model, &splits, &state, &metrics_path, last_knn)
+    finish(cfg, out, &model, &splits, &state, &metrics_path, final_knn)
+}
+
+/// A checkpoint folder for messages.
+fn describe(checkpoint: &Option<PathBuf>) -> String {
+    checkpoint
+        .as_ref()
+        .map_or("none yet".into(), |d| d.display().to_string())
+}
+
+/// True when every element of an f32 buffer is finite.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    use rayon::prelude::*;
+    Ok(t.as_slice::<f32>()?.par_iter().all(|v| v.is_finite()))
 }
 
 fn progress_bar(total: usize, at: usize) -> Option<ProgressBar> {
@@ -599,7 +639,8 @@ fn knn_monitor(
     Ok(Some(acc))
 }
 
-/// Final kNN, summary.json and curves.png.
+/// Final kNN (`final_knn` if the monitor measured the last step), summary.json
+/// and curves.png.
 fn finish(
     cfg: &RunConfig,
     out: &Path,
@@ -607,17 +648,21 @@ fn finish(
     splits: &Splits,
     state: &State,
     metrics_path: &Path,
-    last_knn: Option<f64>,
+    final_knn: Option<f64>,
 ) -> Result<()> {
     let aug = AugmentConfig::new(cfg.res, splits.train.channels())?;
-    let knn = match last_knn {
-        Some(a) => Some(a),
-        None => knn_monitor(cfg, model, splits, &aug)?,
-    };
+    // The monitor's value when it ran at the last step; otherwise measure now.
     let (loss, mut knn_points) = curves(metrics_path);
-    if let (Some(acc), None) = (knn, last_knn) {
-        knn_points.push((state.step, acc));
-    }
+    let knn = match final_knn {
+        Some(a) => Some(a),
+        None => {
+            let acc = knn_monitor(cfg, model, splits, &aug)?;
+            if let Some(a) = acc {
+                knn_points.push((state.step, a));
+            }
+            acc
+        }
+    };
     let summary = json!({
         "steps": state.step,
         "epochs": cfg.epochs,

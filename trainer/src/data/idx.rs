@@ -231,7 +231,7 @@ mod tests {
             println!("skipping: {FASHION_MNIST_DIR} is absent");
             return;
         }
-        let s = super::super::fashion_mnist().unwrap();
+        let s = super::super::open(std::path::Path::new(super::super::FASHION_MNIST_DIR)).unwrap();
         assert_eq!(s.train.len(), 60_000);
         assert_eq!(s.train.native_size(), Some((28, 28)));
         assert_eq!(s.train.num_classes(), Some(10));

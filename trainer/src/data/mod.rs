@@ -313,12 +313,6 @@ pub fn open(path: &Path) -> Result<Splits> {
     }
 }
 
-/// Opens Fashion-MNIST from [`FASHION_MNIST_DIR`], telling the user how to
-/// install it when it is missing.
-pub fn fashion_mnist() -> Result<Splits> {
-    open(Path::new(FASHION_MNIST_DIR))
-}
-
 /// The error for a dataset path that does not exist.
 fn missing(path: &Path) -> Error {
     if path == Path::new(FASHION_MNIST_DIR) {
