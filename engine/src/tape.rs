@@ -61,7 +61,7 @@ enum Node {
         saved: BnSaved,
     },
     Relu {
-        x: usize,
+        x: Option<usize>,
         out: usize,
         saved_y: Tensor,
     },
@@ -71,13 +71,13 @@ enum Node {
         out: usize,
     },
     MaxPool {
-        x: usize,
+        x: Option<usize>,
         out: usize,
         argmax: Vec<u32>,
         input: Shape,
     },
     GlobalAvgPool {
-        x: usize,
+        x: Option<usize>,
         out: usize,
         input: Shape,
     },
@@ -90,7 +90,7 @@ enum Node {
         saved_w: Tensor,
     },
     L2Normalize {
-        x: usize,
+        x: Option<usize>,
         out: usize,
         saved_y: Tensor,
         norms: Vec<f64>,
@@ -102,18 +102,18 @@ enum Node {
         saved: [Tensor; 4],
     },
     CrossEntropy {
-        logits: usize,
+        logits: Option<usize>,
         out: usize,
         probs: Tensor,
         labels: Tensor,
     },
     Reshape {
-        x: usize,
+        x: Option<usize>,
         out: usize,
         input: Shape,
     },
     Cast {
-        x: usize,
+        x: Option<usize>,
         out: usize,
         from: DType,
     },
@@ -166,8 +166,8 @@ impl Node {
             | Node::GlobalAvgPool { x, .. }
             | Node::L2Normalize { x, .. }
             | Node::Reshape { x, .. }
-            | Node::Cast { x, .. } => vec![Some(x)],
-            Node::CrossEntropy { logits, .. } => vec![Some(logits)],
+            | Node::Cast { x, .. } => vec![x],
+            Node::CrossEntropy { logits, .. } => vec![logits],
         }
     }
 }
@@ -314,7 +314,7 @@ impl Tape {
         let y = elementwise::relu(&x.value)?;
         let saved_y = y.clone();
         self.record(&[x], y, |s, out| Node::Relu {
-            x: s[0].expect("single input is tracked"),
+            x: s[0],
             out,
             saved_y,
         })
@@ -335,7 +335,7 @@ impl Tape {
         let (y, argmax) = pool::max_forward(&x.value, params)?;
         let input = x.shape().clone();
         self.record(&[x], y, |s, out| Node::MaxPool {
-            x: s[0].expect("single input is tracked"),
+            x: s[0],
             out,
             argmax,
             input,
@@ -347,7 +347,7 @@ impl Tape {
         let y = pool::avg_forward(&x.value)?;
         let input = x.shape().clone();
         self.record(&[x], y, |s, out| Node::GlobalAvgPool {
-            x: s[0].expect("single input is tracked"),
+            x: s[0],
             out,
             input,
         })
@@ -374,7 +374,7 @@ impl Tape {
         let (y, norms) = loss::l2_normalize(&x.value)?;
         let saved_y = y.clone();
         self.record(&[x], y, |s, out| Node::L2Normalize {
-            x: s[0].expect("single input is tracked"),
+            x: s[0],
             out,
             saved_y,
             norms,
@@ -398,7 +398,7 @@ impl Tape {
         let (y, probs) = loss::cross_entropy(&logits.value, labels)?;
         let labels = labels.clone();
         self.record(&[logits], y, |s, out| Node::CrossEntropy {
-            logits: s[0].expect("single input is tracked"),
+            logits: s[0],
             out,
             probs,
             labels,
@@ -410,7 +410,7 @@ impl Tape {
         let y = x.value.reshape(shape)?;
         let input = x.shape().clone();
         self.record(&[x], y, |s, out| Node::Reshape {
-            x: s[0].expect("single input is tracked"),
+            x: s[0],
             out,
             input,
         })
@@ -421,11 +421,7 @@ impl Tape {
     pub fn cast(&mut self, x: &Var, to: DType) -> Result<Var> {
         let y = cast::cast(&x.value, to)?;
         let from = x.value.dtype();
-        self.record(&[x], y, |s, out| Node::Cast {
-            x: s[0].expect("single input is tracked"),
-            out,
-            from,
-        })
+        self.record(&[x], y, |s, out| Node::Cast { x: s[0], out, from })
     }
 
     /// Backpropagates from a scalar `loss` (seeded with 1), consuming the tape.
@@ -524,7 +520,7 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             accumulate(grads, beta, dbeta)
         }
         Node::Relu { x, saved_y, .. } => {
-            accumulate(grads, Some(x), elementwise::relu_backward(&saved_y, dy)?)
+            accumulate(grads, x, elementwise::relu_backward(&saved_y, dy)?)
         }
         Node::Add { a, b, .. } => {
             accumulate(grads, a, dy.clone())?;
@@ -532,9 +528,9 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
         }
         Node::MaxPool {
             x, argmax, input, ..
-        } => accumulate(grads, Some(x), pool::max_backward(dy, &argmax, &input)?),
+        } => accumulate(grads, x, pool::max_backward(dy, &argmax, &input)?),
         Node::GlobalAvgPool { x, input, .. } => {
-            accumulate(grads, Some(x), pool::avg_backward(dy, &input)?)
+            accumulate(grads, x, pool::avg_backward(dy, &input)?)
         }
         Node::Linear {
             x,
@@ -559,11 +555,7 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
         }
         Node::L2Normalize {
             x, saved_y, norms, ..
-        } => accumulate(
-            grads,
-            Some(x),
-            loss::l2_normalize_backward(&saved_y, &norms, dy)?,
-        ),
+        } => accumulate(grads, x, loss::l2_normalize_backward(&saved_y, &norms, dy)?),
         Node::M2tLoss { inputs, saved, .. } => {
             let dloss = scalar_value(dy)?;
             // Each input's partner in its dot product: q1↔k1, q2↔k2.
@@ -582,10 +574,10 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             ..
         } => {
             let g = loss::cross_entropy_backward(&probs, &labels, scalar_value(dy)?)?;
-            accumulate(grads, Some(logits), g)
+            accumulate(grads, logits, g)
         }
-        Node::Reshape { x, input, .. } => accumulate(grads, Some(x), dy.reshape(input)?),
-        Node::Cast { x, from, .. } => accumulate(grads, Some(x), cast::cast(dy, from)?),
+        Node::Reshape { x, input, .. } => accumulate(grads, x, dy.reshape(input)?),
+        Node::Cast { x, from, .. } => accumulate(grads, x, cast::cast(dy, from)?),
     }
 }
 
