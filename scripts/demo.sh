@@ -7,13 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 data=/usr/share/datasets/fashion-mnist
-if [ ! -d "$data" ]; then
-    echo "== installing dataset-fashion-mnist"
-    sudo_if_needed=""
-    [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
-    $sudo_if_needed apt-get update -qq
-    $sudo_if_needed apt-get install -y -qq dataset-fashion-mnist
-fi
+bash scripts/install-fashion-mnist.sh
 
 echo "== building (release)"
 cargo build --release -q -p trainer

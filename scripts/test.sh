@@ -5,13 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The end-to-end tests read the real Fashion-MNIST that Debian packages.
-if [ ! -d /usr/share/datasets/fashion-mnist ]; then
-    echo "== installing dataset-fashion-mnist"
-    sudo_if_needed=""
-    [ "$(id -u)" -eq 0 ] || sudo_if_needed="sudo"
-    $sudo_if_needed apt-get update -qq
-    $sudo_if_needed apt-get install -y -qq dataset-fashion-mnist
-fi
+bash scripts/install-fashion-mnist.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
