@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 # The end-to-end tests read the real Fashion-MNIST that Debian packages.
 bash scripts/install-fashion-mnist.sh
+# The kernel compile test runs NVRTC on every CUDA kernel (no GPU needed).
+bash scripts/install-nvrtc.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,0 +1,663 @@
+//! A device to run kernels on — a CUDA GPU or the SIMT emulator — and the one
+//! launch wrapper both share.
+
+use crate::emulator::{self, Memory};
+use crate::registry::{self, Param};
+use crate::{Error, Result, nvrtc, probe};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, result, sys};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+/// Grid and block shape and dynamic shared memory of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// Blocks in x, y, z.
+    pub grid: (u32, u32, u32),
+    /// Threads per block in x, y, z.
+    pub block: (u32, u32, u32),
+    /// Dynamic shared memory per block, in bytes.
+    pub shared_bytes: u32,
+}
+
+/// Grid-stride kernels need no more blocks than this to fill any current GPU.
+const MAX_STRIDE_BLOCKS: usize = 4096;
+
+impl LaunchConfig {
+    /// One thread per element with `block` threads per block, for grid-stride
+    /// loops: at most [`MAX_STRIDE_BLOCKS`] blocks, at least one.
+    pub fn for_elements(n: usize, block: u32) -> LaunchConfig {
+        let blocks = n.div_ceil(block as usize).clamp(1, MAX_STRIDE_BLOCKS);
+        LaunchConfig {
+            grid: (blocks as u32, 1, 1),
+            block: (block, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+
+    /// `grid` blocks of `block` threads (1-D).
+    pub fn blocks(grid: u32, block: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid: (grid, 1, 1),
+            block: (block, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+
+    /// The same launch with `bytes` of dynamic shared memory.
+    pub fn with_shared(self, bytes: u32) -> LaunchConfig {
+        LaunchConfig {
+            shared_bytes: bytes,
+            ..self
+        }
+    }
+
+    fn threads_per_block(&self) -> u64 {
+        self.block.0 as u64 * self.block.1 as u64 * self.block.2 as u64
+    }
+}
+
+/// One launch argument. Pointers are a buffer and a byte offset into it.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg<'a> {
+    /// A device pointer: `buffer` + `offset` bytes.
+    Ptr(&'a Buffer, usize),
+    /// `int`.
+    I32(i32),
+    /// `unsigned`.
+    U32(u32),
+    /// `float`.
+    F32(f32),
+    /// `long long`.
+    I64(i64),
+    /// `unsigned long long`.
+    U64(u64),
+}
+
+impl<'a> Arg<'a> {
+    /// The start of `buffer`.
+    pub fn ptr(buffer: &'a Buffer) -> Arg<'a> {
+        Arg::Ptr(buffer, 0)
+    }
+
+    fn kind(&self) -> Param {
+        match self {
+            Arg::Ptr(..) => Param::Ptr,
+            Arg::I32(_) => Param::I32,
+            Arg::U32(_) => Param::U32,
+            Arg::F32(_) => Param::F32,
+            Arg::I64(_) => Param::I64,
+            Arg::U64(_) => Param::U64,
+        }
+    }
+}
+
+/// Device memory: bytes on a GPU, or host bytes for the emulator.
+#[derive(Debug)]
+pub struct Buffer {
+    bytes: usize,
+    mem: Mem,
+}
+
+#[derive(Debug)]
+enum Mem {
+    Cuda {
+        ptr: sys::CUdeviceptr,
+        stream: Arc<CudaStream>,
+    },
+    Emulated(Memory),
+}
+
+// SAFETY: a CUDA pointer is a plain address valid in any thread of the
+// process; emulated memory is only touched under the emulator's lock.
+unsafe impl Send for Buffer {}
+unsafe impl Sync for Buffer {}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        if let Mem::Cuda { ptr, stream } = &self.mem {
+            if *ptr != 0 {
+                // Stream-ordered: the pool reuses the memory after pending work.
+                let _ = stream.context().bind_to_thread();
+                // SAFETY: `ptr` came from `malloc_async` on this stream and is freed once.
+                unsafe {
+                    let _ = result::free_async(*ptr, stream.cu_stream());
+                }
+            }
+        }
+    }
+}
+
+impl Buffer {
+    /// Size in bytes.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The raw device address (CUDA buffers only), for cuDNN and cuBLAS calls.
+    pub fn device_ptr(&self) -> Option<u64> {
+        match &self.mem {
+            Mem::Cuda { ptr, .. } => Some(*ptr),
+            Mem::Emulated(_) => None,
+        }
+    }
+
+    fn check_range(&self, what: &str, offset: usize, len: usize) -> Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.bytes) {
+            return Err(Error::Launch {
+                kernel: what.into(),
+                detail: format!(
+                    "bytes {offset}..{} outside a buffer of {} bytes",
+                    offset + len,
+                    self.bytes
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The CUDA half of a [`Gpu`]: its context, its one compute stream and the
+/// loaded kernel modules.
+pub struct CudaParts {
+    /// The device context.
+    pub ctx: Arc<CudaContext>,
+    /// The single compute stream every op runs on.
+    pub stream: Arc<CudaStream>,
+    /// The arch kernels are compiled for, e.g. `sm_90`.
+    pub arch: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+}
+
+enum Kind {
+    Cuda(CudaParts),
+    Emulator(Mutex<()>),
+}
+
+/// A device that runs the registry's kernels.
+pub struct Gpu {
+    kind: Kind,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Cuda(c) => write!(f, "Gpu(cuda:{}, {})", c.ctx.ordinal(), c.arch),
+            Kind::Emulator(_) => f.write_str("Gpu(emulator)"),
+        }
+    }
+}
+
+impl Gpu {
+    /// The SIMT emulator: kernels run on the CPU, buffers are host memory
+    /// with guard zones.
+    pub fn emulator() -> Gpu {
+        Gpu {
+            kind: Kind::Emulator(Mutex::new(())),
+        }
+    }
+
+    /// CUDA device `ordinal`, after checking that the driver and NVRTC are
+    /// present and the device exists. Sets up the stream-ordered memory pool
+    /// (release threshold at maximum: freed memory stays in the pool) and
+    /// turns off cudarc's per-allocation event tracking (one stream).
+    pub fn cuda(ordinal: usize) -> Result<Gpu> {
+        let report = probe::probe();
+        let missing: Vec<&str> = report
+            .libraries
+            .iter()
+            .filter(|l| l.path.is_none() && matches!(l.name, "driver" | "nvrtc"))
+            .map(|l| l.name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "CUDA libraries not found: {}",
+                missing.join(", ")
+            )));
+        }
+        let devices = report.devices.map_err(Error::Unavailable)?;
+        let info = devices.get(ordinal).ok_or_else(|| {
+            Error::Unavailable(format!(
+                "no CUDA device {ordinal} (the driver reports {})",
+                devices.len()
+            ))
+        })?;
+        let ctx = CudaContext::new(ordinal)?;
+        // SAFETY: all work of this context goes to the one stream below.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        // SAFETY: plain driver calls on a live context's device.
+        unsafe {
+            let mut pool = std::ptr::null_mut();
+            sys::cuDeviceGetDefaultMemPool(&mut pool, ordinal as i32).result()?;
+            let mut threshold = u64::MAX;
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .result()?;
+        }
+        let (major, minor) = info.compute_capability;
+        Ok(Gpu {
+            kind: Kind::Cuda(CudaParts {
+                ctx,
+                stream,
+                arch: format!("sm_{major}{minor}"),
+                modules: Mutex::new(HashMap::new()),
+                functions: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Whether this is the emulator.
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.kind, Kind::Emulator(_))
+    }
+
+    /// The CUDA context and stream, or `None` for the emulator.
+    pub fn cuda_parts(&self) -> Option<&CudaParts> {
+        match &self.kind {
+            Kind::Cuda(c) => Some(c),
+            Kind::Emulator(_) => None,
+        }
+    }
+
+    /// `bytes` of uninitialised memory (the emulator fills it with 0xFF, so
+    /// reads before writes show up as NaN).
+    pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        match &self.kind {
+            Kind::Cuda(c) => {
+                c.ctx.bind_to_thread()?;
+                // SAFETY: a stream-ordered allocation, freed in `Drop`.
+                let ptr = if bytes == 0 {
+                    0
+                } else {
+                    unsafe { result::malloc_async(c.stream.cu_stream(), bytes)? }
+                };
+                Ok(Buffer {
+                    bytes,
+                    mem: Mem::Cuda {
+                        ptr,
+                        stream: c.stream.clone(),
+                    },
+                })
+            }
+            Kind::Emulator(_) => Ok(Buffer {
+                bytes,
+                mem: Mem::Emulated(Memory::new(bytes)),
+            }),
+        }
+    }
+
+    /// `bytes` of zeroed memory.
+    pub fn alloc_zeroed(&self, bytes: usize) -> Result<Buffer> {
+        let b = self.alloc(bytes)?;
+        self.fill_bytes(&b, 0, bytes, 0)?;
+        Ok(b)
+    }
+
+    /// A buffer holding a copy of `data`.
+    pub fn upload(&self, data: &[u8]) -> Result<Buffer> {
+        let b = self.alloc(data.len())?;
+        self.write(&b, 0, data)?;
+        Ok(b)
+    }
+
+    /// Copies `data` into `buffer` at byte `offset`.
+    pub fn write(&self, buffer: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
+        buffer.check_range("write", offset, data.len())?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        match (&self.kind, &buffer.mem) {
+            (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
+                c.ctx.bind_to_thread()?;
+                // SAFETY: the range is inside the allocation; the copy is
+                // stream-ordered and synchronised before `data` can go away.
+                unsafe {
+                    result::memcpy_htod_async(ptr + offset as u64, data, c.stream.cu_stream())?;
+                }
+                c.stream.synchronize()?;
+                Ok(())
+            }
+            (Kind::Emulator(lock), Mem::Emulated(m)) => {
+                let _g = lock.lock().unwrap();
+                // SAFETY: under the emulator's lock.
+                (unsafe { m.bytes_mut() })[offset..offset + data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            _ => Err(foreign()),
+        }
+    }
+
+    /// Copies bytes `offset..offset + out.len()` of `buffer` into `out`,
+    /// after all queued work.
+    pub fn read(&self, buffer: &Buffer, offset: usize, out: &mut [u8]) -> Result<()> {
+        buffer.check_range("read", offset, out.len())?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        match (&self.kind, &buffer.mem) {
+            (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
+                c.ctx.bind_to_thread()?;
+                // SAFETY: the range is inside the allocation; synchronised below.
+                unsafe {
+                    result::memcpy_dtoh_async(out, ptr + offset as u64, c.stream.cu_stream())?
+                };
+                c.stream.synchronize()?;
+                Ok(())
+            }
+            (Kind::Emulator(lock), Mem::Emulated(m)) => {
+                let _g = lock.lock().unwrap();
+                // SAFETY: under the emulator's lock.
+                out.copy_from_slice(&(unsafe { m.bytes_mut() })[offset..offset + out.len()]);
+                Ok(())
+            }
+            _ => Err(foreign()),
+        }
+    }
+
+    /// Copies `bytes` from `src` at `src_offset` to `dst` at `dst_offset`, on the device.
+    pub fn copy(
+        &self,
+        src: &Buffer,
+        src_offset: usize,
+        dst: &Buffer,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        src.check_range("copy", src_offset, bytes)?;
+        dst.check_range("copy", dst_offset, bytes)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        match (&self.kind, &src.mem, &dst.mem) {
+            (Kind::Cuda(c), Mem::Cuda { ptr: s, .. }, Mem::Cuda { ptr: d, .. }) => {
+                c.ctx.bind_to_thread()?;
+                // SAFETY: both ranges are inside their allocations.
+                unsafe {
+                    sys::cuMemcpyDtoDAsync_v2(
+                        d + dst_offset as u64,
+                        s + src_offset as u64,
+                        bytes,
+                        c.stream.cu_stream(),
+                    )
+                    .result()?
+                };
+                Ok(())
+            }
+            (Kind::Emulator(lock), Mem::Emulated(s), Mem::Emulated(d)) => {
+                let _g = lock.lock().unwrap();
+                // SAFETY: under the emulator's lock; one slice live at a time.
+                let tmp = (unsafe { s.bytes_mut() })[src_offset..src_offset + bytes].to_vec();
+                (unsafe { d.bytes_mut() })[dst_offset..dst_offset + bytes].copy_from_slice(&tmp);
+                Ok(())
+            }
+            _ => Err(foreign()),
+        }
+    }
+
+    /// Sets `bytes` bytes of `buffer` from `offset` to `value`.
+    pub fn fill_bytes(
+        &self,
+        buffer: &Buffer,
+        offset: usize,
+        bytes: usize,
+        value: u8,
+    ) -> Result<()> {
+        buffer.check_range("fill", offset, bytes)?;
+        if bytes == 0 {
+            return Ok(());
+        }
+        match (&self.kind, &buffer.mem) {
+            (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
+                c.ctx.bind_to_thread()?;
+                // SAFETY: the range is inside the allocation.
+                unsafe {
+                    result::memset_d8_async(
+                        ptr + offset as u64,
+                        value,
+                        bytes,
+                        c.stream.cu_stream(),
+                    )?
+                };
+                Ok(())
+            }
+            (Kind::Emulator(lock), Mem::Emulated(m)) => {
+                let _g = lock.lock().unwrap();
+                // SAFETY: under the emulator's lock.
+                (unsafe { m.bytes_mut() })[offset..offset + bytes].fill(value);
+                Ok(())
+            }
+            _ => Err(foreign()),
+        }
+    }
+
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        if let Kind::Cuda(c) = &self.kind {
+            c.stream.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// Launches `kernel`. The arguments are checked against the kernel's
+    /// parameters from the source, then marshalled once, as cuLaunchKernel
+    /// wants them (an array of pointers to values), for either backend.
+    pub fn launch(&self, kernel: &'static str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        let bad = |detail: String| Error::Launch {
+            kernel: kernel.into(),
+            detail,
+        };
+        let (family, k) =
+            registry::find(kernel).ok_or_else(|| bad("no such kernel in kernels/cuda".into()))?;
+        check_args(k.params, args).map_err(bad)?;
+        let threads = cfg.threads_per_block();
+        if threads == 0 || threads > 1024 || cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
+            return Err(bad(format!(
+                "grid {:?} of blocks {:?} (1 to 1024 threads per block)",
+                cfg.grid, cfg.block
+            )));
+        }
+        let mut slots: Vec<u64> = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            slots.push(match *a {
+                Arg::Ptr(b, offset) => {
+                    if offset > b.bytes {
+                        return Err(bad(format!(
+                            "argument {i}: offset {offset} past a buffer of {} bytes",
+                            b.bytes
+                        )));
+                    }
+                    match (&self.kind, &b.mem) {
+                        (Kind::Cuda(_), Mem::Cuda { ptr, .. }) => ptr + offset as u64,
+                        (Kind::Emulator(_), Mem::Emulated(m)) => m.address() + offset as u64,
+                        _ => return Err(foreign()),
+                    }
+                }
+                Arg::I32(v) => v as u32 as u64,
+                Arg::U32(v) => v as u64,
+                Arg::F32(v) => v.to_bits() as u64,
+                Arg::I64(v) => v as u64,
+                Arg::U64(v) => v,
+            });
+        }
+        // Little-endian: a 4-byte parameter reads the low half of its slot.
+        let mut params: Vec<*mut c_void> =
+            slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+        match &self.kind {
+            Kind::Cuda(c) => {
+                let f = c.function(family, kernel)?;
+                c.ctx.bind_to_thread()?;
+                // SAFETY: the arguments match the kernel's parameters in
+                // number and kind, and every pointer is a live allocation of
+                // this device.
+                unsafe {
+                    result::launch_kernel(
+                        f.cu_function(),
+                        cfg.grid,
+                        cfg.block,
+                        cfg.shared_bytes,
+                        c.stream.cu_stream(),
+                        &mut params,
+                    )?;
+                }
+                Ok(())
+            }
+            Kind::Emulator(lock) => {
+                let _g = lock.lock().unwrap();
+                let buffers: Vec<(usize, &Memory)> = args
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, a)| match a {
+                        Arg::Ptr(b, _) => match &b.mem {
+                            Mem::Emulated(m) => Some((i, m)),
+                            Mem::Cuda { .. } => None,
+                        },
+                        _ => None,
+                    })
+                    .collect();
+                emulator::launch(kernel, cfg, &mut params, &buffers)
+            }
+        }
+    }
+
+    /// Compiles (or loads from the cache) and loads every kernel family;
+    /// returns (family, seconds, from cache). The emulator has nothing to load.
+    pub fn load_all(&self) -> Result<Vec<(&'static str, f64, bool)>> {
+        let Kind::Cuda(c) = &self.kind else {
+            return Ok(Vec::new());
+        };
+        registry::FAMILIES
+            .iter()
+            .map(|f| {
+                let t = std::time::Instant::now();
+                let cached = c.module(f)?.1;
+                Ok((f.name, t.elapsed().as_secs_f64(), cached))
+            })
+            .collect()
+    }
+}
+
+fn foreign() -> Error {
+    Error::Launch {
+        kernel: "buffer".into(),
+        detail: "a buffer of another device".into(),
+    }
+}
+
+fn check_args(params: &[Param], args: &[Arg]) -> Result<(), String> {
+    if params.len() != args.len() {
+        return Err(format!(
+            "{} arguments for {} parameters",
+            args.len(),
+            params.len()
+        ));
+    }
+    for (i, (p, a)) in params.iter().zip(args).enumerate() {
+        if *p != a.kind() {
+            return Err(format!(
+                "argument {i} is {:?}, the kernel takes {p:?}",
+                a.kind()
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl CudaParts {
+    /// The family's module, loaded once; also whether its CUBIN came from the cache.
+    fn module(&self, family: &'static registry::Family) -> Result<(Arc<CudaModule>, bool)> {
+        let mut modules = self.modules.lock().unwrap();
+        if let Some(m) = modules.get(family.name) {
+            return Ok((m.clone(), true));
+        }
+        let compiled = nvrtc::compile(family, &self.arch)?;
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_binary(compiled.cubin))?;
+        modules.insert(family.name, module.clone());
+        Ok((module, compiled.cached))
+    }
+
+    fn function(
+        &self,
+        family: &'static registry::Family,
+        kernel: &'static str,
+    ) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap().get(kernel) {
+            return Ok(f.clone());
+        }
+        let f = self.module(family)?.0.load_function(kernel)?;
+        self.functions.lock().unwrap().insert(kernel, f.clone());
+        Ok(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elementwise_grid_covers_every_element_and_is_capped() {
+        let c = LaunchConfig::for_elements(1000, 256);
+        assert_eq!(c.grid, (4, 1, 1));
+        assert_eq!(LaunchConfig::for_elements(0, 256).grid, (1, 1, 1));
+        assert_eq!(LaunchConfig::for_elements(1, 256).grid, (1, 1, 1));
+        assert_eq!(
+            LaunchConfig::for_elements(1 << 30, 256).grid,
+            (MAX_STRIDE_BLOCKS as u32, 1, 1)
+        );
+        assert_eq!(
+            LaunchConfig::blocks(3, 64).with_shared(128).shared_bytes,
+            128
+        );
+    }
+
+    #[test]
+    fn arguments_are_checked_against_the_source() {
+        let gpu = Gpu::emulator();
+        let x = gpu.alloc(16).unwrap();
+        let err = gpu.launch(
+            "relu_forward_f32",
+            LaunchConfig::for_elements(4, 32),
+            &[Arg::ptr(&x), Arg::I64(4)],
+        );
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("2 arguments for 3 parameters")
+        );
+        let err = gpu.launch(
+            "relu_forward_f32",
+            LaunchConfig::for_elements(4, 32),
+            &[Arg::ptr(&x), Arg::ptr(&x), Arg::I32(4)],
+        );
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("argument 2 is I32, the kernel takes I64")
+        );
+        let err = gpu.launch("no_such", LaunchConfig::for_elements(4, 32), &[]);
+        assert!(err.unwrap_err().to_string().contains("no such kernel"));
+        let err = gpu.launch(
+            "relu_forward_f32",
+            LaunchConfig::blocks(1, 2048),
+            &[Arg::ptr(&x), Arg::ptr(&x), Arg::I64(4)],
+        );
+        assert!(err.unwrap_err().to_string().contains("1 to 1024 threads"));
+    }
+
+    #[test]
+    fn copies_check_their_ranges() {
+        let gpu = Gpu::emulator();
+        let b = gpu.upload(&[1, 2, 3, 4]).unwrap();
+        let mut out = [0u8; 2];
+        gpu.read(&b, 2, &mut out).unwrap();
+        assert_eq!(out, [3, 4]);
+        assert!(gpu.read(&b, 3, &mut out).is_err());
+        assert!(gpu.write(&b, 4, &[1]).is_err());
+    }
+}

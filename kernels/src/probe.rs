@@ -1,0 +1,287 @@
+//! Finding the CUDA libraries and devices without panicking.
+//!
+//! cudarc loads each library by name on first use and panics if it is absent,
+//! so nothing here calls into a library before checking it with
+//! `is_culib_present()`. Before that check, [`load_libraries`] looks for the
+//! libraries where CUDA 13 installs put them — `$M2T_CUDA_LIBS`, the CUDA
+//! toolkit, the project's `.deps` folder and Python environments'
+//! `site-packages/nvidia/*/lib` (PyTorch ships cuDNN and cuBLAS there) — and
+//! loads each by full path. The dynamic loader then resolves cudarc's
+//! by-name loads to the copy already loaded (same soname), so no
+//! `LD_LIBRARY_PATH` is needed.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// One CUDA library and what was found of it.
+#[derive(Clone, Debug)]
+pub struct Library {
+    /// `driver`, `nvrtc`, `cublas` or `cudnn`.
+    pub name: &'static str,
+    /// Where it was loaded from, if present.
+    pub path: Option<PathBuf>,
+    /// Its version, if present.
+    pub version: Option<String>,
+}
+
+/// A GPU the driver reports.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// CUDA ordinal.
+    pub ordinal: usize,
+    /// Marketing name.
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// Total memory in bytes.
+    pub memory_bytes: usize,
+}
+
+/// Everything [`probe`] found.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The four libraries, present or not.
+    pub libraries: Vec<Library>,
+    /// The devices, or why none can be used.
+    pub devices: Result<Vec<DeviceInfo>, String>,
+}
+
+impl Report {
+    /// The first usable device, or a sentence saying what is missing.
+    pub fn usable(&self) -> Result<&DeviceInfo, String> {
+        let missing: Vec<&str> = self
+            .libraries
+            .iter()
+            .filter(|l| l.path.is_none())
+            .map(|l| l.name)
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "CUDA libraries not found: {} (searched $M2T_CUDA_LIBS, $LD_LIBRARY_PATH, the CUDA toolkit and Python site-packages/nvidia/*/lib)",
+                missing.join(", ")
+            ));
+        }
+        match &self.devices {
+            Ok(d) if d.is_empty() => Err("the CUDA driver reports no GPU".into()),
+            Ok(d) => Ok(&d[0]),
+            Err(e) => Err(e.clone()),
+        }
+    }
+}
+
+/// The library files to preload, in dependency order, per library.
+const FILES: &[(&str, &[&str])] = &[
+    ("nvrtc", &["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"]),
+    ("cublas", &["libcublasLt.so.13", "libcublas.so.13"]),
+    (
+        "cudnn",
+        &[
+            "libcudnn_graph.so.9",
+            "libcudnn_engines_precompiled.so.9",
+            "libcudnn_engines_runtime_compiled.so.9",
+            "libcudnn_heuristic.so.9",
+            "libcudnn_ops.so.9",
+            "libcudnn_cnn.so.9",
+            "libcudnn_adv.so.9",
+            "libcudnn.so.9",
+        ],
+    ),
+];
+
+/// Folders that may hold CUDA libraries, most specific first.
+pub fn search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let split = |v: &str| {
+        v.split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect::<Vec<_>>()
+    };
+    if let Ok(v) = std::env::var("M2T_CUDA_LIBS") {
+        dirs.extend(split(&v));
+    }
+    if let Ok(v) = std::env::var("LD_LIBRARY_PATH") {
+        dirs.extend(split(&v));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Ok(v) = std::env::var(var) {
+            dirs.push(Path::new(&v).join("lib64"));
+            dirs.push(Path::new(&v).join("lib"));
+        }
+    }
+    dirs.push("/usr/local/cuda/lib64".into());
+    dirs.push("/usr/local/cuda/targets/x86_64-linux/lib".into());
+    // Python environments: the project's own NVRTC install, virtualenvs, conda, system.
+    let mut roots: Vec<PathBuf> = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps")];
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Ok(v) = std::env::var(var) {
+            roots.push(PathBuf::from(v));
+        }
+    }
+    roots.extend(
+        [
+            "/usr/local",
+            "/usr",
+            "/opt/conda",
+            "/opt/torchenv",
+            "/opt/venv",
+        ]
+        .map(PathBuf::from),
+    );
+    if let Ok(home) = std::env::var("HOME") {
+        roots.push(Path::new(&home).join(".local"));
+    }
+    for root in roots {
+        for site in site_packages(&root) {
+            if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
+                let mut libs: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path().join("lib"))
+                    .filter(|p| p.is_dir())
+                    .collect();
+                libs.sort();
+                dirs.extend(libs);
+            }
+        }
+    }
+    dirs
+}
+
+/// `root` itself (a `pip --target` folder) and `root/lib/python3.*/{site,dist}-packages`.
+fn site_packages(root: &Path) -> Vec<PathBuf> {
+    let mut found = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root.join("lib")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("python3") {
+                found.push(e.path().join("site-packages"));
+                found.push(e.path().join("dist-packages"));
+            }
+        }
+    }
+    found
+}
+
+/// Loads every CUDA library found in [`search_dirs`] by full path (once per
+/// process). Missing libraries are skipped; [`probe`] reports them.
+pub fn load_libraries() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dirs = search_dirs();
+        for (_, files) in FILES {
+            for file in *files {
+                let Some(path) = dirs.iter().map(|d| d.join(file)).find(|p| p.exists()) else {
+                    continue;
+                };
+                // SAFETY: loading a CUDA library runs only its initialisers.
+                if let Ok(lib) = unsafe { libloading::Library::new(&path) } {
+                    // Kept for the life of the process, like cudarc's own handles.
+                    std::mem::forget(lib);
+                }
+            }
+        }
+    });
+}
+
+/// Where a loaded library's file is, read from this process's memory map.
+fn loaded_path(stem: &str) -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| {
+            Path::new(p)
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{stem}.so")))
+        })
+        .map(PathBuf::from)
+}
+
+/// Whether NVRTC can be loaded (after [`load_libraries`]).
+pub fn nvrtc_present() -> bool {
+    load_libraries();
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Whether the CUDA driver library can be loaded.
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to dlopen the library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Probes the libraries and devices. Never panics.
+pub fn probe() -> Report {
+    load_libraries();
+    let mut libraries = Vec::new();
+    // SAFETY (all blocks below): each library is called only after its
+    // presence check, and the calls only read versions.
+    let driver = driver_present();
+    libraries.push(Library {
+        name: "driver",
+        path: driver.then(|| loaded_path("libcuda").unwrap_or_else(|| "libcuda.so".into())),
+        version: driver.then(|| {
+            let mut v = 0;
+            unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+            format!("CUDA {}.{}", v / 1000, v % 1000 / 10)
+        }),
+    });
+    let nvrtc = nvrtc_present();
+    libraries.push(Library {
+        name: "nvrtc",
+        path: nvrtc.then(|| loaded_path("libnvrtc").unwrap_or_else(|| "libnvrtc.so".into())),
+        version: nvrtc.then(|| {
+            let (mut a, mut b) = (0, 0);
+            unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut a, &mut b) };
+            format!("{a}.{b}")
+        }),
+    });
+    let cublas = unsafe { cudarc::cublas::sys::is_culib_present() };
+    libraries.push(Library {
+        name: "cublas",
+        path: cublas.then(|| loaded_path("libcublas").unwrap_or_else(|| "libcublas.so".into())),
+        version: cublas.then(|| {
+            use cudarc::cublas::sys::{cublasGetProperty, libraryPropertyType};
+            let (mut a, mut b, mut c) = (0, 0, 0);
+            unsafe {
+                cublasGetProperty(libraryPropertyType::MAJOR_VERSION, &mut a);
+                cublasGetProperty(libraryPropertyType::MINOR_VERSION, &mut b);
+                cublasGetProperty(libraryPropertyType::PATCH_LEVEL, &mut c);
+            }
+            format!("{a}.{b}.{c}")
+        }),
+    });
+    let cudnn = unsafe { cudarc::cudnn::sys::is_culib_present() };
+    libraries.push(Library {
+        name: "cudnn",
+        path: cudnn.then(|| loaded_path("libcudnn").unwrap_or_else(|| "libcudnn.so".into())),
+        version: cudnn.then(|| {
+            let v = unsafe { cudarc::cudnn::sys::cudnnGetVersion() };
+            format!("{}.{}.{}", v / 10000, v % 10000 / 100, v % 100)
+        }),
+    });
+    let devices = if driver {
+        list_devices()
+    } else {
+        Err("the CUDA driver (libcuda.so) is not installed".into())
+    };
+    Report { libraries, devices }
+}
+
+fn list_devices() -> Result<Vec<DeviceInfo>, String> {
+    use cudarc::driver::CudaContext;
+    cudarc::driver::result::init()
+        .map_err(|e| format!("CUDA driver initialisation failed: {e}"))?;
+    let n =
+        CudaContext::device_count().map_err(|e| format!("counting CUDA devices failed: {e}"))?;
+    (0..n as usize)
+        .map(|ordinal| {
+            let ctx =
+                CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
+            Ok(DeviceInfo {
+                ordinal,
+                name: ctx.name().unwrap_or_else(|_| "unknown".into()),
+                compute_capability: ctx.compute_capability().map_err(|e| e.to_string())?,
+                memory_bytes: ctx.total_mem().map_err(|e| e.to_string())?,
+            })
+        })
+        .collect()
+}
