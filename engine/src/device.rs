@@ -1,12 +1,15 @@
-//! Where a tensor lives.
+//! Where a tensor lives, and the GPU behind each non-CPU device.
 
+use crate::error::Result;
+use kernels::Gpu;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// A compute device.
 ///
 /// Every tensor records its device; ops check that their operands agree and
-/// dispatch to that device's kernels. This build has the CPU reference backend;
-/// the CUDA backend adds kernels behind [`Device::Cuda`] without changing the API.
+/// dispatch to that device's kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     /// The CPU reference backend (rayon-parallel).
@@ -14,6 +17,18 @@ pub enum Device {
     Cpu,
     /// A CUDA GPU, by ordinal.
     Cuda(usize),
+    /// The CUDA backend's own kernels run by the SIMT emulator on the CPU:
+    /// the same launch path as [`Device::Cuda`], for testing it without a
+    /// GPU. Convolutions and matrix products, which cuDNN and cuBLAS do on a
+    /// GPU, run through the CPU reference here. Slow; for tests.
+    Emulator,
+}
+
+impl Device {
+    /// Whether tensors on this device live in GPU (or emulated GPU) memory.
+    pub fn is_gpu(self) -> bool {
+        !matches!(self, Device::Cpu)
+    }
 }
 
 impl fmt::Display for Device {
@@ -21,6 +36,23 @@ impl fmt::Display for Device {
         match self {
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(i) => write!(f, "cuda:{i}"),
+            Device::Emulator => f.write_str("emulator"),
         }
     }
+}
+
+/// The kernel launcher of a GPU device, created on first use and shared.
+pub(crate) fn gpu(device: Device) -> Result<Arc<Gpu>> {
+    static GPUS: OnceLock<Mutex<HashMap<Device, Arc<Gpu>>>> = OnceLock::new();
+    let mut gpus = GPUS.get_or_init(Default::default).lock().unwrap();
+    if let Some(g) = gpus.get(&device) {
+        return Ok(g.clone());
+    }
+    let g = Arc::new(match device {
+        Device::Cuda(i) => Gpu::cuda(i)?,
+        Device::Emulator => Gpu::emulator(),
+        Device::Cpu => unreachable!("the CPU has no kernel launcher"),
+    });
+    gpus.insert(device, g.clone());
+    Ok(g)
 }

@@ -44,6 +44,10 @@ pub enum Error {
     /// A named parameter does not exist, or two stores do not line up.
     #[error("parameters: {0}")]
     Param(String),
+    /// The GPU backend failed: a missing library or device, a kernel that
+    /// failed to compile or launch, or a CUDA library call that failed.
+    #[error("{0}")]
+    Gpu(#[from] kernels::Error),
     /// Misuse of the autograd tape.
     #[error("tape: {0}")]
     Tape(String),

@@ -73,7 +73,7 @@ enum Node {
     MaxPool {
         x: Option<usize>,
         out: usize,
-        argmax: Vec<u32>,
+        saved: pool::MaxSaved,
         input: Shape,
     },
     GlobalAvgPool {
@@ -93,7 +93,7 @@ enum Node {
         x: Option<usize>,
         out: usize,
         saved_y: Tensor,
-        norms: Vec<f64>,
+        norms: Tensor,
     },
     M2tLoss {
         /// Slots of `q1, k1, q2, k2`.
@@ -332,12 +332,12 @@ impl Tape {
 
     /// Max pooling of NHWC `x`; ties go to the first element in scan order.
     pub fn max_pool2d(&mut self, x: &Var, params: PoolParams) -> Result<Var> {
-        let (y, argmax) = pool::max_forward(&x.value, params)?;
+        let (y, saved) = pool::max_forward(&x.value, params)?;
         let input = x.shape().clone();
         self.record(&[x], y, |s, out| Node::MaxPool {
             x: s[0],
             out,
-            argmax,
+            saved,
             input,
         })
     }
@@ -432,8 +432,9 @@ impl Tape {
                 format!("the loss must be a scalar, got shape {}", loss.shape()),
             ));
         }
-        let seed = cast::cast(&Tensor::scalar(1.0f64), loss.value.dtype())?
-            .reshape(loss.shape().clone())?;
+        let seed = cast::cast(&Tensor::scalar(1.0f32), loss.value.dtype())?
+            .reshape(loss.shape().clone())?
+            .to_device(loss.value.device())?;
         self.backward_with(loss, seed)
     }
 
@@ -483,10 +484,6 @@ fn accumulate(grads: &mut [Option<Tensor>], slot: Option<usize>, g: Tensor) -> R
     Ok(())
 }
 
-fn scalar_value(t: &Tensor) -> Result<f64> {
-    Ok(t.to_f64_vec()?[0])
-}
-
 fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Result<()> {
     match node {
         Node::Conv2d {
@@ -527,8 +524,8 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             accumulate(grads, b, dy.clone())
         }
         Node::MaxPool {
-            x, argmax, input, ..
-        } => accumulate(grads, x, pool::max_backward(dy, &argmax, &input)?),
+            x, saved, input, ..
+        } => accumulate(grads, x, pool::max_backward(dy, &saved, &input)?),
         Node::GlobalAvgPool { x, input, .. } => {
             accumulate(grads, x, pool::avg_backward(dy, &input)?)
         }
@@ -557,11 +554,10 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             x, saved_y, norms, ..
         } => accumulate(grads, x, loss::l2_normalize_backward(&saved_y, &norms, dy)?),
         Node::M2tLoss { inputs, saved, .. } => {
-            let dloss = scalar_value(dy)?;
             // Each input's partner in its dot product: q1↔k1, q2↔k2.
             for (i, partner) in [1, 0, 3, 2].into_iter().enumerate() {
                 if inputs[i].is_some() {
-                    let g = loss::m2t_loss_backward(&saved[partner], dloss)?;
+                    let g = loss::m2t_loss_backward(&saved[partner], dy)?;
                     accumulate(grads, inputs[i], g)?;
                 }
             }
@@ -573,7 +569,7 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             labels,
             ..
         } => {
-            let g = loss::cross_entropy_backward(&probs, &labels, scalar_value(dy)?)?;
+            let g = loss::cross_entropy_backward(&probs, &labels, dy)?;
             accumulate(grads, logits, g)
         }
         Node::Reshape { x, input, .. } => accumulate(grads, x, dy.reshape(input)?),

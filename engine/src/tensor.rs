@@ -3,6 +3,7 @@
 use crate::error::{Error, Result, shape_err};
 use crate::{DType, Device, Element, Shape};
 use half::{bf16, f16};
+use kernels::{Arg, Buffer, Gpu};
 use std::sync::Arc;
 
 /// Host memory of one dtype (crate-internal: the `tensor` module is private).
@@ -28,6 +29,32 @@ impl CpuBuffer {
         }
     }
 
+    /// The elements as little-endian bytes, as device memory holds them.
+    fn bytes(&self) -> &[u8] {
+        match self {
+            CpuBuffer::F32(v) => bytemuck::cast_slice(v),
+            CpuBuffer::F64(v) => bytemuck::cast_slice(v),
+            CpuBuffer::F16(v) => bytemuck::cast_slice(v),
+            CpuBuffer::BF16(v) => bytemuck::cast_slice(v),
+            CpuBuffer::U8(v) => v,
+            CpuBuffer::I64(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    fn from_bytes(dtype: DType, bytes: &[u8]) -> Self {
+        fn cast<T: bytemuck::Pod>(b: &[u8]) -> Vec<T> {
+            bytemuck::pod_collect_to_vec(b)
+        }
+        match dtype {
+            DType::F32 => CpuBuffer::F32(cast(bytes)),
+            DType::F64 => CpuBuffer::F64(cast(bytes)),
+            DType::F16 => CpuBuffer::F16(cast(bytes)),
+            DType::BF16 => CpuBuffer::BF16(cast(bytes)),
+            DType::U8 => CpuBuffer::U8(bytes.to_vec()),
+            DType::I64 => CpuBuffer::I64(cast(bytes)),
+        }
+    }
+
     fn zeros(dtype: DType, len: usize) -> Self {
         match dtype {
             DType::F32 => CpuBuffer::F32(vec![0.0; len]),
@@ -40,10 +67,20 @@ impl CpuBuffer {
     }
 }
 
-/// The backing memory of a tensor. Backends add variants here.
+/// The backing memory of a tensor.
 #[derive(Debug)]
 pub(crate) enum Storage {
     Cpu(CpuBuffer),
+    Gpu(GpuBuffer),
+}
+
+/// Device memory of one dtype, and the launcher of the device it is on.
+#[derive(Debug)]
+pub(crate) struct GpuBuffer {
+    pub(crate) gpu: Arc<Gpu>,
+    pub(crate) device: Device,
+    pub(crate) dtype: DType,
+    pub(crate) buf: Buffer,
 }
 
 pub(crate) mod sealed {
@@ -125,10 +162,11 @@ impl Tensor {
                 offset: 0,
                 shape,
             }),
-            Device::Cuda(_) => Err(Error::Device {
-                op: "zeros",
-                device,
-            }),
+            Device::Cuda(_) | Device::Emulator => {
+                let gpu = crate::device::gpu(device)?;
+                let buf = gpu.alloc_zeroed(shape.numel() * dtype.size_in_bytes())?;
+                Ok(Tensor::on_gpu(gpu, device, dtype, buf, shape))
+            }
         }
     }
 
@@ -160,6 +198,7 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &*self.storage {
             Storage::Cpu(b) => b.dtype(),
+            Storage::Gpu(g) => g.dtype,
         }
     }
 
@@ -167,12 +206,59 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &*self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Gpu(g) => g.device,
         }
     }
 
-    /// The elements as a host slice. Fails for another dtype or a device tensor.
+    /// A copy on `device` (the same tensor if it is already there). Copies
+    /// from a GPU wait for the work queued before them.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let host = self.to_cpu()?;
+        if device == Device::Cpu {
+            return Ok(host);
+        }
+        let Storage::Cpu(b) = &*host.storage else {
+            unreachable!("to_cpu gives host memory")
+        };
+        let gpu = crate::device::gpu(device)?;
+        let buf = gpu.upload(b.bytes())?;
+        Ok(Tensor::on_gpu(
+            gpu,
+            device,
+            host.dtype(),
+            buf,
+            host.shape.clone(),
+        ))
+    }
+
+    /// This tensor in host memory (downloaded from a GPU if need be).
+    fn to_cpu(&self) -> Result<Tensor> {
+        let Storage::Gpu(g) = &*self.storage else {
+            return Ok(self.clone());
+        };
+        let size = g.dtype.size_in_bytes();
+        let mut bytes = vec![0u8; self.numel() * size];
+        g.gpu.read(&g.buf, self.offset * size, &mut bytes)?;
+        let data = CpuBuffer::from_bytes(g.dtype, &bytes);
+        Ok(Tensor {
+            storage: Arc::new(Storage::Cpu(data)),
+            offset: 0,
+            shape: self.shape.clone(),
+        })
+    }
+
+    /// The elements as a host slice. Fails for another dtype or a GPU tensor
+    /// (copy it with [`Tensor::to_device`] or [`Tensor::to_vec`] first).
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
-        let Storage::Cpu(b) = &*self.storage;
+        let Storage::Cpu(b) = &*self.storage else {
+            return Err(Error::Device {
+                op: "as_slice (host access; copy with to_device(Device::Cpu) first)",
+                device: self.device(),
+            });
+        };
         T::slice(b)
             .map(|s| &s[self.offset..self.offset + self.numel()])
             .ok_or(Error::DType {
@@ -188,10 +274,17 @@ impl Tensor {
         let dtype = self.dtype();
         let count = Arc::strong_count(&self.storage) - 1;
         let (offset, numel) = (self.offset, self.numel());
+        let device = self.device();
         let Storage::Cpu(b) = Arc::get_mut(&mut self.storage).ok_or(Error::BufferInUse {
             what: "tensor storage",
             count,
-        })?;
+        })?
+        else {
+            return Err(Error::Device {
+                op: "slice_mut (host access)",
+                device,
+            });
+        };
         T::slice_mut(b)
             .map(|s| &mut s[offset..offset + numel])
             .ok_or(Error::DType {
@@ -201,15 +294,19 @@ impl Tensor {
             })
     }
 
-    /// Copies the elements into a `Vec`.
+    /// Copies the elements into a `Vec` (from any device).
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        self.as_slice::<T>().map(<[T]>::to_vec)
+        self.to_cpu()?.as_slice::<T>().map(<[T]>::to_vec)
     }
 
-    /// Copies the elements of any float tensor into a `Vec<f64>` (exact widening).
+    /// Copies the elements of any float tensor into a `Vec<f64>` (exact
+    /// widening), from any device.
     pub fn to_f64_vec(&self) -> Result<Vec<f64>> {
-        let Storage::Cpu(b) = &*self.storage;
-        let r = self.offset..self.offset + self.numel();
+        let host = self.to_cpu()?;
+        let Storage::Cpu(b) = &*host.storage else {
+            unreachable!("to_cpu gives host memory")
+        };
+        let r = host.offset..host.offset + host.numel();
         Ok(match b {
             CpuBuffer::F32(v) => v[r].iter().map(|&x| x as f64).collect(),
             CpuBuffer::F64(v) => v[r].to_vec(),
@@ -245,6 +342,51 @@ impl Tensor {
     /// (f16 overflows to ±∞); the same tensor if it already has that dtype.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         crate::ops::cast::cast(self, dtype)
+    }
+
+    fn on_gpu(gpu: Arc<Gpu>, device: Device, dtype: DType, buf: Buffer, shape: Shape) -> Tensor {
+        Tensor {
+            storage: Arc::new(Storage::Gpu(GpuBuffer {
+                gpu,
+                device,
+                dtype,
+                buf,
+            })),
+            offset: 0,
+            shape,
+        }
+    }
+
+    /// An uninitialised tensor on the GPU of `like` (whose kernels will fill it).
+    pub(crate) fn gpu_empty(
+        like: &GpuBuffer,
+        shape: impl Into<Shape>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let buf = like.gpu.alloc(shape.numel() * dtype.size_in_bytes())?;
+        Ok(Tensor::on_gpu(
+            like.gpu.clone(),
+            like.device,
+            dtype,
+            buf,
+            shape,
+        ))
+    }
+
+    /// The GPU memory behind this tensor, if it is on a GPU.
+    pub(crate) fn gpu(&self) -> Option<&GpuBuffer> {
+        match &*self.storage {
+            Storage::Gpu(g) => Some(g),
+            Storage::Cpu(_) => None,
+        }
+    }
+
+    /// This tensor as a kernel argument: its buffer at its element offset.
+    /// Panics for a host tensor: callers dispatch on [`Tensor::gpu`] first.
+    pub(crate) fn arg(&self) -> Arg<'_> {
+        let g = self.gpu().expect("kernel argument on the host");
+        Arg::Ptr(&g.buf, self.offset * g.dtype.size_in_bytes())
     }
 
     /// A view of `numel(shape)` elements starting `offset` elements into this tensor.

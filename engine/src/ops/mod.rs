@@ -6,6 +6,7 @@ pub(crate) mod batchnorm;
 pub(crate) mod cast;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
+pub(crate) mod gpu;
 pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod pool;

@@ -1,6 +1,8 @@
 //! Casts between float types, rounding to nearest, ties to even (through `half`);
 //! f16 overflows to ±∞. The CPU backend emulates 16-bit storage this way.
 
+mod cuda;
+
 use crate::error::{Error, Result};
 use crate::{DType, Tensor};
 use half::{bf16, f16};
@@ -8,6 +10,9 @@ use half::{bf16, f16};
 pub(crate) fn cast(x: &Tensor, to: DType) -> Result<Tensor> {
     if x.dtype() == to {
         return Ok(x.clone());
+    }
+    if let Some(g) = x.gpu() {
+        return cuda::cast(g, x, to);
     }
     let bad = |got| Error::DType {
         op: "cast",

@@ -1,5 +1,7 @@
 //! ReLU and elementwise addition (the residual join).
 
+mod cuda;
+
 use super::real::Real;
 use super::with_float;
 use crate::Tensor;
@@ -30,6 +32,9 @@ fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Ve
 }
 
 pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
+    if let Some(g) = x.gpu() {
+        return cuda::relu(g, x);
+    }
     with_float!("relu", x.dtype(), T => {
         Tensor::from_vec(map::<T>(x.as_slice()?, |v| if v > T::ZERO { v } else { T::ZERO }), x.shape().clone())
     })
@@ -38,6 +43,9 @@ pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
 /// `dx = dy` where the output `y` is positive, else 0.
 pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape("relu backward", y.shape(), dy.shape())?;
+    if let Some(g) = y.gpu() {
+        return cuda::relu_backward(g, y, dy);
+    }
     with_float!("relu backward", y.dtype(), T => {
         let g = zip_map::<T>(y.as_slice()?, dy.as_slice()?, |y, g| if y > T::ZERO { g } else { T::ZERO });
         Tensor::from_vec(g, y.shape().clone())
@@ -48,6 +56,9 @@ pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
 pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     same_shape("add", a.shape(), b.shape())?;
     let dt = a.expect_same_dtype("add", b)?;
+    if let Some(g) = a.gpu() {
+        return cuda::add(g, a, b);
+    }
     with_float!("add", dt, T => {
         Tensor::from_vec(zip_map::<T>(a.as_slice()?, b.as_slice()?, |a, b| a + b), a.shape().clone())
     })

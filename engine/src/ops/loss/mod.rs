@@ -17,8 +17,9 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     Ok((n, f))
 }
 
-/// `y = x / max(‖x‖, 1e-12)` per row of `[n,f]`; also returns the clamped norms.
-pub(crate) fn l2_normalize(x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
+/// `y = x / max(‖x‖, 1e-12)` per row of `[n,f]`; also returns the clamped
+/// norms, `[n]` (f64 on the CPU, f32 on a GPU).
+pub(crate) fn l2_normalize(x: &Tensor) -> Result<(Tensor, Tensor)> {
     let (_, f) = rows_of("l2_normalize", x)?;
     with_float!("l2_normalize", x.dtype(), T => {
         let xs = x.as_slice::<T>()?;
@@ -31,14 +32,16 @@ pub(crate) fn l2_normalize(x: &Tensor) -> Result<(Tensor, Vec<f64>)> {
             .zip(&norms)
             .flat_map_iter(|(r, &nrm)| r.iter().map(move |v| T::from_f64(v.to_f64() / nrm)))
             .collect();
-        Ok((Tensor::from_vec(y, x.shape().clone())?, norms))
+        let n = norms.len();
+        Ok((Tensor::from_vec(y, x.shape().clone())?, Tensor::from_vec(norms, [n])?))
     })
 }
 
 /// `dx = (dy − y·⟨y, dy⟩) / ‖x‖` per row (just `dy / ε` where the norm was clamped).
-pub(crate) fn l2_normalize_backward(y: &Tensor, norms: &[f64], dy: &Tensor) -> Result<Tensor> {
+pub(crate) fn l2_normalize_backward(y: &Tensor, norms: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape("l2_normalize backward", y.shape(), dy.shape())?;
     let (_, f) = rows_of("l2_normalize backward", y)?;
+    let norms = norms.as_slice::<f64>()?;
     with_float!("l2_normalize backward", y.dtype(), T => {
         let dx: Vec<T> = y
             .as_slice::<T>()?
@@ -86,9 +89,10 @@ pub(crate) fn m2t_loss(q1: &Tensor, k1: &Tensor, q2: &Tensor, k2: &Tensor) -> Re
 }
 
 /// Gradient of the M2T loss with respect to `a` in the pair `(a, partner)`:
-/// `−2·partner·dloss/n`.
-pub(crate) fn m2t_loss_backward(partner: &Tensor, dloss: f64) -> Result<Tensor> {
+/// `−2·partner·dloss/n`, with `dloss` the scalar gradient of the loss.
+pub(crate) fn m2t_loss_backward(partner: &Tensor, dloss: &Tensor) -> Result<Tensor> {
     let (n, _) = rows_of("m2t_loss backward", partner)?;
+    let dloss = dloss.to_f64_vec()?[0];
     let scale = -2.0 * dloss / n as f64;
     with_float!("m2t_loss backward", partner.dtype(), T => {
         let g: Vec<T> = partner.as_slice::<T>()?.iter().map(|&p| T::from_f64(p.to_f64() * scale)).collect();
@@ -144,9 +148,10 @@ pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor,
 pub(crate) fn cross_entropy_backward(
     probs: &Tensor,
     labels: &Tensor,
-    dloss: f64,
+    dloss: &Tensor,
 ) -> Result<Tensor> {
     let (n, c) = rows_of("cross_entropy backward", probs)?;
+    let dloss = dloss.to_f64_vec()?[0];
     let ls = labels.as_slice::<i64>()?;
     let scale = dloss / n as f64;
     with_float!("cross_entropy backward", probs.dtype(), T => {

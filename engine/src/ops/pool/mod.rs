@@ -67,20 +67,32 @@ impl PoolGeometry {
     }
 }
 
-/// Max pool; also returns, per output element, the flat input index of its maximum.
-pub(crate) fn max_forward(x: &Tensor, p: PoolParams) -> Result<(Tensor, Vec<u32>)> {
+/// What max-pool backward needs: on the CPU, the flat input index of each
+/// output's maximum; on a GPU, the input itself (the backward kernel finds
+/// each window's maximum again instead of storing indices).
+#[derive(Debug)]
+pub(crate) enum MaxSaved {
+    Indices(Vec<u32>),
+    Input(Tensor),
+}
+
+/// Max pool (the first maximum of each window wins ties).
+pub(crate) fn max_forward(x: &Tensor, p: PoolParams) -> Result<(Tensor, MaxSaved)> {
     let g = PoolGeometry::new(x, p)?;
     if x.numel() > u32::MAX as usize {
         return Err(shape_err("max_pool2d", "input exceeds 2³² elements"));
     }
     with_float!("max_pool2d", x.dtype(), T => {
         let (y, argmax) = cpu::max_forward::<T>(&g, x.as_slice()?);
-        Ok((Tensor::from_vec(y, [g.n, g.oh, g.ow, g.c])?, argmax))
+        Ok((Tensor::from_vec(y, [g.n, g.oh, g.ow, g.c])?, MaxSaved::Indices(argmax)))
     })
 }
 
 /// Routes each output gradient to its window's maximum.
-pub(crate) fn max_backward(dy: &Tensor, argmax: &[u32], input: &Shape) -> Result<Tensor> {
+pub(crate) fn max_backward(dy: &Tensor, saved: &MaxSaved, input: &Shape) -> Result<Tensor> {
+    let MaxSaved::Indices(argmax) = saved else {
+        unreachable!("a GPU forward saves the input, a CPU one the indices")
+    };
     if dy.numel() != argmax.len() {
         return Err(shape_err(
             "max_pool2d backward",
