@@ -382,6 +382,20 @@ impl Tensor {
         }
     }
 
+    /// The GPU memory behind this tensor for an in-place kernel, if this
+    /// tensor is the only reference to it (the GPU twin of
+    /// [`Tensor::slice_mut`]); `Ok(None)` for a host tensor.
+    pub(crate) fn gpu_mut(&mut self) -> Result<Option<&GpuBuffer>> {
+        if self.gpu().is_none() {
+            return Ok(None);
+        }
+        let count = Arc::strong_count(&self.storage) - 1;
+        match Arc::get_mut(&mut self.storage) {
+            Some(Storage::Gpu(g)) => Ok(Some(g)),
+            _ => Err(Error::BufferInUse { what: "tensor storage", count }),
+        }
+    }
+
     /// This tensor as a kernel argument: its buffer at its element offset.
     /// Panics for a host tensor: callers dispatch on [`Tensor::gpu`] first.
     pub(crate) fn arg(&self) -> Arg<'_> {

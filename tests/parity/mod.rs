@@ -11,8 +11,16 @@
 
 use engine::{DType, Device, Rng, Tensor};
 
+pub mod augment;
+pub mod batchnorm;
 pub mod cast;
+pub mod conv;
 pub mod elementwise;
+pub mod linear;
+pub mod loss;
+pub mod optim;
+pub mod pool;
+pub mod step;
 
 /// One parity case: a name and a function of the device under test.
 pub type Case = (&'static str, fn(Device));

@@ -17,4 +17,4 @@ macro_rules! families {
     };
 }
 
-families!(cast, elementwise);
+families!(augment, batchnorm, cast, conv, elementwise, linear, loss, optim, pool, step);
