@@ -392,7 +392,10 @@ impl Tensor {
         let count = Arc::strong_count(&self.storage) - 1;
         match Arc::get_mut(&mut self.storage) {
             Some(Storage::Gpu(g)) => Ok(Some(g)),
-            _ => Err(Error::BufferInUse { what: "tensor storage", count }),
+            _ => Err(Error::BufferInUse {
+                what: "tensor storage",
+                count,
+            }),
         }
     }
 

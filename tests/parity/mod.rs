@@ -26,11 +26,32 @@ pub mod step;
 pub type Case = (&'static str, fn(Device));
 
 /// Every family, with its cases.
-pub const FAMILIES: &[(&str, &[Case])] =
-    &[("cast", cast::CASES), ("elementwise", elementwise::CASES)];
+pub const FAMILIES: &[(&str, &[Case])] = &[
+    ("augment", augment::CASES),
+    ("batchnorm", batchnorm::CASES),
+    ("cast", cast::CASES),
+    ("conv", conv::CASES),
+    ("elementwise", elementwise::CASES),
+    ("linear", linear::CASES),
+    ("loss", loss::CASES),
+    ("optim", optim::CASES),
+    ("pool", pool::CASES),
+    ("step", step::CASES),
+];
 
 /// The source of every family module, for the coverage check.
-pub const SOURCES: &[&str] = &[include_str!("cast.rs"), include_str!("elementwise.rs")];
+pub const SOURCES: &[&str] = &[
+    include_str!("augment.rs"),
+    include_str!("batchnorm.rs"),
+    include_str!("cast.rs"),
+    include_str!("conv.rs"),
+    include_str!("elementwise.rs"),
+    include_str!("linear.rs"),
+    include_str!("loss.rs"),
+    include_str!("optim.rs"),
+    include_str!("pool.rs"),
+    include_str!("step.rs"),
+];
 
 /// Runs every case of `family` on `device`, naming the case that fails.
 pub fn run_family(family: &str, device: Device) {

@@ -17,4 +17,15 @@ macro_rules! families {
     };
 }
 
-families!(augment, batchnorm, cast, conv, elementwise, linear, loss, optim, pool, step);
+families!(
+    augment,
+    batchnorm,
+    cast,
+    conv,
+    elementwise,
+    linear,
+    loss,
+    optim,
+    pool,
+    step
+);

@@ -24,7 +24,18 @@ macro_rules! families {
     };
 }
 
-families!(augment, batchnorm, cast, conv, elementwise, linear, loss, optim, pool, step);
+families!(
+    augment,
+    batchnorm,
+    cast,
+    conv,
+    elementwise,
+    linear,
+    loss,
+    optim,
+    pool,
+    step
+);
 
 /// Kernel names quoted inside `expect_launched(..)` calls of `source`.
 fn asserted_kernels(source: &str) -> BTreeSet<String> {
