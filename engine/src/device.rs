@@ -1,6 +1,6 @@
 //! Where a tensor lives, and the GPU behind each non-CPU device.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use kernels::Gpu;
 use std::collections::HashMap;
 use std::fmt;
@@ -39,6 +39,37 @@ impl fmt::Display for Device {
             Device::Emulator => f.write_str("emulator"),
         }
     }
+}
+
+/// The kernel launcher of a GPU `device`, the one the engine's ops use, for
+/// crates that launch kernels of their own (the trainer's GPU augmentation);
+/// wrap the buffers they fill with [`crate::Tensor::from_gpu_buffer`].
+pub fn gpu_launcher(device: Device) -> Result<Arc<Gpu>> {
+    if !device.is_gpu() {
+        return Err(Error::Device {
+            op: "gpu_launcher",
+            device,
+        });
+    }
+    gpu(device)
+}
+
+/// Waits until `device` has finished all queued work (a no-op on the CPU),
+/// e.g. before reading a clock.
+pub fn synchronize(device: Device) -> Result<()> {
+    if device.is_gpu() {
+        gpu(device)?.synchronize()?;
+    }
+    Ok(())
+}
+
+/// The most memory `device`'s pool has held at once, in bytes (`None` on
+/// the CPU and the emulator).
+pub fn memory_high_water(device: Device) -> Result<Option<u64>> {
+    if !device.is_gpu() {
+        return Ok(None);
+    }
+    Ok(gpu(device)?.pool_high_water()?)
 }
 
 /// The kernel launcher of a GPU device, created on first use and shared.

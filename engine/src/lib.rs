@@ -7,6 +7,7 @@
 //! - [`ParamStore`]: a network's parameters as views of one flat f32 buffer,
 //!   with gradients in a second buffer at the same offsets.
 //! - [`optim`]: SGD, LARS and the EMA teacher update over the flat buffers.
+//! - [`scaler`]: the dynamic loss scaler of fp16 training.
 //! - [`schedule`]: learning rate, EMA momentum and Momentum-BN β per iteration.
 //! - [`ops`]: op parameters, and the running/Momentum-BN statistics updates.
 //! - [`Rng`]: a seedable generator with saveable state, for initialisation and data.
@@ -28,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+mod cuda_libs;
 mod device;
 mod dtype;
 mod error;
@@ -35,12 +37,13 @@ pub mod ops;
 pub mod optim;
 mod params;
 mod rng;
+pub mod scaler;
 pub mod schedule;
 mod shape;
 mod tape;
 mod tensor;
 
-pub use device::Device;
+pub use device::{Device, gpu_launcher, memory_high_water, synchronize};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use params::{ParamId, ParamInfo, ParamKind, ParamStore, ParamStoreBuilder, ParamVars};

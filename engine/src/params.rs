@@ -1,11 +1,13 @@
 //! Flat parameter storage: every parameter of a network is a named view into
 //! one f32 master buffer, and its gradient a view into a second buffer with the
 //! same offsets, so zero-grad, the optimiser and the EMA are single loops (or,
-//! on a GPU, single kernels) over contiguous memory.
+//! on a GPU, single kernels) over contiguous memory. A store is built on the
+//! host and moved to a GPU with [`ParamStore::to_device`].
 
 use crate::error::{Error, Result};
 use crate::tape::{Gradients, Tape, Var};
 use crate::{DType, Device, Shape, Tensor};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Offsets are rounded up to this many elements (256 bytes), so views keep the
@@ -177,15 +179,50 @@ impl ParamStore {
         self.grads.view(i.offset, i.shape.clone())
     }
 
-    /// The whole value buffer, writable (fails while views are alive).
+    /// A copy of the store on `device` (values and gradients, same layout),
+    /// never sharing memory with this one.
+    pub fn to_device(&self, device: Device) -> Result<ParamStore> {
+        Ok(ParamStore {
+            values: fresh_copy(&self.values, device)?,
+            grads: fresh_copy(&self.grads, device)?,
+            infos: self.infos.clone(),
+            index: self.index.clone(),
+        })
+    }
+
+    /// The whole value buffer, writable on the host (fails while views are
+    /// alive, and on a GPU store: use [`Self::set`] there).
     pub fn values_mut(&mut self) -> Result<&mut [f32]> {
+        if self.device().is_gpu() {
+            return Err(Error::Device {
+                op: "ParamStore::values_mut (host access; use set, or to_device(Device::Cpu))",
+                device: self.device(),
+            });
+        }
         self.values.slice_mut::<f32>()
+    }
+
+    /// On a GPU store: the value buffer, checked writable (no live views),
+    /// and the gradient buffer, for the optimiser and EMA kernels.
+    pub(crate) fn gpu_values_and_grads(&mut self) -> Result<(&Tensor, &Tensor)> {
+        if self.values.gpu_mut()?.is_none() {
+            return Err(Error::Device {
+                op: "GPU parameter update (host store)",
+                device: self.device(),
+            });
+        }
+        Ok((&self.values, &self.grads))
     }
 
     /// Value buffer (writable) and gradient buffer together, for optimisers.
     pub(crate) fn values_and_grads_mut(&mut self) -> Result<(&mut [f32], &[f32])> {
         let grads = self.grads.as_slice::<f32>()?;
         Ok((self.values.slice_mut::<f32>()?, grads))
+    }
+
+    /// The gradient buffer, for in-place passes over it (loss unscaling).
+    pub(crate) fn grads_mut(&mut self) -> &mut Tensor {
+        &mut self.grads
     }
 
     /// Overwrites one parameter's values.
@@ -199,9 +236,61 @@ impl ParamStore {
                 i.shape
             )));
         }
-        let offset = i.offset;
-        self.values.slice_mut::<f32>()?[offset..offset + data.len()].copy_from_slice(data);
-        Ok(())
+        write_f32(&mut self.values, i.offset, data)
+    }
+
+    /// The whole value buffer cast to `dtype` in one pass (one kernel on a
+    /// GPU): the 16-bit working weights of mixed precision, at the same
+    /// offsets as the f32 masters. For f32 it is the value buffer itself
+    /// (shared, so updates fail while it is alive).
+    pub fn cast_values(&self, dtype: DType) -> Result<Tensor> {
+        self.values.to_dtype(dtype)
+    }
+
+    /// Puts the parameters on `tape` for mixed-precision compute in `dtype`:
+    /// weights and biases as views of one [`Self::cast_values`] copy (a single
+    /// cast), batch-norm γ and β as f32 views (normalisation runs in f32).
+    /// [`Self::attach`] for f32. Gradients come back in each variable's dtype;
+    /// [`Self::accumulate_grads`] adds them into the f32 gradient buffer.
+    pub fn attach_mixed(&self, tape: &mut Tape, dtype: DType) -> Result<ParamVars> {
+        if dtype == DType::F32 {
+            return Ok(self.attach(tape));
+        }
+        let flat = self.cast_values(dtype)?;
+        Ok(ParamVars(
+            self.infos
+                .iter()
+                .map(|i| match i.kind {
+                    ParamKind::BnScale | ParamKind::BnShift => {
+                        tape.param(self.values.view(i.offset, i.shape.clone()))
+                    }
+                    ParamKind::Weight | ParamKind::Bias => {
+                        tape.param(flat.view(i.offset, i.shape.clone()))
+                    }
+                })
+                .collect(),
+        ))
+    }
+
+    /// The L2 norm of the whole gradient buffer, or `None` if any gradient is
+    /// NaN or ±∞. One kernel and one 8-byte read-back on a GPU, where the sum
+    /// of squares is accumulated in f32 (so gradients beyond ~1e19 read as an
+    /// infinite norm); f64 on the host.
+    pub fn grad_norm(&self) -> Result<Option<f64>> {
+        if self.grads.gpu().is_some() {
+            let (sum_sq, finite) = crate::optim::cuda::grad_sum_squares(&self.grads)?;
+            return Ok(finite.then(|| (sum_sq as f64).sqrt()));
+        }
+        let g = self.grads.as_slice::<f32>()?;
+        if !g.par_iter().all(|v| v.is_finite()) {
+            return Ok(None);
+        }
+        Ok(Some(
+            g.par_iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt(),
+        ))
     }
 
     /// Puts every parameter on `tape` as a gradient-tracked variable.
@@ -211,6 +300,8 @@ impl ParamStore {
 
     /// Adds the gradients that `grads` holds for `vars` into the gradient buffer,
     /// consuming `vars` so the value buffer is free to be updated afterwards.
+    /// Gradients may be f32 or 16-bit (from [`Self::attach_mixed`]); on a GPU
+    /// store they must be on its device (one kernel per parameter, no sync).
     pub fn accumulate_grads(&mut self, vars: ParamVars, grads: &Gradients) -> Result<()> {
         if vars.0.len() != self.infos.len() {
             return Err(Error::Param(format!(
@@ -219,9 +310,30 @@ impl ParamStore {
                 self.infos.len()
             )));
         }
+        for (info, var) in self.infos.iter().zip(&vars.0) {
+            if let Some(g) = grads.get(var)
+                && g.numel() != info.shape.numel()
+            {
+                return Err(Error::Param(format!(
+                    "{}: gradient of shape {} for a parameter of shape {}",
+                    info.name,
+                    g.shape(),
+                    info.shape
+                )));
+            }
+        }
+        if self.grads.gpu_mut()?.is_some() {
+            for (info, var) in self.infos.iter().zip(&vars.0) {
+                let Some(g) = grads.get(var) else { continue };
+                let acc = self.grads.view(info.offset, info.shape.clone());
+                crate::optim::cuda::accumulate_grad(&acc, g)?;
+            }
+            return Ok(());
+        }
         let buf = self.grads.slice_mut::<f32>()?;
         for (info, var) in self.infos.iter().zip(&vars.0) {
             let Some(g) = grads.get(var) else { continue };
+            let g = g.to_dtype(DType::F32)?;
             let g = g.as_slice::<f32>()?;
             buf[info.offset..info.offset + g.len()]
                 .iter_mut()
@@ -233,6 +345,10 @@ impl ParamStore {
 
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) -> Result<()> {
+        if let Some(g) = self.grads.gpu_mut()? {
+            g.gpu.fill_bytes(&g.buf, 0, g.buf.len_bytes(), 0)?;
+            return Ok(());
+        }
         self.grads.slice_mut::<f32>()?.fill(0.0);
         Ok(())
     }
@@ -255,6 +371,44 @@ impl ParamStore {
             None => Ok(()),
         }
     }
+}
+
+/// A copy of `t` on `device` in memory of its own (also when it is already there).
+fn fresh_copy(t: &Tensor, device: Device) -> Result<Tensor> {
+    if t.device() != device {
+        // Crossing devices always lands in a new buffer.
+        return t.to_device(device);
+    }
+    match t.gpu() {
+        Some(g) => {
+            let copy = Tensor::gpu_empty(g, t.shape().clone(), t.dtype())?;
+            let bytes = t.numel() * t.dtype().size_in_bytes();
+            g.gpu
+                .copy(&g.buf, 0, &copy.gpu().expect("on the GPU").buf, 0, bytes)?;
+            Ok(copy)
+        }
+        None => Tensor::from_vec(t.to_vec::<f32>()?, t.shape().clone()),
+    }
+}
+
+/// Writes `data` into an f32 tensor from element `offset`, on any device
+/// (fails while other references to its storage are alive). `t` is a whole
+/// buffer, not a view: the store's flat buffers and optimiser state.
+pub(crate) fn write_f32(t: &mut Tensor, offset: usize, data: &[f32]) -> Result<()> {
+    if offset + data.len() > t.numel() {
+        return Err(Error::Param(format!(
+            "{} values at {offset} overflow a buffer of {}",
+            data.len(),
+            t.numel()
+        )));
+    }
+    if let Some(g) = t.gpu_mut()? {
+        g.gpu
+            .write(&g.buf, offset * 4, bytemuck::cast_slice(data))?;
+        return Ok(());
+    }
+    t.slice_mut::<f32>()?[offset..offset + data.len()].copy_from_slice(data);
+    Ok(())
 }
 
 /// The tape variables of a store's parameters, from [`ParamStore::attach`].

@@ -8,7 +8,7 @@
 //! that node is done.
 
 use crate::error::{Error, Result, shape_err};
-use crate::ops::batchnorm::{self, BatchStats, BnNorm, BnSaved};
+use crate::ops::batchnorm::{self, BatchStats, BnGrads, BnNorm, BnSaved, Epilogue};
 use crate::ops::{Conv2dParams, PoolParams, cast, conv, elementwise, linear, loss, pool};
 use crate::{DType, Shape, Tensor};
 use std::fmt;
@@ -55,6 +55,23 @@ enum Node {
     },
     BatchNorm {
         x: Option<usize>,
+        gamma: Option<usize>,
+        beta: Option<usize>,
+        out: usize,
+        saved: BnSaved,
+    },
+    /// `max(bn(x), 0)`, fused.
+    BatchNormRelu {
+        x: Option<usize>,
+        gamma: Option<usize>,
+        beta: Option<usize>,
+        out: usize,
+        saved: BnSaved,
+    },
+    /// `max(bn(x) + residual, 0)`, fused.
+    BatchNormAddRelu {
+        x: Option<usize>,
+        residual: Option<usize>,
         gamma: Option<usize>,
         beta: Option<usize>,
         out: usize,
@@ -124,6 +141,8 @@ impl Node {
         match self {
             Node::Conv2d { .. } => "conv2d",
             Node::BatchNorm { .. } => "batch_norm",
+            Node::BatchNormRelu { .. } => "batch_norm_relu",
+            Node::BatchNormAddRelu { .. } => "batch_norm_add_relu",
             Node::Relu { .. } => "relu",
             Node::Add { .. } => "add",
             Node::MaxPool { .. } => "max_pool2d",
@@ -141,6 +160,8 @@ impl Node {
         match *self {
             Node::Conv2d { out, .. }
             | Node::BatchNorm { out, .. }
+            | Node::BatchNormRelu { out, .. }
+            | Node::BatchNormAddRelu { out, .. }
             | Node::Relu { out, .. }
             | Node::Add { out, .. }
             | Node::MaxPool { out, .. }
@@ -157,7 +178,16 @@ impl Node {
     fn inputs(&self) -> Vec<Option<usize>> {
         match *self {
             Node::Conv2d { x, w, .. } => vec![x, w],
-            Node::BatchNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            Node::BatchNorm { x, gamma, beta, .. } | Node::BatchNormRelu { x, gamma, beta, .. } => {
+                vec![x, gamma, beta]
+            }
+            Node::BatchNormAddRelu {
+                x,
+                residual,
+                gamma,
+                beta,
+                ..
+            } => vec![x, residual, gamma, beta],
             Node::Add { a, b, .. } => vec![a, b],
             Node::Linear { x, w, b, .. } => vec![x, w, b],
             Node::M2tLoss { inputs, .. } => inputs.to_vec(),
@@ -298,13 +328,81 @@ impl Tape {
         norm: BnNorm,
         eps: f64,
     ) -> Result<(Var, Option<BatchStats>)> {
-        let (y, stats, saved) = batchnorm::forward(&x.value, &gamma.value, &beta.value, norm, eps)?;
+        let (y, stats, saved) = batchnorm::forward(
+            &x.value,
+            &gamma.value,
+            &beta.value,
+            norm,
+            eps,
+            Epilogue::None,
+        )?;
         let y = self.record(&[x, gamma, beta], y, |s, out| Node::BatchNorm {
             x: s[0],
             gamma: s[1],
             beta: s[2],
             out,
             saved,
+        })?;
+        Ok((y, stats))
+    }
+
+    /// `max(batch_norm(x), 0)`: [`Tape::batch_norm`] then [`Tape::relu`], one
+    /// kernel on a GPU.
+    pub fn batch_norm_relu(
+        &mut self,
+        x: &Var,
+        gamma: &Var,
+        beta: &Var,
+        norm: BnNorm,
+        eps: f64,
+    ) -> Result<(Var, Option<BatchStats>)> {
+        let (y, stats, saved) = batchnorm::forward(
+            &x.value,
+            &gamma.value,
+            &beta.value,
+            norm,
+            eps,
+            Epilogue::Relu,
+        )?;
+        let y = self.record(&[x, gamma, beta], y, |s, out| Node::BatchNormRelu {
+            x: s[0],
+            gamma: s[1],
+            beta: s[2],
+            out,
+            saved,
+        })?;
+        Ok((y, stats))
+    }
+
+    /// `max(batch_norm(x) + residual, 0)`: a residual block's join,
+    /// [`Tape::batch_norm`], [`Tape::add`] and [`Tape::relu`] in one kernel on
+    /// a GPU. `residual` has `x`'s shape and dtype.
+    pub fn batch_norm_add_relu(
+        &mut self,
+        x: &Var,
+        residual: &Var,
+        gamma: &Var,
+        beta: &Var,
+        norm: BnNorm,
+        eps: f64,
+    ) -> Result<(Var, Option<BatchStats>)> {
+        let (y, stats, saved) = batchnorm::forward(
+            &x.value,
+            &gamma.value,
+            &beta.value,
+            norm,
+            eps,
+            Epilogue::AddRelu(&residual.value),
+        )?;
+        let y = self.record(&[x, residual, gamma, beta], y, |s, out| {
+            Node::BatchNormAddRelu {
+                x: s[0],
+                residual: s[1],
+                gamma: s[2],
+                beta: s[3],
+                out,
+                saved,
+            }
         })?;
         Ok((y, stats))
     }
@@ -484,6 +582,17 @@ fn accumulate(grads: &mut [Option<Tensor>], slot: Option<usize>, g: Tensor) -> R
     Ok(())
 }
 
+/// Passes a batch norm's `dx`, `dγ` and `dβ` on.
+fn accumulate_bn(
+    grads: &mut [Option<Tensor>],
+    [x, gamma, beta]: [Option<usize>; 3],
+    g: BnGrads,
+) -> Result<()> {
+    accumulate(grads, x, g.dx)?;
+    accumulate(grads, gamma, g.dgamma)?;
+    accumulate(grads, beta, g.dbeta)
+}
+
 fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Result<()> {
     match node {
         Node::Conv2d {
@@ -510,11 +619,30 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             beta,
             saved,
             ..
+        }
+        | Node::BatchNormRelu {
+            x,
+            gamma,
+            beta,
+            saved,
+            ..
         } => {
-            let (dx, dgamma, dbeta) = batchnorm::backward(&saved, dy)?;
-            accumulate(grads, x, dx)?;
-            accumulate(grads, gamma, dgamma)?;
-            accumulate(grads, beta, dbeta)
+            let g = batchnorm::backward(&saved, dy)?;
+            accumulate_bn(grads, [x, gamma, beta], g)
+        }
+        Node::BatchNormAddRelu {
+            x,
+            residual,
+            gamma,
+            beta,
+            saved,
+            ..
+        } => {
+            let mut g = batchnorm::backward(&saved, dy)?;
+            if let Some(dresidual) = g.dresidual.take() {
+                accumulate(grads, residual, dresidual)?;
+            }
+            accumulate_bn(grads, [x, gamma, beta], g)
         }
         Node::Relu { x, saved_y, .. } => {
             accumulate(grads, x, elementwise::relu_backward(&saved_y, dy)?)

@@ -344,6 +344,29 @@ impl Tensor {
         crate::ops::cast::cast(self, dtype)
     }
 
+    /// A tensor of `shape` and `dtype` over `buf`, which must come from
+    /// [`crate::gpu_launcher`]`(device)` and hold exactly its bytes: for
+    /// outputs of kernels launched outside the engine.
+    pub fn from_gpu_buffer(
+        device: Device,
+        dtype: DType,
+        buf: Buffer,
+        shape: impl Into<Shape>,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let gpu = crate::gpu_launcher(device)?;
+        if buf.len_bytes() != shape.numel() * dtype.size_in_bytes() {
+            return Err(shape_err(
+                "from_gpu_buffer",
+                format!(
+                    "{} bytes do not hold {dtype} shape {shape}",
+                    buf.len_bytes()
+                ),
+            ));
+        }
+        Ok(Tensor::on_gpu(gpu, device, dtype, buf, shape))
+    }
+
     fn on_gpu(gpu: Arc<Gpu>, device: Device, dtype: DType, buf: Buffer, shape: Shape) -> Tensor {
         Tensor {
             storage: Arc::new(Storage::Gpu(GpuBuffer {
@@ -397,6 +420,16 @@ impl Tensor {
                 count,
             }),
         }
+    }
+
+    /// The device address of the first element (CUDA tensors), for cuDNN
+    /// and cuBLAS calls.
+    pub(crate) fn device_ptr(&self) -> u64 {
+        let g = self.gpu().expect("device pointer of a host tensor");
+        g.buf
+            .device_ptr()
+            .expect("device pointer of an emulated tensor")
+            + (self.offset * g.dtype.size_in_bytes()) as u64
     }
 
     /// This tensor as a kernel argument: its buffer at its element offset.

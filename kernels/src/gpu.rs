@@ -435,6 +435,27 @@ impl Gpu {
         }
     }
 
+    /// The most device memory the stream-ordered pool has held at once
+    /// (CUDA only; `None` for the emulator).
+    pub fn pool_high_water(&self) -> Result<Option<u64>> {
+        let Kind::Cuda(c) = &self.kind else {
+            return Ok(None);
+        };
+        let mut high = 0u64;
+        // SAFETY: reads one attribute of the device's default pool.
+        unsafe {
+            let mut pool = std::ptr::null_mut();
+            sys::cuDeviceGetDefaultMemPool(&mut pool, c.ctx.ordinal() as i32).result()?;
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut high as *mut u64).cast(),
+            )
+            .result()?;
+        }
+        Ok(Some(high))
+    }
+
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
         if let Kind::Cuda(c) = &self.kind {

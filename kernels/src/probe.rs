@@ -161,17 +161,38 @@ fn site_packages(root: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Loads every CUDA library found in [`search_dirs`] by full path (once per
-/// process). Missing libraries are skipped; [`probe`] reports them.
+/// Whether cudarc's own by-name load of library `name` would succeed.
+fn loadable_by_name(name: &str) -> bool {
+    // SAFETY: each check only tries to dlopen the library.
+    unsafe {
+        match name {
+            "nvrtc" => cudarc::nvrtc::sys::is_culib_present(),
+            "cublas" => cudarc::cublas::sys::is_culib_present(),
+            _ => cudarc::cudnn::sys::is_culib_present(),
+        }
+    }
+}
+
+/// Loads, once per process, each CUDA library that the dynamic loader cannot
+/// find by name, from the first folder of [`search_dirs`] holding it: all
+/// files of one library from that one folder, so a library and its
+/// sub-libraries are of one version (cuDNN refuses a mix). A library the
+/// loader finds by itself is left to it, for the same reason. Missing
+/// libraries are skipped; [`probe`] reports them.
 pub fn load_libraries() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let dirs = search_dirs();
-        for (_, files) in FILES {
+        for (name, files) in FILES {
+            if loadable_by_name(name) {
+                continue;
+            }
+            let main = files.last().expect("each library names its files");
+            let Some(dir) = dirs.iter().find(|d| d.join(main).exists()) else {
+                continue;
+            };
             for file in *files {
-                let Some(path) = dirs.iter().map(|d| d.join(file)).find(|p| p.exists()) else {
-                    continue;
-                };
+                let path = dir.join(file);
                 // SAFETY: loading a CUDA library runs only its initialisers.
                 if let Ok(lib) = unsafe { libloading::Library::new(&path) } {
                     // Kept for the life of the process, like cudarc's own handles.

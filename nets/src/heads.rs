@@ -33,8 +33,7 @@ impl Mlp {
     /// `[n, in] → [n, out]`.
     pub fn forward(&self, f: &mut Forward, x: &Var) -> Result<Var> {
         let h = self.fc1.forward(f, x)?;
-        let h = self.bn.forward(f, &h)?;
-        let h = f.tape.relu(&h)?;
+        let h = self.bn.forward_relu(f, &h)?;
         self.fc2.forward(f, &h)
     }
 }

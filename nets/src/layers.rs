@@ -76,6 +76,20 @@ impl BnBuffers {
         })
     }
 
+    /// The buffers copied to `device`.
+    pub fn to_device(&self, device: engine::Device) -> Result<Self> {
+        let move_all = |v: &[Tensor]| {
+            v.iter()
+                .map(|t| t.to_device(device))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(BnBuffers {
+            names: self.names.clone(),
+            mean: move_all(&self.mean)?,
+            var: move_all(&self.var)?,
+        })
+    }
+
     /// Number of batch-norm layers.
     pub fn len(&self) -> usize {
         self.names.len()
@@ -112,8 +126,9 @@ impl BnBuffers {
                 var.len()
             )));
         }
-        self.mean[i].slice_mut::<f32>()?.copy_from_slice(mean);
-        self.var[i].slice_mut::<f32>()?.copy_from_slice(var);
+        let device = self.mean[i].device();
+        self.mean[i] = Tensor::from_vec(mean.to_vec(), [c])?.to_device(device)?;
+        self.var[i] = Tensor::from_vec(var.to_vec(), [c])?.to_device(device)?;
         Ok(())
     }
 
@@ -252,8 +267,38 @@ impl BatchNorm {
 
     /// Normalises `x` as `f.mode` says, recording the batch statistics.
     pub fn forward(&self, f: &mut Forward, x: &Var) -> Result<Var> {
-        let (mean, var) = (f.buffers.mean(self.index), f.buffers.var(self.index));
-        let norm = match f.mode {
+        let norm = self.norm(f);
+        let (gamma, beta) = (f.params.get(self.gamma), f.params.get(self.beta));
+        let (y, stats) = f.tape.batch_norm(x, gamma, beta, norm, BN_EPS)?;
+        f.stats[self.index] = stats;
+        Ok(y)
+    }
+
+    /// `relu(bn(x))`, one fused kernel on a GPU.
+    pub fn forward_relu(&self, f: &mut Forward, x: &Var) -> Result<Var> {
+        let norm = self.norm(f);
+        let (gamma, beta) = (f.params.get(self.gamma), f.params.get(self.beta));
+        let (y, stats) = f.tape.batch_norm_relu(x, gamma, beta, norm, BN_EPS)?;
+        f.stats[self.index] = stats;
+        Ok(y)
+    }
+
+    /// `relu(bn(x) + skip)`, the end of a residual block, one fused kernel on a GPU.
+    pub fn forward_add_relu(&self, f: &mut Forward, x: &Var, skip: &Var) -> Result<Var> {
+        let norm = self.norm(f);
+        let (gamma, beta) = (f.params.get(self.gamma), f.params.get(self.beta));
+        let (y, stats) = f
+            .tape
+            .batch_norm_add_relu(x, skip, gamma, beta, norm, BN_EPS)?;
+        f.stats[self.index] = stats;
+        Ok(y)
+    }
+
+    /// The statistics `f.mode` normalises with.
+    fn norm<'a>(&self, f: &Forward<'a>) -> BnNorm<'a> {
+        let buffers: &'a BnBuffers = f.buffers;
+        let (mean, var) = (buffers.mean(self.index), buffers.var(self.index));
+        match f.mode {
             BnMode::Train => BnNorm::Batch,
             BnMode::Eval => BnNorm::Running { mean, var },
             BnMode::Momentum { beta, correction } => BnNorm::Momentum {
@@ -262,11 +307,7 @@ impl BatchNorm {
                 beta,
                 correction,
             },
-        };
-        let (gamma, beta) = (f.params.get(self.gamma), f.params.get(self.beta));
-        let (y, stats) = f.tape.batch_norm(x, gamma, beta, norm, BN_EPS)?;
-        f.stats[self.index] = stats;
-        Ok(y)
+        }
     }
 }
 

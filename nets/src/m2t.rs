@@ -8,8 +8,9 @@ use crate::resnet::{ResNet, ResNetConfig};
 use crate::{Error, Result};
 use engine::ops::{BatchStats, BesselCorrection};
 use engine::optim::ema_update;
+use engine::scaler::LossScaler;
 use engine::schedule::{ema_momentum, mbn_beta};
-use engine::{ParamStore, ParamVars, Tape, Tensor, Var};
+use engine::{DType, Device, ParamStore, ParamVars, Tape, Tensor, Var};
 use std::fmt;
 use std::str::FromStr;
 
@@ -62,6 +63,10 @@ pub struct M2tConfig {
     pub correction: BesselCorrection,
     /// EMA momentum at the start, m0 (0.99).
     pub ema_base: f64,
+    /// The type activations and conv/linear weights are computed in: f32,
+    /// or bf16/f16 on a GPU (mixed precision over the f32 master weights;
+    /// batch norm, the normalisation and the loss stay f32).
+    pub precision: DType,
 }
 
 impl M2tConfig {
@@ -75,6 +80,7 @@ impl M2tConfig {
             teacher_bn: TeacherBn::Momentum,
             correction: BesselCorrection::Double,
             ema_base: 0.99,
+            precision: DType::F32,
         }
     }
 }
@@ -97,6 +103,9 @@ pub struct StepReport {
     pub ema_momentum: f64,
     /// The Momentum-BN β used this iteration.
     pub mbn_beta: f64,
+    /// True when fp16 gradients overflowed: the loss scale was lowered and
+    /// the caller must skip this step's optimiser update.
+    pub skip_update: bool,
 }
 
 /// The student/teacher pair with their parameters and BN buffers.
@@ -109,6 +118,8 @@ pub struct M2t {
     teacher: ParamStore,
     student_bn: BnBuffers,
     teacher_bn: BnBuffers,
+    /// The dynamic loss scale of fp16 training.
+    scaler: Option<LossScaler>,
 }
 
 impl M2t {
@@ -155,6 +166,44 @@ impl M2t {
             teacher,
             student_bn,
             teacher_bn,
+            scaler: (config.precision == DType::F16).then(LossScaler::new),
+        })
+    }
+
+    /// The fp16 loss scaler (`None` in other precisions), e.g. to checkpoint it.
+    pub fn scaler_mut(&mut self) -> Option<&mut LossScaler> {
+        self.scaler.as_mut()
+    }
+
+    /// The pair moved to `device` (parameters, gradients and BN buffers).
+    pub fn to_device(self, device: Device) -> Result<M2t> {
+        Ok(M2t {
+            student: self.student.to_device(device)?,
+            teacher: self.teacher.to_device(device)?,
+            student_bn: self.student_bn.to_device(device)?,
+            teacher_bn: self.teacher_bn.to_device(device)?,
+            ..self
+        })
+    }
+
+    /// Where the parameters live.
+    pub fn device(&self) -> Device {
+        self.student.device()
+    }
+
+    /// `images` on this model's device, in its compute precision.
+    fn input(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(images
+            .to_device(self.device())?
+            .to_dtype(self.config.precision)?)
+    }
+
+    /// `x` in f32, where normalisation and the loss run.
+    fn widened(&self, tape: &mut Tape, x: &Var) -> Result<Var> {
+        Ok(if x.value().dtype() == DType::F32 {
+            x.clone()
+        } else {
+            tape.cast(x, DType::F32)?
         })
     }
 
@@ -206,10 +255,14 @@ impl M2t {
     pub fn features(&self, which: Which, images: &Tensor) -> Result<Tensor> {
         let (store, buffers) = self.network(which);
         let mut tape = Tape::no_grad();
-        let params = store.attach(&mut tape);
+        let params = store.attach_mixed(&mut tape, self.config.precision)?;
         let mut f = Forward::new(&mut tape, &params, BnMode::Eval, buffers);
-        let x = f.tape.constant(images.clone());
-        Ok(self.backbone.forward(&mut f, &x)?.value().clone())
+        let x = f.tape.constant(self.input(images)?);
+        let h = self.backbone.forward(&mut f, &x)?;
+        Ok(self
+            .widened(&mut tape, &h)?
+            .value()
+            .to_device(Device::Cpu)?)
     }
 
     /// Student output for one view: `normalize(predictor(projector(backbone(x))))`.
@@ -220,27 +273,32 @@ impl M2t {
         x: &Tensor,
     ) -> Result<(Var, Vec<Option<BatchStats>>)> {
         let mut f = Forward::new(tape, params, BnMode::Train, &self.student_bn);
-        let x = f.tape.constant(x.clone());
+        let x = f.tape.constant(self.input(x)?);
         let h = self.backbone.forward(&mut f, &x)?;
         let z = self.projector.forward(&mut f, &h)?;
         let p = self.predictor.forward(&mut f, &z)?;
-        let q = f.tape.l2_normalize(&p)?;
-        Ok((q, f.stats))
+        let stats = f.stats;
+        let p = self.widened(tape, &p)?;
+        Ok((tape.l2_normalize(&p)?, stats))
     }
 
     /// Teacher target for one view, without gradient: `normalize(projector(backbone(x)))`.
     fn teacher_view(&self, mode: BnMode, x: &Tensor) -> Result<(Tensor, Vec<Option<BatchStats>>)> {
         let mut tape = Tape::no_grad();
-        let params = self.teacher.attach(&mut tape);
+        let params = self
+            .teacher
+            .attach_mixed(&mut tape, self.config.precision)?;
         let mut f = Forward::new(&mut tape, &params, mode, &self.teacher_bn);
-        let x = f.tape.constant(x.clone());
+        let x = f.tape.constant(self.input(x)?);
         let h = self.backbone.forward(&mut f, &x)?;
         let z = self.projector.forward(&mut f, &h)?;
-        let k = f.tape.l2_normalize(&z)?;
-        Ok((k.value().clone(), f.stats))
+        let stats = f.stats;
+        let z = self.widened(&mut tape, &z)?;
+        Ok((tape.l2_normalize(&z)?.value().clone(), stats))
     }
 
-    /// One M2T iteration `k` of `total` on two views of a batch (NHWC f32):
+    /// One M2T iteration `k` of `total` on two views of a batch (NHWC f32,
+    /// on any device: they are moved to the model's):
     /// the EMA update, the teacher's two forwards on the crossed views with the
     /// lazy Momentum-BN history update, the student's two forwards and the
     /// backward pass. The student's gradient buffer then holds this step's
@@ -282,21 +340,39 @@ impl M2t {
         }
 
         let mut tape = Tape::new();
-        let params = self.student.attach(&mut tape);
+        let params = self
+            .student
+            .attach_mixed(&mut tape, self.config.precision)?;
         let (q1, stats1) = self.student_view(&mut tape, &params, view1)?;
         let (q2, stats2) = self.student_view(&mut tape, &params, view2)?;
         let (k1, k2) = (tape.constant(k1), tape.constant(k2));
         let loss = tape.m2t_loss(&q1, &k1, &q2, &k2)?;
         let loss_value = loss.value().to_f64_vec()?[0];
-        let grads = tape.backward(&loss)?;
+        let grads = match &self.scaler {
+            // fp16: scale the loss so small gradients do not flush to zero.
+            Some(scaler) => {
+                let seed = Tensor::from_vec(vec![scaler.scale()], loss.shape().clone())?
+                    .to_device(self.device())?;
+                tape.backward_with(&loss, seed)?
+            }
+            None => tape.backward(&loss)?,
+        };
         self.student.zero_grad()?;
         self.student.accumulate_grads(params, &grads)?;
+        let skip_update = match &mut self.scaler {
+            Some(scaler) => {
+                let found_inf = scaler.unscale_and_check(&mut self.student)?;
+                scaler.update(found_inf)
+            }
+            None => false,
+        };
         self.student_bn.update_running(&stats1, BN_MOMENTUM)?;
         self.student_bn.update_running(&stats2, BN_MOMENTUM)?;
         Ok(StepReport {
             loss: loss_value,
             ema_momentum: m,
             mbn_beta: beta,
+            skip_update,
         })
     }
 }

@@ -211,14 +211,7 @@ impl Block {
     }
 
     fn forward(&self, f: &mut Forward, x: &Var) -> Result<Var> {
-        let mut h = x.clone();
-        for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            let y = conv.forward(f, &h)?;
-            h = bn.forward(f, &y)?;
-            if i + 1 < self.convs.len() {
-                h = f.tape.relu(&h)?;
-            }
-        }
+        // The shortcut first, so the last BN can fuse the join and the ReLU.
         let skip = match &self.downsample {
             Some((conv, bn)) => {
                 let y = conv.forward(f, x)?;
@@ -226,8 +219,17 @@ impl Block {
             }
             None => x.clone(),
         };
-        let joined = f.tape.add(&h, &skip)?;
-        Ok(f.tape.relu(&joined)?)
+        let mut h = x.clone();
+        let last = self.convs.len() - 1;
+        for (i, (conv, bn)) in self.convs.iter().enumerate() {
+            let y = conv.forward(f, &h)?;
+            h = if i < last {
+                bn.forward_relu(f, &y)?
+            } else {
+                bn.forward_add_relu(f, &y, &skip)?
+            };
+        }
+        Ok(h)
     }
 }
 
@@ -286,8 +288,7 @@ impl ResNet {
     /// NHWC images `[n,h,w,in_channels]` → pooled features `[n, feature_dim]`.
     pub fn forward(&self, f: &mut Forward, x: &Var) -> Result<Var> {
         let y = self.conv1.forward(f, x)?;
-        let y = self.bn1.forward(f, &y)?;
-        let mut h = f.tape.relu(&y)?;
+        let mut h = self.bn1.forward_relu(f, &y)?;
         if self.config.stem == Stem::ImageNet {
             h = f.tape.max_pool2d(&h, PoolParams::RESNET_STEM)?;
         }

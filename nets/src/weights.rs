@@ -81,7 +81,7 @@ fn torch_tensors(
             let value = store.value(id);
             out.insert(
                 info.name.clone(),
-                to_torch_layout(info.shape.dims(), value.as_slice::<f32>()?),
+                to_torch_layout(info.shape.dims(), &value.to_vec::<f32>()?),
             );
         }
     }

@@ -133,7 +133,7 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, rtol: f64) {
     let (mut worst, mut at) = (0.0f64, 0);
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let err = (a - b).abs();
-        if !(err <= worst) {
+        if err.is_nan() || err > worst {
             (worst, at) = (if err.is_nan() { f64::INFINITY } else { err }, i);
         }
     }

@@ -6,10 +6,17 @@
 //! (p = 0.2), horizontal flip (p = 0.5), Solarize (view two only, p = 0.2),
 //! then normalisation. Semantics follow torchvision on float tensors in
 //! [0, 1]; all randomness comes from the caller's [`Rng`].
+//!
+//! A view is drawn ([`ViewParams::draw`]) and then applied, on the CPU by
+//! [`apply_view`] or to a whole batch on a GPU by [`GpuAugmenter`]; the same
+//! seed gives the same view on both.
 
 use crate::data::Image;
 use crate::{Error, Result};
 use engine::Rng;
+
+mod gpu;
+pub use gpu::{GpuAugmenter, GpuImages};
 
 /// Which of the two pipelines to apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,31 +87,88 @@ impl AugmentConfig {
 }
 
 /// Writes one augmented view of `image` into `out` (`size × size ×
-/// channels`, HWC, normalised).
+/// channels`, HWC, normalised): [`ViewParams::draw`] then [`apply_view`].
 ///
 /// # Panics
 /// If `out.len() != cfg.sample_len()` or the image is empty.
 pub fn view(image: &Image, which: View, cfg: &AugmentConfig, rng: &mut Rng, out: &mut [f32]) {
+    let params = ViewParams::draw(image, which, cfg, rng);
+    apply_view(image, &params, cfg, out);
+}
+
+/// Everything random about one view of one image, drawn up front so the CPU
+/// ([`apply_view`]) and the GPU ([`GpuAugmenter`]) apply the same view.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ViewParams {
+    /// The RandomResizedCrop rectangle, in source pixels.
+    pub crop: Crop,
+    /// ColorJitter's order and factors, if it applies.
+    pub jitter: Option<Jitter>,
+    /// The Gaussian blur σ in output pixels, if the view is blurred.
+    pub blur_sigma: Option<f64>,
+    /// Whether the view is converted to grey.
+    pub grayscale: bool,
+    /// Whether the view is mirrored left to right.
+    pub flip: bool,
+    /// Whether the view is solarised.
+    pub solarize: bool,
+}
+
+impl ViewParams {
+    /// Draws the parameters of pipeline `which` for `image` from `rng`, in
+    /// the order the pipeline applies them (crop, jitter, blur, grayscale,
+    /// flip, solarize), so a seed names one view on every device.
+    pub fn draw(image: &Image, which: View, cfg: &AugmentConfig, rng: &mut Rng) -> ViewParams {
+        let crop = sample_crop(
+            image.height,
+            image.width,
+            cfg.crop_scale,
+            cfg.crop_ratio,
+            rng,
+        );
+        let jitter = (rng.uniform() < 0.8).then(|| Jitter::draw(rng));
+        let blur_p = if which == View::One { 1.0 } else { 0.1 };
+        let blur_sigma = match cfg.blur_sigma {
+            Some((lo, hi)) if rng.uniform() < blur_p => Some(rng.range(lo, hi)),
+            _ => None,
+        };
+        let grayscale = rng.uniform() < 0.2;
+        let flip = rng.uniform() < 0.5;
+        let solarize = which == View::Two && rng.uniform() < 0.2;
+        ViewParams {
+            crop,
+            jitter,
+            blur_sigma,
+            grayscale,
+            flip,
+            solarize,
+        }
+    }
+}
+
+/// Writes the view `params` describes of `image` into `out` (`size × size ×
+/// channels`, HWC, normalised): crop, jitter, blur, grayscale, flip,
+/// solarize, normalise.
+///
+/// # Panics
+/// If `out.len() != cfg.sample_len()` or the crop is outside the image.
+pub fn apply_view(image: &Image, params: &ViewParams, cfg: &AugmentConfig, out: &mut [f32]) {
     assert_eq!(out.len(), cfg.sample_len(), "output buffer size");
     let (size, c) = (cfg.size, cfg.channels);
-    let mut px = random_resized_crop(image, cfg, rng);
-
-    if rng.uniform() < 0.8 {
-        color_jitter(&mut px, c, rng);
+    let mut px = resized_crop(image, params.crop, cfg);
+    if let Some(jitter) = &params.jitter {
+        jitter.apply(&mut px, c);
     }
-    let blur_p = if which == View::One { 1.0 } else { 0.1 };
-    if let Some((lo, hi)) = cfg.blur_sigma
-        && rng.uniform() < blur_p
-    {
-        gaussian_blur(&mut px, size, size, c, rng.range(lo, hi));
+    if let Some(sigma) = params.blur_sigma {
+        gaussian_blur(&mut px, size, size, c, sigma);
     }
-    if rng.uniform() < 0.2 {
+    if params.grayscale {
         grayscale(&mut px, c);
     }
-    if rng.uniform() < 0.5 {
+    if params.flip {
         flip_horizontal(&mut px, size, size, c);
     }
-    if which == View::Two && rng.uniform() < 0.2 {
+    if params.solarize {
         solarize(&mut px);
     }
     normalise(&px, cfg, out);
@@ -117,18 +181,23 @@ pub fn view(image: &Image, which: View, cfg: &AugmentConfig, rng: &mut Rng, out:
 /// If `out.len() != cfg.sample_len()` or the image is empty.
 pub fn classifier_view(image: &Image, cfg: &AugmentConfig, rng: &mut Rng, out: &mut [f32]) {
     assert_eq!(out.len(), cfg.sample_len(), "output buffer size");
-    let mut px = random_resized_crop(image, cfg, rng);
+    let crop = sample_crop(
+        image.height,
+        image.width,
+        cfg.crop_scale,
+        cfg.crop_ratio,
+        rng,
+    );
+    let mut px = resized_crop(image, crop, cfg);
     if rng.uniform() < 0.5 {
         flip_horizontal(&mut px, cfg.size, cfg.size, cfg.channels);
     }
     normalise(&px, cfg, out);
 }
 
-/// A random crop resized to `size × size`, in [0, 1] with `cfg.channels`.
-fn random_resized_crop(image: &Image, cfg: &AugmentConfig, rng: &mut Rng) -> Vec<f32> {
-    let (h, w, size) = (image.height, image.width, cfg.size);
-    let crop = sample_crop(h, w, cfg.crop_scale, cfg.crop_ratio, rng);
-    let (top, left) = (crop.top, crop.left);
+/// `crop` of `image` resized to `size × size`, in [0, 1] with `cfg.channels`.
+fn resized_crop(image: &Image, crop: Crop, cfg: &AugmentConfig) -> Vec<f32> {
+    let (top, left, size) = (crop.top, crop.left, cfg.size);
     let rows = Taps::new(
         top,
         top + crop.height,
@@ -178,11 +247,15 @@ pub fn eval_view(image: &Image, cfg: &AugmentConfig, out: &mut [f32]) {
 
 /// A crop rectangle in source pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Crop {
-    top: usize,
-    left: usize,
-    height: usize,
-    width: usize,
+pub struct Crop {
+    /// First row.
+    pub top: usize,
+    /// First column.
+    pub left: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: up to 10 tries at a random
@@ -233,6 +306,7 @@ fn sample_crop(h: usize, w: usize, scale: (f64, f64), ratio: (f64, f64), rng: &m
 /// bilinear): output `o` averages source pixels near
 /// `lo + (o + offset + 0.5) · scale` with a triangle filter widened to the
 /// scale when downsampling, never reading outside `lo..hi`.
+/// (`augment_crop_taps` in `kernels/cuda/augment.cu` repeats this arithmetic.)
 struct Taps {
     /// First source index of each output.
     start: Vec<usize>,
@@ -244,7 +318,7 @@ struct Taps {
 impl Taps {
     fn new(lo: usize, hi: usize, out: usize, scale: f64, offset: f64) -> Taps {
         let support = scale.max(1.0);
-        let stride = 2 * support.ceil() as usize + 1;
+        let stride = tap_stride(scale);
         let mut start = Vec::with_capacity(out);
         let mut weights = vec![0f32; out * stride];
         for o in 0..out {
@@ -281,6 +355,12 @@ impl Taps {
             &self.weights[o * self.stride..(o + 1) * self.stride],
         )
     }
+}
+
+/// Weights per output at `scale` source pixels per output: the triangle
+/// filter's reach `max(scale, 1)` on both sides, rounded up, plus one.
+fn tap_stride(scale: f64) -> usize {
+    2 * scale.max(1.0).ceil() as usize + 1
 }
 
 /// Resamples `image` with separable `rows` × `cols` taps into f32 in [0, 1]
@@ -343,28 +423,70 @@ fn luma(p: &[f32]) -> f32 {
     0.2989 * p[0] + 0.587 * p[1] + 0.114 * p[2]
 }
 
+/// One of ColorJitter's four adjustments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JitterOp {
+    /// Scale every value.
+    Brightness,
+    /// Blend with the image's mean grey level.
+    Contrast,
+    /// Blend each pixel with its own grey level.
+    Saturation,
+    /// Rotate the hue.
+    Hue,
+}
+
 /// ColorJitter(0.4, 0.4, 0.2, 0.1): the four ops in a random order, each
-/// with its factor drawn up front (torchvision's `get_params`). Grey images
-/// (`c == 1`) behave like an RGB image with equal channels, for which
-/// saturation and hue do nothing.
-fn color_jitter(px: &mut [f32], c: usize, rng: &mut Rng) {
-    let mut order = [0, 1, 2, 3];
-    for i in (1..4).rev() {
-        order.swap(i, rng.below(i + 1));
+/// with its factor drawn up front (torchvision's `get_params`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Jitter {
+    /// The order the ops apply in.
+    pub order: [JitterOp; 4],
+    /// Brightness factor, in [0.6, 1.4].
+    pub brightness: f32,
+    /// Contrast factor, in [0.6, 1.4].
+    pub contrast: f32,
+    /// Saturation factor, in [0.8, 1.2].
+    pub saturation: f32,
+    /// Hue shift in turns, in [−0.1, 0.1].
+    pub hue: f32,
+}
+
+impl Jitter {
+    /// Draws the order (a Fisher–Yates shuffle) and then the four factors.
+    pub fn draw(rng: &mut Rng) -> Jitter {
+        let mut order = [
+            JitterOp::Brightness,
+            JitterOp::Contrast,
+            JitterOp::Saturation,
+            JitterOp::Hue,
+        ];
+        for i in (1..4).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        Jitter {
+            order,
+            brightness: rng.range(0.6, 1.4) as f32,
+            contrast: rng.range(0.6, 1.4) as f32,
+            saturation: rng.range(0.8, 1.2) as f32,
+            hue: rng.range(-0.1, 0.1) as f32,
+        }
     }
-    let brightness = rng.range(0.6, 1.4) as f32;
-    let contrast = rng.range(0.6, 1.4) as f32;
-    let saturation = rng.range(0.8, 1.2) as f32;
-    let hue = rng.range(-0.1, 0.1) as f32;
-    for op in order {
-        match op {
-            0 => px
-                .iter_mut()
-                .for_each(|v| *v = (*v * brightness).clamp(0.0, 1.0)),
-            1 => adjust_contrast(px, c, contrast),
-            2 if c == 3 => adjust_saturation(px, saturation),
-            3 if c == 3 => adjust_hue(px, hue),
-            _ => {}
+
+    /// Applies the ops in order to `px` with `c` channels. Grey images
+    /// (`c == 1`) behave like an RGB image with equal channels, for which
+    /// saturation and hue do nothing.
+    fn apply(&self, px: &mut [f32], c: usize) {
+        for op in self.order {
+            match op {
+                JitterOp::Brightness => px
+                    .iter_mut()
+                    .for_each(|v| *v = (*v * self.brightness).clamp(0.0, 1.0)),
+                JitterOp::Contrast => adjust_contrast(px, c, self.contrast),
+                JitterOp::Saturation if c == 3 => adjust_saturation(px, self.saturation),
+                JitterOp::Hue if c == 3 => adjust_hue(px, self.hue),
+                _ => {}
+            }
         }
     }
 }
@@ -428,17 +550,11 @@ fn adjust_hue(px: &mut [f32], shift: f32) {
 /// Separable Gaussian blur with a ±3σ kernel (at least 3 taps) and
 /// reflected borders, like torchvision's `gaussian_blur`.
 fn gaussian_blur(px: &mut [f32], h: usize, w: usize, c: usize, sigma: f64) {
-    let radius = ((3.0 * sigma).ceil() as usize)
-        .max(1)
-        .min(h.min(w).saturating_sub(1));
+    let radius = blur_radius(sigma, h.min(w));
     if radius == 0 {
         return; // a 1-pixel side: nothing to blur against
     }
-    let kernel: Vec<f32> = (0..=2 * radius)
-        .map(|i| (-((i as f64 - radius as f64).powi(2)) / (2.0 * sigma * sigma)).exp() as f32)
-        .collect();
-    let total: f32 = kernel.iter().sum();
-    let kernel: Vec<f32> = kernel.iter().map(|k| k / total).collect();
+    let kernel = gaussian_kernel(sigma, radius);
     let reflect = |i: isize, n: usize| -> usize {
         let n = n as isize;
         (if i < 0 {
@@ -476,6 +592,23 @@ fn gaussian_blur(px: &mut [f32], h: usize, w: usize, c: usize, sigma: f64) {
             }
         }
     }
+}
+
+/// The blur radius for σ on an image whose short side is `side`: ±3σ, at
+/// least 1, and never past the opposite border (0 for a 1-pixel side).
+fn blur_radius(sigma: f64, side: usize) -> usize {
+    ((3.0 * sigma).ceil() as usize)
+        .max(1)
+        .min(side.saturating_sub(1))
+}
+
+/// The `2·radius + 1` normalised Gaussian weights of σ.
+fn gaussian_kernel(sigma: f64, radius: usize) -> Vec<f32> {
+    let kernel: Vec<f32> = (0..=2 * radius)
+        .map(|i| (-((i as f64 - radius as f64).powi(2)) / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
+    let total: f32 = kernel.iter().sum();
+    kernel.iter().map(|k| k / total).collect()
 }
 
 /// Replaces RGB pixels by their grey level in all three channels (a grey
@@ -726,7 +859,7 @@ mod tests {
                 .map(|i| (i as f32 * 0.37).sin() * 0.5 + 0.5)
                 .collect();
             let mut rgb: Vec<f32> = g.iter().flat_map(|&v| [v; 3]).collect();
-            color_jitter(&mut rgb, 3, &mut rng);
+            Jitter::draw(&mut rng).apply(&mut rgb, 3);
             for p in rgb.chunks_exact(3) {
                 assert!(
                     (p[0] - p[1]).abs() < 1e-5 && (p[1] - p[2]).abs() < 1e-5,
@@ -734,7 +867,7 @@ mod tests {
                 );
             }
             let mut one = g.clone();
-            color_jitter(&mut one, 1, &mut rng);
+            Jitter::draw(&mut rng).apply(&mut one, 1);
             assert!(one.iter().all(|v| (0.0..=1.0).contains(v)));
         }
     }

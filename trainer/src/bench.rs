@@ -2,11 +2,11 @@
 //! backward on two views, SGD) on synthetic data, timed.
 
 use crate::config::parse;
-use crate::pretrain::check_device;
+use crate::pretrain::{precision_name, resolve_device};
 use crate::{Error, Result};
 use clap::Args;
 use engine::optim::Sgd;
-use engine::{Rng, Tensor};
+use engine::{Device, Rng, Tensor};
 use nets::m2t::{M2t, M2tConfig};
 use nets::resnet::{Arch, ResNetConfig, Stem};
 use serde_json::json;
@@ -16,14 +16,14 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Backbone.
-    #[arg(long, value_parser = parse::<Arch>)]
-    pub arch: Arch,
+    #[arg(long, value_parser = parse::<Arch>, required_unless_present = "jit")]
+    pub arch: Option<Arch>,
     /// Pairs per step.
-    #[arg(long)]
-    pub bs: usize,
+    #[arg(long, required_unless_present = "jit")]
+    pub bs: Option<usize>,
     /// Image size.
-    #[arg(long)]
-    pub res: usize,
+    #[arg(long, required_unless_present = "jit")]
+    pub res: Option<usize>,
     /// Stem [default: small below 128 px, else imagenet].
     #[arg(long, value_parser = parse::<Stem>)]
     pub stem: Option<Stem>,
@@ -51,6 +51,54 @@ pub struct BenchArgs {
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Instead of steps, time compiling and loading every CUDA kernel family
+    /// on the GPU (NVRTC, or the disk cache when warm).
+    #[arg(long)]
+    pub jit: bool,
+}
+
+/// `trainer bench --jit`: compile (or load from the disk cache) and load
+/// every kernel family on CUDA device 0; reports the total and per family.
+fn jit(json: bool) -> Result<()> {
+    let t = Instant::now();
+    let gpu =
+        kernels::Gpu::cuda(0).map_err(|e| Error::Usage(format!("--jit needs a CUDA GPU: {e}")))?;
+    let setup = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let families = gpu.load_all().map_err(|e| Error::Usage(e.to_string()))?;
+    let total = t.elapsed().as_secs_f64();
+    let cached = families.iter().filter(|f| f.2).count();
+    let state = if cached == families.len() {
+        "warm"
+    } else if cached == 0 {
+        "cold"
+    } else {
+        "mixed"
+    };
+    if json {
+        let rows: Vec<_> = families
+            .iter()
+            .map(|(name, secs, hit)| json!({"family": name, "s": secs, "cached": hit}))
+            .collect();
+        println!(
+            "{}",
+            json!({"jit": state, "families": families.len(), "load_s": total, "context_s": setup, "per_family": rows})
+        );
+    } else {
+        println!(
+            "kernel JIT ({state}): {} families in {:.3} s (context setup {setup:.3} s)",
+            families.len(),
+            total
+        );
+        for (name, secs, hit) in &families {
+            println!(
+                "  {name:<12} {:>8.1} ms{}",
+                secs * 1000.0,
+                if *hit { " (cache)" } else { "" }
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Peak resident memory of this process in MiB (Linux), 0 where unknown.
@@ -69,21 +117,30 @@ fn peak_rss_mb() -> f64 {
 
 /// Runs `trainer bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
-    if let Some(note) = check_device(Some(&args.device), args.precision.as_deref())? {
+    if args.jit {
+        return jit(args.json);
+    }
+    let (arch, bs, res) = (
+        args.arch.expect("required by clap"),
+        args.bs.expect("required by clap"),
+        args.res.expect("required by clap"),
+    );
+    let (placement, note) = resolve_device(Some(&args.device), args.precision.as_deref())?;
+    if let Some(note) = note {
         eprintln!("{note}");
     }
     for (flag, value, least) in [
-        ("--bs", args.bs, 2),
-        ("--res", args.res, 8),
+        ("--bs", bs, 2),
+        ("--res", res, 8),
         ("--steps", args.steps, 1),
     ] {
         if value < least {
             return Err(Error::Usage(format!("{flag} {value}: at least {least}")));
         }
     }
-    let stem = args.stem.unwrap_or(Stem::for_res(args.res));
+    let stem = args.stem.unwrap_or(Stem::for_res(res));
     let backbone = ResNetConfig {
-        arch: args.arch,
+        arch,
         stem,
         in_channels: args.channels,
         width: args.width,
@@ -92,12 +149,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         proj_hidden: args.proj_hidden,
         proj_out: args.proj_out,
         pred_hidden: args.proj_hidden,
+        precision: placement.precision,
         ..M2tConfig::new(backbone)
     };
-    let mut model = M2t::new(config, 0)?;
+    let mut model = M2t::new(config, 0)?.to_device(placement.device)?;
     let mut sgd = Sgd::new(model.student(), 0.9, 1e-4)?;
     let mut rng = Rng::new(1);
-    let shape = [args.bs, args.res, args.res, args.channels];
+    let shape = [bs, res, res, args.channels];
     let n = shape.iter().product();
     let (v1, v2) = (
         Tensor::from_vec(rng.normal_vec(n, 1.0), shape)?,
@@ -109,30 +167,45 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let t = Instant::now();
         model.step(&v1, &v2, k, total)?;
         sgd.step(model.student_mut(), 0.01)?;
+        engine::synchronize(placement.device)?;
         if k > 0 {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let device = format!("cpu ({} threads)", rayon::current_num_threads());
-    let pairs_per_s = args.bs as f64 / (median / 1000.0);
+    let (device, peak_mb) = match placement.device {
+        Device::Cpu => (
+            format!("cpu ({} threads)", rayon::current_num_threads()),
+            peak_rss_mb(),
+        ),
+        d => {
+            let name = kernels::probe::probe()
+                .devices
+                .ok()
+                .and_then(|all| {
+                    all.into_iter()
+                        .find(|i| Device::Cuda(i.ordinal) == d)
+                        .map(|i| i.name)
+                })
+                .unwrap_or_default();
+            let peak = engine::memory_high_water(d)?.unwrap_or(0) as f64 / (1u64 << 20) as f64;
+            (format!("{d} ({name})"), peak)
+        }
+    };
+    let precision = precision_name(placement.precision);
+    let pairs_per_s = bs as f64 / (median / 1000.0);
     if args.json {
         let line = json!({
-            "arch": args.arch.to_string(), "bs": args.bs, "res": args.res, "stem": stem.to_string(),
-            "precision": "fp32", "device": device, "steps": args.steps,
-            "step_ms_median": median, "pairs_per_s": pairs_per_s, "peak_mem_mb": peak_rss_mb(),
+            "arch": arch.to_string(), "bs": bs, "res": res, "stem": stem.to_string(),
+            "precision": precision, "device": device, "steps": args.steps,
+            "step_ms_median": median, "pairs_per_s": pairs_per_s, "peak_mem_mb": peak_mb,
         });
         println!("{line}");
     } else {
         println!(
-            "{} {stem} stem, width {}, bs {}, {} px, fp32 on {device}: {median:.1} ms/step (median of {}), {pairs_per_s:.1} pairs/s, peak memory {:.0} MiB",
-            args.arch,
-            args.width,
-            args.bs,
-            args.res,
-            args.steps,
-            peak_rss_mb()
+            "{} {stem} stem, width {}, bs {}, {} px, {precision} on {device}: {median:.1} ms/step (median of {}), {pairs_per_s:.1} pairs/s, peak memory {peak_mb:.0} MiB",
+            arch, args.width, bs, res, args.steps,
         );
     }
     Ok(())

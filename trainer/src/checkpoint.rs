@@ -73,7 +73,8 @@ pub fn save(run: &Path, model: &M2t, velocity: &Tensor, state: &State) -> Result
         let (store, buffers) = model.network(which);
         export(&tmp.join(file), store, buffers, Part::Whole)?;
     }
-    let data: &[u8] = bytemuck::cast_slice(velocity.as_slice::<f32>()?);
+    let host = velocity.to_vec::<f32>()?;
+    let data: &[u8] = bytemuck::cast_slice(&host);
     let view = TensorView::new(Dtype::F32, vec![velocity.numel()], data)
         .map_err(|e| Error::data(&tmp, e.to_string()))?;
     let bytes = safetensors::serialize([("velocity", view)], None)
@@ -126,8 +127,8 @@ pub fn restore_network(dir: &Path, model: &mut M2t, which: Which) -> Result<()> 
     Ok(import(&dir.join(file), store, buffers, Part::Whole)?)
 }
 
-/// Loads the optimiser velocity saved for `store` into `velocity`.
-pub fn restore_velocity(dir: &Path, store: &ParamStore, velocity: &mut [f32]) -> Result<()> {
+/// The optimiser velocity saved for `store`.
+pub fn load_velocity(dir: &Path, store: &ParamStore) -> Result<Vec<f32>> {
     let path = optimizer_file(dir);
     let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
     let file = SafeTensors::deserialize(&bytes)
@@ -135,10 +136,7 @@ pub fn restore_velocity(dir: &Path, store: &ParamStore, velocity: &mut [f32]) ->
     let view = file
         .tensor("velocity")
         .map_err(|_| Error::data(&path, "no `velocity` tensor"))?;
-    if view.dtype() != Dtype::F32
-        || view.shape() != [store.flat_len()]
-        || velocity.len() != store.flat_len()
-    {
+    if view.dtype() != Dtype::F32 || view.shape() != [store.flat_len()] {
         return Err(Error::data(
             &path,
             format!(
@@ -149,6 +147,5 @@ pub fn restore_velocity(dir: &Path, store: &ParamStore, velocity: &mut [f32]) ->
             ),
         ));
     }
-    velocity.copy_from_slice(&f32_values(&view));
-    Ok(())
+    Ok(f32_values(&view))
 }

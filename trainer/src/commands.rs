@@ -315,13 +315,49 @@ pub fn info() {
         "cpu: reference backend (f32), {} threads (RAYON_NUM_THREADS to change)",
         rayon::current_num_threads()
     );
-    println!("cuda: not in this build; --device cuda is refused, --device auto uses the CPU");
+    print_cuda_report(&kernels::probe::probe());
     let fm = std::path::Path::new(crate::data::FASHION_MNIST_DIR);
     if fm.is_dir() {
         println!("fashion-mnist: {}", fm.display());
     } else {
         println!("fashion-mnist: missing (apt-get install dataset-fashion-mnist)");
     }
+}
+
+/// What `trainer info` says about CUDA: each library with its version and
+/// path or "missing", the GPUs, and whether `--device cuda` can work.
+fn print_cuda_report(report: &kernels::probe::Report) {
+    for lib in &report.libraries {
+        match (&lib.path, &lib.version) {
+            (Some(path), Some(version)) => {
+                println!("cuda {}: {version} ({})", lib.name, path.display())
+            }
+            _ => println!("cuda {}: missing", lib.name),
+        }
+    }
+    match &report.devices {
+        Ok(devices) => {
+            for d in devices {
+                println!(
+                    "cuda:{}: {}, compute capability {}.{}, {:.1} GiB",
+                    d.ordinal,
+                    d.name,
+                    d.compute_capability.0,
+                    d.compute_capability.1,
+                    d.memory_bytes as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        Err(why) => println!("cuda devices: none ({why})"),
+    }
+    match report.usable() {
+        Ok(d) => println!("--device auto uses cuda:{}", d.ordinal),
+        Err(why) => println!("--device auto uses the CPU: {why}"),
+    }
+    println!(
+        "kernel cache: {}",
+        kernels::nvrtc::cache_dir().map_or("off (no HOME)".into(), |d| d.display().to_string())
+    );
 }
 
 /// Options of `trainer linear-eval`.

@@ -11,6 +11,7 @@ use crate::{Error, Result, plot};
 use engine::ops::BesselCorrection;
 use engine::optim::{Lars, Sgd};
 use engine::schedule::LrSchedule;
+use engine::{DType, Device};
 use engine::{ParamStore, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use nets::m2t::{M2t, M2tConfig, Which};
@@ -60,11 +61,12 @@ impl Optimizer {
         }
     }
 
-    fn velocity_mut(&mut self) -> Result<&mut [f32]> {
-        Ok(match self {
-            Optimizer::Sgd(o) => o.velocity_mut()?,
-            Optimizer::Lars(o) => o.velocity_mut()?,
-        })
+    fn set_velocity(&mut self, v: &[f32]) -> Result<()> {
+        match self {
+            Optimizer::Sgd(o) => o.set_velocity(v)?,
+            Optimizer::Lars(o) => o.set_velocity(v)?,
+        }
+        Ok(())
     }
 }
 
@@ -98,31 +100,102 @@ pub fn model_config(cfg: &RunConfig) -> M2tConfig {
     }
 }
 
-/// Checks `--device` and `--precision` against what this build can run;
-/// returns the line to print when `auto` falls back to the CPU.
-pub fn check_device(device: Option<&str>, precision: Option<&str>) -> Result<Option<&'static str>> {
-    let note = match device.unwrap_or("auto") {
-        "cpu" => None,
-        "auto" => Some("device auto: this build has no CUDA backend; running on the CPU"),
-        d if d == "cuda" || d.starts_with("cuda:") => {
-            return Err(Error::Usage(format!(
-                "--device {d}: this build has no CUDA backend (CPU reference only); use --device cpu or auto"
+/// Where and in what precision a run computes, from `--device` and `--precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The device.
+    pub device: Device,
+    /// Activations and conv/linear weights: f32, or bf16/f16 on a GPU.
+    pub precision: DType,
+}
+
+/// Resolves `--device` (auto, cpu, cuda, cuda:N) and `--precision` (bf16,
+/// fp16, fp32); also returns the line to print when `auto` falls back to the
+/// CPU. A requested GPU that cannot be used is an error saying why. The
+/// default precision is bf16 on a GPU of compute capability 8.0 or newer,
+/// else fp32.
+pub fn resolve_device(
+    device: Option<&str>,
+    precision: Option<&str>,
+) -> Result<(Placement, Option<String>)> {
+    let requested = device.unwrap_or("auto");
+    let ordinal = match requested {
+        "cpu" | "auto" => None,
+        "cuda" => Some(0),
+        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Some(n),
+            _ => {
+                return Err(usage(format!(
+                    "--device {d}: expected auto, cpu, cuda or cuda:N"
+                )));
+            }
+        },
+    };
+    let (device, compute_capability, note) = if requested == "cpu" {
+        (Device::Cpu, None, None)
+    } else {
+        let report = kernels::probe::probe();
+        let gpu = match report.usable() {
+            Err(why) => Err(why),
+            Ok(_) => {
+                let devices = report.devices.as_ref().expect("usable implies devices");
+                let n = ordinal.unwrap_or(0);
+                devices.get(n).map(|d| d.compute_capability).ok_or_else(|| {
+                    format!("no cuda:{n}; the driver reports {} GPU(s)", devices.len())
+                })
+            }
+        };
+        match (gpu, ordinal) {
+            (Ok(cc), _) => (Device::Cuda(ordinal.unwrap_or(0)), Some(cc), None),
+            (Err(why), None) => (
+                Device::Cpu,
+                None,
+                Some(format!("device auto: running on the CPU ({why})")),
+            ),
+            (Err(why), Some(_)) => {
+                return Err(usage(format!(
+                    "--device {requested}: {why}; `trainer info` shows what was found"
+                )));
+            }
+        }
+    };
+    let precision = match (precision, compute_capability) {
+        (Some("fp32"), _) | (None, None) => DType::F32,
+        (None, Some(cc)) => {
+            if cc.0 >= 8 {
+                DType::BF16
+            } else {
+                DType::F32
+            }
+        }
+        (Some(p @ ("bf16" | "fp16")), None) => {
+            return Err(usage(format!(
+                "--precision {p}: the CPU backend trains in fp32; 16-bit training needs a GPU"
             )));
         }
-        d => {
-            return Err(Error::Usage(format!(
-                "--device {d}: expected auto, cpu or cuda[:N]"
+        (Some("bf16"), Some(cc)) if cc.0 < 8 => {
+            return Err(usage(format!(
+                "--precision bf16 needs compute capability 8.0 or newer (this GPU is {}.{}); use fp16",
+                cc.0, cc.1
+            )));
+        }
+        (Some("bf16"), _) => DType::BF16,
+        (Some("fp16"), _) => DType::F16,
+        (Some(p), _) => {
+            return Err(usage(format!(
+                "--precision {p}: expected bf16, fp16 or fp32"
             )));
         }
     };
-    match precision.unwrap_or("fp32") {
-        "fp32" => Ok(note),
-        p @ ("bf16" | "fp16") => Err(Error::Usage(format!(
-            "--precision {p}: the CPU backend trains in fp32; 16-bit training needs --device cuda"
-        ))),
-        p => Err(Error::Usage(format!(
-            "--precision {p}: expected bf16, fp16 or fp32"
-        ))),
+    Ok((Placement { device, precision }, note))
+}
+
+/// The `--precision` spelling of a compute dtype.
+pub fn precision_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::BF16 => "bf16",
+        DType::F16 => "fp16",
+        _ => "fp32",
     }
 }
 
@@ -348,7 +421,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
     let resume = flags.resume;
-    let (cfg, out, splits) = if resume {
+    let (cfg, out, splits, placement) = if resume {
         let out = flags
             .out
             .clone()
@@ -356,7 +429,13 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         let extra: Vec<String> = flags
             .given()
             .into_iter()
-            .filter(|f| f != "--out" && f != "--workers")
+            // Where a run computes is not part of it: a run may move devices.
+            .filter(|f| {
+                !matches!(
+                    f.as_str(),
+                    "--out" | "--workers" | "--device" | "--precision"
+                )
+            })
             .collect();
         if !extra.is_empty() {
             return Err(usage(format!(
@@ -371,20 +450,19 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             )));
         }
         let cfg = RunConfig::load(&out.join("config.toml"))?;
+        let placement = resolve_device(flags.device.as_deref(), flags.precision.as_deref())?;
         let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
-        (cfg, out, splits)
+        (cfg, out, splits, placement)
     } else {
         let opts = match &flags.config {
             Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
             None => flags.clone(),
         };
-        let device_note = check_device(opts.device.as_deref(), opts.precision.as_deref())?;
+        // Checked first: cheaper than opening the data.
+        let placement = resolve_device(opts.device.as_deref(), opts.precision.as_deref())?;
         let source = data_source(&opts)?;
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
         let cfg = resolve(&opts, &splits, source)?;
-        if let Some(note) = device_note {
-            eprintln!("{note}");
-        }
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
         if out.join("checkpoints").join("latest").exists() {
             return Err(usage(format!(
@@ -392,13 +470,24 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
                 out.display()
             )));
         }
-        (cfg, out, splits)
+        (cfg, out, splits, placement)
     };
+    let (placement, note) = placement;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     let workers = flags.workers.unwrap_or_else(rayon::current_num_threads);
-    train(&cfg, &out, splits, resume, workers)
+    train(&cfg, &out, splits, resume, workers, placement)
 }
 
-fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usize) -> Result<()> {
+fn train(
+    cfg: &RunConfig,
+    out: &Path,
+    splits: Splits,
+    resume: bool,
+    workers: usize,
+    placement: Placement,
+) -> Result<()> {
     let channels = splits.train.channels();
     if channels != cfg.channels {
         return Err(Error::data(
@@ -409,8 +498,13 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
             ),
         ));
     }
-    let mut model = M2t::new(model_config(cfg), cfg.seed)?;
-    let mut optimizer = Optimizer::new(cfg.optimizer, cfg.wd, model.student())?;
+    let mut model = M2t::new(
+        M2tConfig {
+            precision: placement.precision,
+            ..model_config(cfg)
+        },
+        cfg.seed,
+    )?;
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let metrics_path = out.join("metrics.jsonl");
 
@@ -426,7 +520,6 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
         state = checkpoint::load_state(&dir)?;
         checkpoint::restore_network(&dir, &mut model, Which::Student)?;
         checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
-        checkpoint::restore_velocity(&dir, model.student(), optimizer.velocity_mut()?)?;
         eprintln!(
             "resuming {} at step {}/{}",
             out.display(),
@@ -436,7 +529,22 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
     } else {
         nets::weights::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
     }
+    // Built and restored on the host, then moved: the optimiser state is
+    // created where the parameters live.
+    let mut model = model.to_device(placement.device)?;
+    let mut optimizer = Optimizer::new(cfg.optimizer, cfg.wd, model.student())?;
+    if resume {
+        optimizer.set_velocity(&checkpoint::load_velocity(
+            &checkpoint::locate(out)?,
+            model.student(),
+        )?)?;
+    }
     let mut metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
+    eprintln!(
+        "on {} in {}",
+        placement.device,
+        precision_name(placement.precision)
+    );
     eprintln!(
         "{} {} stem, width {}, {} params; {}; {} steps of {} pairs at {} px",
         cfg.arch,
@@ -501,7 +609,9 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
                 report.loss
             )));
         }
-        if !all_finite(model.student().grads())? {
+        // fp16 overflow is the loss scaler's business: it lowers the scale and
+        // the update is skipped. Anything else non-finite is divergence.
+        if !report.skip_update && model.student().grad_norm()?.is_none() {
             return Err(Error::Diverged(format!(
                 "step {step}: non-finite gradients (loss {}); stopped before the update. Last good checkpoint: {}. Try a lower --lr.",
                 report.loss,
@@ -509,7 +619,9 @@ fn train(cfg: &RunConfig, out: &Path, splits: Splits, resume: bool, workers: usi
             )));
         }
         let lr = schedule.at(step);
-        optimizer.step(model.student_mut(), lr)?;
+        if !report.skip_update {
+            optimizer.step(model.student_mut(), lr)?;
+        }
         state.step = step + 1;
         state.train_seconds += started.elapsed().as_secs_f64();
         window_pairs += cfg.bs;
@@ -596,12 +708,6 @@ fn describe(checkpoint: &Option<PathBuf>) -> String {
     checkpoint
         .as_ref()
         .map_or("none yet".into(), |d| d.display().to_string())
-}
-
-/// True when every element of an f32 buffer is finite.
-fn all_finite(t: &Tensor) -> Result<bool> {
-    use rayon::prelude::*;
-    Ok(t.as_slice::<f32>()?.par_iter().all(|v| v.is_finite()))
 }
 
 fn progress_bar(total: usize, at: usize) -> Option<ProgressBar> {

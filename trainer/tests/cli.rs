@@ -376,7 +376,7 @@ fn invalid_flags_exit_2_with_one_line() {
     );
     assert_usage_error(
         &with(&["--arch", "resnet18", "--bs", "16", "--device", "cuda"]),
-        "no CUDA backend",
+        "--device cuda: ",
     );
     assert_usage_error(
         &with(&["--arch", "resnet18", "--bs", "16", "--precision", "bf16"]),

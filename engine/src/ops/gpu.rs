@@ -35,3 +35,36 @@ pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Devic
         None => Ok(device),
     }
 }
+
+/// Runs a CPU op for the emulator, where cuDNN and cuBLAS do not exist:
+/// the inputs are copied to the host (16-bit ones widened to f32), `op` runs
+/// the CPU reference, and its outputs are rounded back to `dtype` and copied
+/// to `device`. Only the emulator takes this path.
+pub(crate) fn on_host<const N: usize, const M: usize>(
+    device: Device,
+    dtype: crate::DType,
+    inputs: [&Tensor; N],
+    op: impl FnOnce([Tensor; N]) -> Result<[Option<Tensor>; M]>,
+) -> Result<[Option<Tensor>; M]> {
+    debug_assert_eq!(device, Device::Emulator);
+    let host = inputs.map(|t| {
+        let h = t.to_device(Device::Cpu)?;
+        match h.dtype() {
+            crate::DType::BF16 | crate::DType::F16 => h.to_dtype(crate::DType::F32),
+            _ => Ok(h),
+        }
+    });
+    let mut ready = Vec::with_capacity(N);
+    for h in host {
+        ready.push(h?);
+    }
+    let outputs = op(ready.try_into().expect("N inputs"))?;
+    let mut moved = Vec::with_capacity(M);
+    for o in outputs {
+        moved.push(
+            o.map(|t| t.to_dtype(dtype)?.to_device(device))
+                .transpose()?,
+        );
+    }
+    Ok(moved.try_into().expect("M outputs"))
+}

@@ -8,8 +8,9 @@
 //! Statistics and running buffers are always f32.
 
 mod cpu;
+mod cuda;
 
-use super::with_float;
+use super::{elementwise, with_float};
 use crate::error::{Error, Result, same_shape, shape_err};
 use crate::{DType, Tensor};
 
@@ -71,21 +72,66 @@ pub struct BatchStats {
     pub count: usize,
 }
 
+/// What a batch norm applies after normalising: ResNet's block joins, fused
+/// into the normalisation on a GPU.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Epilogue<'a> {
+    /// Just `bn(x)`.
+    None,
+    /// `max(bn(x), 0)`.
+    Relu,
+    /// `max(bn(x) + residual, 0)`.
+    AddRelu(&'a Tensor),
+}
+
+/// The per-channel constants of one forward.
+#[derive(Debug)]
+enum Coefficients {
+    /// The CPU forward's, in f64.
+    Cpu {
+        mean_hat: Vec<f64>,
+        batch_mean: Vec<f64>,
+        inv_std: Vec<f64>,
+    },
+    /// The GPU forward's f32 table (rows as in `kernels/cuda/batchnorm.cu`).
+    Gpu(Tensor),
+}
+
+/// The fused ReLU, if any, with its output: where that is not positive the
+/// gradient stops.
+#[derive(Debug)]
+enum Gate {
+    None,
+    Relu(Tensor),
+    /// The gated gradient is also the residual's.
+    AddRelu(Tensor),
+}
+
 /// What backward needs from a batch-norm forward.
 #[derive(Debug)]
 pub(crate) struct BnSaved {
     x: Tensor,
     gamma: Tensor,
-    mean_hat: Vec<f64>,
-    batch_mean: Vec<f64>,
-    inv_std: Vec<f64>,
+    coefficients: Coefficients,
+    gate: Gate,
     /// `∂μ̂/∂μ_b`.
     a: f64,
     /// `∂σ̂²/∂v_b` (v_b the biased batch variance).
     b: f64,
 }
 
-fn f32_stats(op: &'static str, t: &Tensor, c: usize) -> Result<Vec<f64>> {
+/// Gradients of a batch norm.
+#[derive(Debug)]
+pub(crate) struct BnGrads {
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+    /// The residual's, after [`Epilogue::AddRelu`].
+    pub dresidual: Option<Tensor>,
+}
+
+/// Fails unless `t` is an f32 `[c]` tensor (statistics and buffers).
+fn check_stats(op: &'static str, t: &Tensor, c: usize) -> Result<()> {
     t.expect_dtype(op, &[DType::F32])?;
     if t.dims() != [c] {
         return Err(shape_err(
@@ -93,6 +139,11 @@ fn f32_stats(op: &'static str, t: &Tensor, c: usize) -> Result<Vec<f64>> {
             format!("statistics have shape {}, expected [{c}]", t.shape()),
         ));
     }
+    Ok(())
+}
+
+fn f32_stats(op: &'static str, t: &Tensor, c: usize) -> Result<Vec<f64>> {
+    check_stats(op, t, c)?;
     t.to_f64_vec()
 }
 
@@ -101,14 +152,33 @@ fn f32_tensor(v: Vec<f64>) -> Result<Tensor> {
     Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<_>>(), [n])
 }
 
-/// Normalises `x`; returns the output, the batch statistics (not for
-/// [`BnNorm::Running`]) and what backward needs.
+/// `(a, b)` = `(∂μ̂/∂μ_b, ∂σ̂²/∂v_b)` for `n` values per channel: Momentum BN's
+/// `σ̂²` weighs the biased variance by `β·n/(n−1)·corr`.
+fn mode_weights(norm: &BnNorm, n: usize) -> (f64, f64) {
+    match *norm {
+        BnNorm::Batch => (1.0, 1.0),
+        BnNorm::Running { .. } => (0.0, 0.0),
+        BnNorm::Momentum {
+            beta, correction, ..
+        } => {
+            let unbiased = n as f64 / (n as f64 - 1.0);
+            (beta, beta * (unbiased * correction.extra_factor(n)))
+        }
+    }
+}
+
+/// Normalises `x`, then applies `epilogue`; returns the output, the batch
+/// statistics (not for [`BnNorm::Running`]) and what backward needs.
+///
+/// On the CPU, `γ` and `β` have `x`'s dtype; on a GPU they are f32 whatever
+/// `x`'s (f32, bf16 or f16).
 pub(crate) fn forward(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     norm: BnNorm,
     eps: f64,
+    epilogue: Epilogue,
 ) -> Result<(Tensor, Option<BatchStats>, BnSaved)> {
     const OP: &str = "batch_norm";
     if !matches!(x.shape().rank(), 2 | 4) {
@@ -118,6 +188,12 @@ pub(crate) fn forward(
         ));
     }
     let c = *x.dims().last().unwrap_or(&0);
+    if c == 0 {
+        return Err(shape_err(
+            OP,
+            format!("input {} has no channels", x.shape()),
+        ));
+    }
     for (what, p) in [("gamma", gamma), ("beta", beta)] {
         if p.dims() != [c] {
             return Err(shape_err(
@@ -130,9 +206,11 @@ pub(crate) fn forward(
             ));
         }
     }
-    let dt = x.expect_same_dtype(OP, gamma)?;
-    x.expect_same_dtype(OP, beta)?;
-    let n = x.numel() / c.max(1);
+    if let Epilogue::AddRelu(residual) = epilogue {
+        same_shape(OP, x.shape(), residual.shape())?;
+        x.expect_same_dtype(OP, residual)?;
+    }
+    let n = x.numel() / c;
     let needs_batch = !matches!(norm, BnNorm::Running { .. });
     if needs_batch && n < 2 {
         return Err(shape_err(
@@ -143,26 +221,31 @@ pub(crate) fn forward(
             ),
         ));
     }
-    with_float!(OP, dt, T => {
+    if let BnNorm::Running { mean, var } | BnNorm::Momentum { mean, var, .. } = norm {
+        check_stats(OP, mean, c)?;
+        check_stats(OP, var, c)?;
+    }
+    if let Some(g) = x.gpu() {
+        return cuda::forward(g, x, gamma, beta, norm, eps, epilogue);
+    }
+    let dt = x.expect_same_dtype(OP, gamma)?;
+    x.expect_same_dtype(OP, beta)?;
+    let (a, b) = mode_weights(&norm, n);
+    let (y, stats, coefficients) = with_float!(OP, dt, T => {
         let xs = x.as_slice::<T>()?;
         let (batch_mean, biased_var) = if needs_batch {
             cpu::mean_and_biased_var(xs, c)
         } else {
             (vec![0.0; c], vec![0.0; c])
         };
-        let nf = n as f64;
-        let unbiased = nf / (nf - 1.0);
-        let (mean_hat, var_hat, a, b) = match norm {
-            BnNorm::Batch => (batch_mean.clone(), biased_var.clone(), 1.0, 1.0),
-            BnNorm::Running { mean, var } => {
-                (f32_stats(OP, mean, c)?, f32_stats(OP, var, c)?, 0.0, 0.0)
-            }
-            BnNorm::Momentum { mean, var, beta, correction } => {
+        let (mean_hat, var_hat) = match norm {
+            BnNorm::Batch => (batch_mean.clone(), biased_var.clone()),
+            BnNorm::Running { mean, var } => (f32_stats(OP, mean, c)?, f32_stats(OP, var, c)?),
+            BnNorm::Momentum { mean, var, beta, .. } => {
                 let (hm, hv) = (f32_stats(OP, mean, c)?, f32_stats(OP, var, c)?);
-                let k = unbiased * correction.extra_factor(n);
-                let mh = (0..c).map(|j| beta * batch_mean[j] + (1.0 - beta) * hm[j]).collect();
-                let vh = (0..c).map(|j| beta * k * biased_var[j] + (1.0 - beta) * hv[j]).collect();
-                (mh, vh, beta, beta * k)
+                let mh = (0..c).map(|j| a * batch_mean[j] + (1.0 - beta) * hm[j]).collect();
+                let vh = (0..c).map(|j| b * biased_var[j] + (1.0 - beta) * hv[j]).collect();
+                (mh, vh)
             }
         };
         let inv_std: Vec<f64> = var_hat.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -174,6 +257,7 @@ pub(crate) fn forward(
             &inv_std,
         );
         let stats = if needs_batch {
+            let unbiased = n as f64 / (n as f64 - 1.0);
             Some(BatchStats {
                 mean: f32_tensor(batch_mean.clone())?,
                 var: f32_tensor(biased_var.iter().map(|v| v * unbiased).collect())?,
@@ -182,47 +266,101 @@ pub(crate) fn forward(
         } else {
             None
         };
-        let saved = BnSaved { x: x.clone(), gamma: gamma.clone(), mean_hat, batch_mean, inv_std, a, b };
-        Ok((Tensor::from_vec(y, x.shape().clone())?, stats, saved))
-    })
+        let y = Tensor::from_vec(y, x.shape().clone())?;
+        Ok::<_, Error>((y, stats, Coefficients::Cpu { mean_hat, batch_mean, inv_std }))
+    })?;
+    // The CPU composes the epilogue from the elementwise ops.
+    let (y, gate) = match epilogue {
+        Epilogue::None => (y, Gate::None),
+        Epilogue::Relu => {
+            let y = elementwise::relu(&y)?;
+            (y.clone(), Gate::Relu(y))
+        }
+        Epilogue::AddRelu(residual) => {
+            let y = elementwise::relu(&elementwise::add(&y, residual)?)?;
+            (y.clone(), Gate::AddRelu(y))
+        }
+    };
+    let saved = BnSaved {
+        x: x.clone(),
+        gamma: gamma.clone(),
+        coefficients,
+        gate,
+        a,
+        b,
+    };
+    Ok((y, stats, saved))
 }
 
-/// Gradients `(dx, dγ, dβ)` of [`forward`].
-pub(crate) fn backward(s: &BnSaved, dy: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-    same_shape("batch_norm backward", s.x.shape(), dy.shape())?;
-    with_float!("batch_norm backward", s.x.dtype(), T => {
+/// Gradients of [`forward`] for the output gradient `dy`.
+pub(crate) fn backward(s: &BnSaved, dy: &Tensor) -> Result<BnGrads> {
+    const OP: &str = "batch_norm backward";
+    same_shape(OP, s.x.shape(), dy.shape())?;
+    let (mean_hat, batch_mean, inv_std) = match (&s.coefficients, dy.gpu()) {
+        (Coefficients::Gpu(table), Some(g)) => return cuda::backward(g, s, table, dy),
+        (
+            Coefficients::Cpu {
+                mean_hat,
+                batch_mean,
+                inv_std,
+            },
+            None,
+        ) => (mean_hat, batch_mean, inv_std),
+        _ => {
+            return Err(Error::Device {
+                op: OP,
+                device: dy.device(),
+            });
+        }
+    };
+    let gated = match &s.gate {
+        Gate::None => dy.clone(),
+        Gate::Relu(y) | Gate::AddRelu(y) => elementwise::relu_backward(y, dy)?,
+    };
+    let c = s.gamma.numel();
+    let (dx, dgamma, dbeta) = with_float!(OP, s.x.dtype(), T => {
         let (dx, dgamma, dbeta) = cpu::backward::<T>(
             s.x.as_slice()?,
-            dy.as_slice()?,
+            gated.as_slice()?,
             s.gamma.as_slice()?,
-            &cpu::Coefficients { mean_hat: &s.mean_hat, batch_mean: &s.batch_mean, inv_std: &s.inv_std, a: s.a, b: s.b },
+            &cpu::Coefficients { mean_hat, batch_mean, inv_std, a: s.a, b: s.b },
         );
-        let c = s.gamma.numel();
-        Ok((
+        Ok::<_, Error>((
             Tensor::from_vec(dx, s.x.shape().clone())?,
             Tensor::from_vec(dgamma, [c])?,
             Tensor::from_vec(dbeta, [c])?,
         ))
+    })?;
+    let dresidual = matches!(s.gate, Gate::AddRelu(_)).then_some(gated);
+    Ok(BnGrads {
+        dx,
+        dgamma,
+        dbeta,
+        dresidual,
     })
 }
 
-/// `buf ← (1 − w)·buf + w·batch` for the mean and variance buffers together:
-/// both are checked and borrowed before either is written.
-fn blend_into(
-    op: &'static str,
-    [mean, var]: [&mut Tensor; 2],
-    [batch_mean, batch_var]: [Vec<f64>; 2],
-    w: f64,
-) -> Result<()> {
-    let c = batch_mean.len();
-    for t in [&*mean, &*var] {
+/// Fails unless both buffers are f32 `[c]`; checked before either is written.
+fn check_buffers(op: &'static str, [mean, var]: [&Tensor; 2], c: usize) -> Result<()> {
+    for t in [mean, var] {
         if t.dims() != [c] {
             return Err(shape_err(
                 op,
                 format!("buffer has shape {}, expected [{c}]", t.shape()),
             ));
         }
+        t.expect_dtype(op, &[DType::F32])?;
     }
+    Ok(())
+}
+
+/// `buf ← (1 − w)·buf + w·batch` for the mean and variance buffers together
+/// (already checked by [`check_buffers`]): both are borrowed before either is written.
+fn blend_into(
+    [mean, var]: [&mut Tensor; 2],
+    [batch_mean, batch_var]: [Vec<f64>; 2],
+    w: f64,
+) -> Result<()> {
     let (mean, var) = (mean.slice_mut::<f32>()?, var.slice_mut::<f32>()?);
     for (buf, batch) in [(mean, batch_mean), (var, batch_var)] {
         for (h, b) in buf.iter_mut().zip(batch) {
@@ -242,11 +380,15 @@ pub fn update_running_stats(
 ) -> Result<()> {
     const OP: &str = "update_running_stats";
     let c = stats.mean.numel();
-    let (bm, bv) = (
-        f32_stats(OP, &stats.mean, c)?,
-        f32_stats(OP, &stats.var, c)?,
-    );
-    blend_into(OP, [mean, var], [bm, bv], momentum)
+    check_stats(OP, &stats.mean, c)?;
+    check_stats(OP, &stats.var, c)?;
+    check_buffers(OP, [mean, var], c)?;
+    if let Some(g) = mean.gpu() {
+        let gpu = g.gpu.clone();
+        return cuda::update_running_stats(&gpu, mean, var, stats, momentum);
+    }
+    let (bm, bv) = (stats.mean.to_f64_vec()?, stats.var.to_f64_vec()?);
+    blend_into([mean, var], [bm, bv], momentum)
 }
 
 /// Momentum BN's lazy history update, once per iteration after both teacher views
@@ -284,9 +426,17 @@ pub fn momentum_bn_update(
             ),
         });
     }
+    for t in [&view1.mean, &view1.var, &view2.mean, &view2.var] {
+        check_stats(OP, t, c)?;
+    }
+    check_buffers(OP, [mean, var], c)?;
     let corr = correction.extra_factor(view1.count);
+    if let Some(g) = mean.gpu() {
+        let gpu = g.gpu.clone();
+        return cuda::momentum_bn_update(&gpu, mean, var, [view1, view2], beta, corr);
+    }
     let avg = |a: &Tensor, b: &Tensor| -> Result<Vec<f64>> {
-        let (a, b) = (f32_stats(OP, a, c)?, f32_stats(OP, b, c)?);
+        let (a, b) = (a.to_f64_vec()?, b.to_f64_vec()?);
         Ok(a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect())
     };
     let batch_mean = avg(&view1.mean, &view2.mean)?;
@@ -294,5 +444,5 @@ pub fn momentum_bn_update(
         .iter()
         .map(|v| v * corr)
         .collect();
-    blend_into(OP, [mean, var], [batch_mean, batch_var], beta)
+    blend_into([mean, var], [batch_mean, batch_var], beta)
 }

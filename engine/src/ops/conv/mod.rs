@@ -1,6 +1,7 @@
 //! 2-D convolution, NHWC activations and KRSC weights, groups 1, no bias.
 
 mod cpu;
+mod cuda;
 
 use super::with_float;
 use crate::Tensor;
@@ -95,6 +96,10 @@ impl ConvGeometry {
 pub(crate) fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     let g = ConvGeometry::new(x, w, p)?;
     let dt = x.expect_same_dtype("conv2d", w)?;
+    if let Some(gpu) = x.gpu() {
+        crate::ops::gpu::same_device("conv2d", &[x, w])?;
+        return cuda::forward(gpu, x, w, &g, p);
+    }
     with_float!("conv2d", dt, T => {
         let y = cpu::forward::<T>(&g, x.as_slice()?, w.as_slice()?);
         Tensor::from_vec(y, [g.n, g.oh, g.ow, g.k])
@@ -111,6 +116,10 @@ pub(crate) fn backward(
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let g = ConvGeometry::new(x, w, p)?;
     let dt = x.expect_same_dtype("conv2d backward", w)?;
+    if let Some(gpu) = x.gpu() {
+        crate::ops::gpu::same_device("conv2d backward", &[x, w, dy])?;
+        return cuda::backward(gpu, x, w, dy, &g, p, want);
+    }
     with_float!("conv2d backward", dt, T => {
         let (dx, dw) = cpu::backward::<T>(&g, x.as_slice()?, w.as_slice()?, dy.as_slice()?, want);
         let dx = dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?;

@@ -1,6 +1,8 @@
 //! Fully connected layer: `y = x·wᵀ + b`, x `[n,in]`, w `[out,in]` (PyTorch's
 //! layout), b `[out]`.
 
+mod cuda;
+
 use super::real::{Mat, Real, matmul};
 use super::with_float;
 use crate::Tensor;
@@ -40,6 +42,12 @@ fn sizes(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, us
 
 pub(crate) fn forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (n, fin, fout) = sizes(x, w, b)?;
+    if let Some(g) = x.gpu() {
+        let mut operands = vec![x, w];
+        operands.extend(b);
+        crate::ops::gpu::same_device("linear", &operands)?;
+        return cuda::forward(g, x, w, b, (n, fin, fout));
+    }
     with_float!("linear", x.dtype(), T => {
         let mut y = vec![T::ZERO; n * fout];
         if let Some(b) = b {
@@ -59,6 +67,10 @@ pub(crate) fn backward(
     (want_dx, want_dw, want_db): (bool, bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (n, fin, fout) = sizes(x, w, None)?;
+    if let Some(g) = x.gpu() {
+        crate::ops::gpu::same_device("linear backward", &[x, w, dy])?;
+        return cuda::backward(g, x, w, dy, (n, fin, fout), (want_dx, want_dw, want_db));
+    }
     with_float!("linear backward", x.dtype(), T => {
         let dys = dy.as_slice::<T>()?;
         let dx = if want_dx {

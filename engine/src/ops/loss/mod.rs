@@ -1,5 +1,8 @@
 //! Row-wise L2 normalisation, the symmetric M2T loss and softmax cross-entropy.
-//! Reductions run in f64 whatever the input float type.
+//! Reductions run in f64 whatever the input float type on the CPU, in f32 on
+//! a GPU.
+
+mod cuda;
 
 use super::real::Real;
 use super::with_float;
@@ -20,7 +23,10 @@ fn rows_of(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
 /// `y = x / max(‖x‖, 1e-12)` per row of `[n,f]`; also returns the clamped
 /// norms, `[n]` (f64 on the CPU, f32 on a GPU).
 pub(crate) fn l2_normalize(x: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (_, f) = rows_of("l2_normalize", x)?;
+    let (n, f) = rows_of("l2_normalize", x)?;
+    if let Some(g) = x.gpu() {
+        return cuda::l2_normalize(g, x, n, f);
+    }
     with_float!("l2_normalize", x.dtype(), T => {
         let xs = x.as_slice::<T>()?;
         let norms: Vec<f64> = xs
@@ -40,7 +46,10 @@ pub(crate) fn l2_normalize(x: &Tensor) -> Result<(Tensor, Tensor)> {
 /// `dx = (dy − y·⟨y, dy⟩) / ‖x‖` per row (just `dy / ε` where the norm was clamped).
 pub(crate) fn l2_normalize_backward(y: &Tensor, norms: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape("l2_normalize backward", y.shape(), dy.shape())?;
-    let (_, f) = rows_of("l2_normalize backward", y)?;
+    let (n, f) = rows_of("l2_normalize backward", y)?;
+    if let Some(g) = y.gpu() {
+        return cuda::l2_normalize_backward(g, y, norms, dy, n, f);
+    }
     let norms = norms.as_slice::<f64>()?;
     with_float!("l2_normalize backward", y.dtype(), T => {
         let dx: Vec<T> = y
@@ -80,6 +89,9 @@ pub(crate) fn m2t_loss(q1: &Tensor, k1: &Tensor, q2: &Tensor, k2: &Tensor) -> Re
     if n == 0 {
         return Err(shape_err("m2t_loss", "empty batch"));
     }
+    if let Some(g) = q1.gpu() {
+        return cuda::m2t_loss(g, [q1, k1, q2, k2], n);
+    }
     with_float!("m2t_loss", q1.dtype(), T => {
         let d1 = row_dots::<T>(q1.as_slice()?, k1.as_slice()?, f);
         let d2 = row_dots::<T>(q2.as_slice()?, k2.as_slice()?, f);
@@ -92,6 +104,9 @@ pub(crate) fn m2t_loss(q1: &Tensor, k1: &Tensor, q2: &Tensor, k2: &Tensor) -> Re
 /// `−2·partner·dloss/n`, with `dloss` the scalar gradient of the loss.
 pub(crate) fn m2t_loss_backward(partner: &Tensor, dloss: &Tensor) -> Result<Tensor> {
     let (n, _) = rows_of("m2t_loss backward", partner)?;
+    if let Some(g) = partner.gpu() {
+        return cuda::m2t_loss_backward(g, partner, dloss, n);
+    }
     let dloss = dloss.to_f64_vec()?[0];
     let scale = -2.0 * dloss / n as f64;
     with_float!("m2t_loss backward", partner.dtype(), T => {
@@ -100,8 +115,25 @@ pub(crate) fn m2t_loss_backward(partner: &Tensor, dloss: &Tensor) -> Result<Tens
     })
 }
 
+/// Fails unless every label is in `0..c`.
+fn check_labels(op: &'static str, labels: &[i64], c: usize) -> Result<()> {
+    match labels
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| l < 0 || l as usize >= c)
+    {
+        Some((i, &l)) => Err(shape_err(
+            op,
+            format!("label {l} at row {i} is outside 0..{c}"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Mean softmax cross-entropy of `[n,c]` logits against i64 labels in `0..c`;
 /// returns the scalar loss and the softmax probabilities backward needs.
+/// Labels on a GPU are not range-checked (that would wait for the device):
+/// there an out-of-range label makes the loss NaN.
 pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
     const OP: &str = "cross_entropy";
     let (n, c) = rows_of(OP, logits)?;
@@ -119,17 +151,11 @@ pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<(Tensor,
     if n == 0 {
         return Err(shape_err(OP, "empty batch"));
     }
-    let ls = labels.as_slice::<i64>()?;
-    if let Some((i, &l)) = ls
-        .iter()
-        .enumerate()
-        .find(|&(_, &l)| l < 0 || l as usize >= c)
-    {
-        return Err(shape_err(
-            OP,
-            format!("label {l} at row {i} is outside 0..{c}"),
-        ));
+    if let Some(g) = logits.gpu() {
+        return cuda::cross_entropy(g, logits, labels, n, c);
     }
+    let ls = labels.as_slice::<i64>()?;
+    check_labels(OP, ls, c)?;
     with_float!(OP, logits.dtype(), T => {
         let mut probs = vec![T::ZERO; n * c];
         let mut loss = 0.0;
@@ -151,6 +177,9 @@ pub(crate) fn cross_entropy_backward(
     dloss: &Tensor,
 ) -> Result<Tensor> {
     let (n, c) = rows_of("cross_entropy backward", probs)?;
+    if let Some(g) = probs.gpu() {
+        return cuda::cross_entropy_backward(g, probs, labels, dloss, n, c);
+    }
     let dloss = dloss.to_f64_vec()?[0];
     let ls = labels.as_slice::<i64>()?;
     let scale = dloss / n as f64;

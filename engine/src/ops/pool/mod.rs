@@ -1,6 +1,7 @@
 //! Max pooling and global average pooling over NHWC tensors.
 
 mod cpu;
+mod cuda;
 
 use super::with_float;
 use crate::error::{Result, same_shape, shape_err};
@@ -68,17 +69,27 @@ impl PoolGeometry {
 }
 
 /// What max-pool backward needs: on the CPU, the flat input index of each
-/// output's maximum; on a GPU, the input itself (the backward kernel finds
-/// each window's maximum again instead of storing indices).
+/// output's maximum; on a GPU, the input itself and the window (the backward
+/// kernel finds each window's maximum again instead of storing indices).
 #[derive(Debug)]
 pub(crate) enum MaxSaved {
     Indices(Vec<u32>),
-    Input(Tensor),
+    Input { x: Tensor, params: PoolParams },
 }
 
 /// Max pool (the first maximum of each window wins ties).
 pub(crate) fn max_forward(x: &Tensor, p: PoolParams) -> Result<(Tensor, MaxSaved)> {
     let g = PoolGeometry::new(x, p)?;
+    if let Some(gpu) = x.gpu() {
+        let y = cuda::max_forward(gpu, x, &g)?;
+        return Ok((
+            y,
+            MaxSaved::Input {
+                x: x.clone(),
+                params: p,
+            },
+        ));
+    }
     if x.numel() > u32::MAX as usize {
         return Err(shape_err("max_pool2d", "input exceeds 2³² elements"));
     }
@@ -90,8 +101,12 @@ pub(crate) fn max_forward(x: &Tensor, p: PoolParams) -> Result<(Tensor, MaxSaved
 
 /// Routes each output gradient to its window's maximum.
 pub(crate) fn max_backward(dy: &Tensor, saved: &MaxSaved, input: &Shape) -> Result<Tensor> {
-    let MaxSaved::Indices(argmax) = saved else {
-        unreachable!("a GPU forward saves the input, a CPU one the indices")
+    let argmax = match saved {
+        MaxSaved::Indices(argmax) => argmax,
+        MaxSaved::Input { x, params } => {
+            let gpu = x.gpu().expect("a GPU forward saves a GPU input");
+            return cuda::max_backward(gpu, x, dy, &PoolGeometry::new(x, *params)?);
+        }
     };
     if dy.numel() != argmax.len() {
         return Err(shape_err(
@@ -109,6 +124,9 @@ pub(crate) fn avg_forward(x: &Tensor) -> Result<Tensor> {
     let &[n, h, w, c] = x.expect_rank("global_avg_pool", 4)? else {
         unreachable!()
     };
+    if let Some(gpu) = x.gpu() {
+        return cuda::avg_forward(gpu, x, n, h * w, c);
+    }
     with_float!("global_avg_pool", x.dtype(), T => {
         Tensor::from_vec(cpu::avg_forward::<T>(x.as_slice()?, n, h * w, c), [n, c])
     })
@@ -122,6 +140,9 @@ pub(crate) fn avg_backward(dy: &Tensor, input: &Shape) -> Result<Tensor> {
         dy.shape(),
         &Shape::new([d[0], d[3]]),
     )?;
+    if let Some(gpu) = dy.gpu() {
+        return cuda::avg_backward(gpu, dy, d[0], d[1] * d[2], d[3], input);
+    }
     with_float!("global_avg_pool backward", dy.dtype(), T => {
         Tensor::from_vec(cpu::avg_backward::<T>(dy.as_slice()?, d[1] * d[2], d[3]), input.clone())
     })

@@ -1,7 +1,10 @@
-//! Optimisers and the EMA teacher update, each one pass over the flat buffers.
+//! Optimisers and the EMA teacher update, each one pass over the flat buffers
+//! (on a GPU, one kernel; LARS two). Optimiser state lives on the store's device.
+
+pub(crate) mod cuda;
 
 use crate::error::{Error, Result};
-use crate::params::ParamStore;
+use crate::params::{ParamStore, write_f32};
 use crate::{DType, Tensor};
 use rayon::prelude::*;
 
@@ -12,17 +15,36 @@ fn zeros_like_store(store: &ParamStore) -> Result<Tensor> {
     Tensor::zeros([store.flat_len()], DType::F32, store.device())
 }
 
-/// Fails unless `velocity` was made for a store of `store`'s layout length.
+/// Fails unless `velocity` was made for a store of `store`'s layout length,
+/// on its device.
 fn check_matches(velocity: &Tensor, store: &ParamStore) -> Result<()> {
-    if velocity.numel() == store.flat_len() {
-        Ok(())
-    } else {
-        Err(Error::Param(format!(
+    if velocity.numel() != store.flat_len() {
+        return Err(Error::Param(format!(
             "optimiser state has {} elements but the store has {}; was it built for another store?",
             velocity.numel(),
             store.flat_len()
-        )))
+        )));
     }
+    if velocity.device() != store.device() {
+        return Err(Error::Param(format!(
+            "optimiser state is on {} but the store is on {}",
+            velocity.device(),
+            store.device()
+        )));
+    }
+    Ok(())
+}
+
+/// Overwrites a whole velocity buffer (any device) from host values.
+fn set_velocity(velocity: &mut Tensor, data: &[f32]) -> Result<()> {
+    if data.len() != velocity.numel() {
+        return Err(Error::Param(format!(
+            "{} velocity values for optimiser state of {}",
+            data.len(),
+            velocity.numel()
+        )));
+    }
+    write_f32(velocity, 0, data)
 }
 
 /// SGD with momentum and L2 weight decay, PyTorch's rule:
@@ -51,15 +73,27 @@ impl Sgd {
         &self.velocity
     }
 
-    /// Overwrites the velocity buffer, e.g. when resuming.
+    /// The velocity buffer, writable on the host (a GPU optimiser fails:
+    /// use [`Self::set_velocity`]).
     pub fn velocity_mut(&mut self) -> Result<&mut [f32]> {
         self.velocity.slice_mut()
+    }
+
+    /// Overwrites the velocity buffer from host values on any device, e.g.
+    /// when resuming.
+    pub fn set_velocity(&mut self, data: &[f32]) -> Result<()> {
+        set_velocity(&mut self.velocity, data)
     }
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
     pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
         check_matches(&self.velocity, store)?;
         let (mu, wd) = (self.momentum, self.weight_decay);
+        if store.device().is_gpu() {
+            let (w, g) = store.gpu_values_and_grads()?;
+            self.velocity.gpu_mut()?;
+            return cuda::sgd_step(w, g, &self.velocity, lr, mu, wd);
+        }
         let (w, g) = store.values_and_grads_mut()?;
         let v = self.velocity.slice_mut::<f32>()?;
         w.par_chunks_mut(GRAIN)
@@ -86,16 +120,25 @@ pub struct Lars {
     /// Weight decay, applied to every parameter.
     pub weight_decay: f32,
     velocity: Tensor,
+    /// The chunk table of the GPU kernels, for a store on a GPU.
+    table: Option<cuda::LarsTable>,
 }
 
 impl Lars {
-    /// An optimiser for `store` with zeroed velocity.
+    /// An optimiser for `store` with zeroed velocity (and, on a GPU, its
+    /// per-tensor chunk table uploaded once).
     pub fn new(store: &ParamStore, eta: f32, momentum: f32, weight_decay: f32) -> Result<Self> {
+        let table = if store.device().is_gpu() {
+            Some(cuda::LarsTable::new(store)?)
+        } else {
+            None
+        };
         Ok(Lars {
             eta,
             momentum,
             weight_decay,
             velocity: zeros_like_store(store)?,
+            table,
         })
     }
 
@@ -104,14 +147,28 @@ impl Lars {
         &self.velocity
     }
 
-    /// Overwrites the velocity buffer, e.g. when resuming.
+    /// The velocity buffer, writable on the host (a GPU optimiser fails:
+    /// use [`Self::set_velocity`]).
     pub fn velocity_mut(&mut self) -> Result<&mut [f32]> {
         self.velocity.slice_mut()
+    }
+
+    /// Overwrites the velocity buffer from host values on any device, e.g.
+    /// when resuming.
+    pub fn set_velocity(&mut self, data: &[f32]) -> Result<()> {
+        set_velocity(&mut self.velocity, data)
     }
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
     pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
         check_matches(&self.velocity, store)?;
+        if let Some(table) = &self.table {
+            table.check_layout(store)?;
+            let (w, g) = store.gpu_values_and_grads()?;
+            self.velocity.gpu_mut()?;
+            let (eta, mu, wd) = (self.eta, self.momentum, self.weight_decay);
+            return table.step(w, g, &self.velocity, lr, eta, mu, wd);
+        }
         let (eta, mu, wd) = (self.eta as f64, self.momentum, self.weight_decay);
         let ranges: Vec<_> = store
             .infos()
@@ -148,6 +205,10 @@ impl Lars {
 /// the student and has no twin). `m = 0` copies the student exactly.
 pub fn ema_update(teacher: &mut ParamStore, student: &ParamStore, m: f32) -> Result<()> {
     teacher.check_prefix_of(student)?;
+    if teacher.device().is_gpu() {
+        let t = teacher.gpu_values_and_grads()?.0;
+        return cuda::ema_update(t, student.values(), m);
+    }
     let n = teacher.flat_len();
     let s = &student.values().as_slice::<f32>()?[..n];
     let t = teacher.values_mut()?;

@@ -1,0 +1,204 @@
+//! The cuDNN and cuBLAS state of each CUDA device: one handle of each on the
+//! device's compute stream, one grow-only cuDNN workspace, and the
+//! convolution plans (descriptors and algorithms), found once per shape.
+
+use crate::error::{Error, Result};
+use crate::{DType, Device};
+use cudarc::cublas::sys as cublas;
+use cudarc::cudnn::sys as cudnn;
+use kernels::{Buffer, Gpu};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// A library call's failure, as an engine error naming the call.
+pub(crate) fn lib_err(call: &str, status: impl std::fmt::Debug) -> Error {
+    Error::Gpu(kernels::Error::Driver(format!("{call} failed: {status:?}")))
+}
+
+/// Checks a cuDNN status.
+pub(crate) fn cudnn_ok(call: &str, s: cudnn::cudnnStatus_t) -> Result<()> {
+    if s == cudnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(lib_err(call, s))
+    }
+}
+
+/// Checks a cuBLAS status.
+pub(crate) fn cublas_ok(call: &str, s: cublas::cublasStatus_t) -> Result<()> {
+    if s == cublas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(lib_err(call, s))
+    }
+}
+
+/// Everything that identifies one convolution's descriptors and algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ConvKey {
+    /// Input `[n, h, w, c]`.
+    pub input: [usize; 4],
+    /// Weight `[k, r, s, c]`.
+    pub weight: [usize; 4],
+    pub stride: usize,
+    pub padding: usize,
+    pub dtype: DType,
+}
+
+/// cuDNN descriptors of one convolution and the algorithms found for it.
+pub(crate) struct ConvPlan {
+    pub x: cudnn::cudnnTensorDescriptor_t,
+    pub y: cudnn::cudnnTensorDescriptor_t,
+    pub w: cudnn::cudnnFilterDescriptor_t,
+    pub conv: cudnn::cudnnConvolutionDescriptor_t,
+    pub forward: Option<(cudnn::cudnnConvolutionFwdAlgo_t, usize)>,
+    pub backward_data: Option<(cudnn::cudnnConvolutionBwdDataAlgo_t, usize)>,
+    pub backward_filter: Option<(cudnn::cudnnConvolutionBwdFilterAlgo_t, usize)>,
+}
+
+impl Drop for ConvPlan {
+    fn drop(&mut self) {
+        // SAFETY: the descriptors were created by this plan and are destroyed once.
+        unsafe {
+            cudnn::cudnnDestroyTensorDescriptor(self.x);
+            cudnn::cudnnDestroyTensorDescriptor(self.y);
+            cudnn::cudnnDestroyFilterDescriptor(self.w);
+            cudnn::cudnnDestroyConvolutionDescriptor(self.conv);
+        }
+    }
+}
+
+/// The per-device library state.
+pub(crate) struct CudaLibs {
+    pub gpu: Arc<Gpu>,
+    pub cudnn: cudnn::cudnnHandle_t,
+    pub cublas: cublas::cublasHandle_t,
+    workspace: Option<Buffer>,
+    pub plans: HashMap<ConvKey, ConvPlan>,
+}
+
+// SAFETY: the handles are used only under the mutex in `with_libs`, from one
+// thread at a time, always on the device's single stream.
+unsafe impl Send for CudaLibs {}
+
+/// The most memory an algorithm search may use as workspace.
+pub(crate) const FIND_WORKSPACE: usize = 256 << 20;
+
+impl CudaLibs {
+    fn new(gpu: Arc<Gpu>) -> Result<CudaLibs> {
+        let parts = gpu
+            .cuda_parts()
+            .expect("CUDA libraries belong to a CUDA device");
+        let missing: Vec<&str> = [
+            // SAFETY: presence checks only try to load the libraries.
+            ("cuDNN", unsafe { cudnn::is_culib_present() }),
+            ("cuBLAS", unsafe { cublas::is_culib_present() }),
+        ]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(name, _)| name)
+        .collect();
+        if !missing.is_empty() {
+            return Err(Error::Gpu(kernels::Error::Unavailable(format!(
+                "{} not found (PyTorch's environment ships them under site-packages/nvidia/*/lib; or set M2T_CUDA_LIBS)",
+                missing.join(" and ")
+            ))));
+        }
+        parts.ctx.bind_to_thread().map_err(kernels::Error::from)?;
+        let stream = parts.stream.cu_stream();
+        let (mut dnn, mut blas) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: creating handles and binding them to the device's stream.
+        unsafe {
+            cudnn_ok("cudnnCreate", cudnn::cudnnCreate(&mut dnn))?;
+            cudnn_ok("cudnnSetStream", cudnn::cudnnSetStream(dnn, stream as _))?;
+            cublas_ok("cublasCreate", cublas::cublasCreate_v2(&mut blas))?;
+            cublas_ok(
+                "cublasSetStream",
+                cublas::cublasSetStream_v2(blas, stream as _),
+            )?;
+            // Parity needs true f32 products: no TF32 behind our back.
+            cublas_ok(
+                "cublasSetMathMode",
+                cublas::cublasSetMathMode(blas, cublas::cublasMath_t::CUBLAS_DEFAULT_MATH),
+            )?;
+        }
+        Ok(CudaLibs {
+            gpu,
+            cudnn: dnn,
+            cublas: blas,
+            workspace: None,
+            plans: HashMap::new(),
+        })
+    }
+
+    /// The workspace, grown (never shrunk) to at least `bytes`; its address and size.
+    pub fn workspace(&mut self, bytes: usize) -> Result<(u64, usize)> {
+        if self
+            .workspace
+            .as_ref()
+            .is_none_or(|w| w.len_bytes() < bytes)
+        {
+            self.workspace = None; // free the old one first
+            self.workspace = Some(self.gpu.alloc(bytes.max(1))?);
+        }
+        let w = self.workspace.as_ref().unwrap();
+        Ok((w.device_ptr().unwrap_or(0), w.len_bytes()))
+    }
+}
+
+/// Runs `f` with the library state of `device` (created on first use).
+pub(crate) fn with_libs<R>(
+    device: Device,
+    gpu: &Arc<Gpu>,
+    f: impl FnOnce(&mut CudaLibs) -> Result<R>,
+) -> Result<R> {
+    static LIBS: OnceLock<Mutex<HashMap<Device, CudaLibs>>> = OnceLock::new();
+    let mut all = LIBS.get_or_init(Default::default).lock().unwrap();
+    let libs = match all.entry(device) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(CudaLibs::new(gpu.clone())?),
+    };
+    f(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn conv_keys_separate_every_field() {
+        let base = ConvKey {
+            input: [2, 8, 8, 3],
+            weight: [4, 3, 3, 3],
+            stride: 1,
+            padding: 1,
+            dtype: DType::F32,
+        };
+        let variants = [
+            ConvKey {
+                input: [3, 8, 8, 3],
+                ..base
+            },
+            ConvKey {
+                input: [2, 8, 9, 3],
+                ..base
+            },
+            ConvKey {
+                weight: [5, 3, 3, 3],
+                ..base
+            },
+            ConvKey { stride: 2, ..base },
+            ConvKey { padding: 0, ..base },
+            ConvKey {
+                dtype: DType::BF16,
+                ..base
+            },
+        ];
+        let mut seen: HashSet<ConvKey> = HashSet::from([base]);
+        for v in variants {
+            assert!(seen.insert(v), "{v:?} collides");
+        }
+        assert!(!seen.insert(base));
+    }
+}

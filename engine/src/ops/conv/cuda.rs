@@ -1,0 +1,369 @@
+//! Convolutions on a CUDA GPU through cuDNN (NHWC activations, KRSC weights,
+//! fp32 compute). Descriptors and algorithms are found once per shape with
+//! `cudnnFind…Ex` and cached; the emulator runs the CPU reference instead.
+
+use super::{Conv2dParams, ConvGeometry};
+use crate::cuda_libs::{ConvKey, ConvPlan, CudaLibs, FIND_WORKSPACE, cudnn_ok, with_libs};
+use crate::error::{Error, Result};
+use crate::ops::gpu::on_host;
+use crate::tensor::GpuBuffer;
+use crate::{DType, Device, Tensor};
+use cudarc::cudnn::sys as cudnn;
+use std::ffi::c_void;
+
+fn data_type(dtype: DType) -> Result<cudnn::cudnnDataType_t> {
+    Ok(match dtype {
+        DType::F32 => cudnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+        DType::BF16 => cudnn::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        DType::F16 => cudnn::cudnnDataType_t::CUDNN_DATA_HALF,
+        other => {
+            return Err(Error::DType {
+                op: "conv2d",
+                expected: "f32, bf16 or f16 on a GPU".into(),
+                got: other,
+            });
+        }
+    })
+}
+
+fn key(g: &ConvGeometry, dtype: DType) -> ConvKey {
+    ConvKey {
+        input: [g.n, g.h, g.w, g.c],
+        weight: [g.k, g.r, g.s, g.c],
+        stride: g.stride,
+        padding: g.padding,
+        dtype,
+    }
+}
+
+fn new_plan(g: &ConvGeometry, dtype: DType) -> Result<ConvPlan> {
+    let dt = data_type(dtype)?;
+    let nhwc = cudnn::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
+    let mut plan = ConvPlan {
+        x: std::ptr::null_mut(),
+        y: std::ptr::null_mut(),
+        w: std::ptr::null_mut(),
+        conv: std::ptr::null_mut(),
+        forward: None,
+        backward_data: None,
+        backward_filter: None,
+    };
+    let i = |v: usize| v as i32;
+    // SAFETY: descriptor creation and setup; the plan destroys them on drop.
+    unsafe {
+        cudnn_ok(
+            "cudnnCreateTensorDescriptor",
+            cudnn::cudnnCreateTensorDescriptor(&mut plan.x),
+        )?;
+        cudnn_ok(
+            "cudnnCreateTensorDescriptor",
+            cudnn::cudnnCreateTensorDescriptor(&mut plan.y),
+        )?;
+        cudnn_ok(
+            "cudnnCreateFilterDescriptor",
+            cudnn::cudnnCreateFilterDescriptor(&mut plan.w),
+        )?;
+        cudnn_ok(
+            "cudnnCreateConvolutionDescriptor",
+            cudnn::cudnnCreateConvolutionDescriptor(&mut plan.conv),
+        )?;
+        cudnn_ok(
+            "cudnnSetTensor4dDescriptor",
+            cudnn::cudnnSetTensor4dDescriptor(plan.x, nhwc, dt, i(g.n), i(g.c), i(g.h), i(g.w)),
+        )?;
+        cudnn_ok(
+            "cudnnSetTensor4dDescriptor",
+            cudnn::cudnnSetTensor4dDescriptor(plan.y, nhwc, dt, i(g.n), i(g.k), i(g.oh), i(g.ow)),
+        )?;
+        // KRSC is cuDNN's NHWC filter layout.
+        cudnn_ok(
+            "cudnnSetFilter4dDescriptor",
+            cudnn::cudnnSetFilter4dDescriptor(plan.w, dt, nhwc, i(g.k), i(g.c), i(g.r), i(g.s)),
+        )?;
+        cudnn_ok(
+            "cudnnSetConvolution2dDescriptor",
+            cudnn::cudnnSetConvolution2dDescriptor(
+                plan.conv,
+                i(g.padding),
+                i(g.padding),
+                i(g.stride),
+                i(g.stride),
+                1,
+                1,
+                cudnn::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION,
+                cudnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            ),
+        )?;
+        // Tensor cores for 16-bit data; plain FMA for f32, so it is never TF32.
+        let math = if dtype == DType::F32 {
+            cudnn::cudnnMathType_t::CUDNN_FMA_MATH
+        } else {
+            cudnn::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+        };
+        cudnn_ok(
+            "cudnnSetConvolutionMathType",
+            cudnn::cudnnSetConvolutionMathType(plan.conv, math),
+        )?;
+    }
+    Ok(plan)
+}
+
+/// The plan for `g`, created on first use.
+fn plan<'a>(libs: &'a mut CudaLibs, g: &ConvGeometry, dtype: DType) -> Result<&'a mut ConvPlan> {
+    Ok(match libs.plans.entry(key(g, dtype)) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => e.insert(new_plan(g, dtype)?),
+    })
+}
+
+/// Picks the fastest successful algorithm among `cudnnFind…Ex` results.
+macro_rules! fastest {
+    ($results:expr, $count:expr, $what:literal) => {
+        $results[..$count as usize]
+            .iter()
+            .filter(|r| r.status == cudnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
+            .min_by(|a, b| a.time.total_cmp(&b.time))
+            .map(|r| (r.algo, r.memory))
+            .ok_or_else(|| crate::cuda_libs::lib_err($what, "no algorithm succeeded"))
+    };
+}
+
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+fn ptr(t: &Tensor) -> *mut c_void {
+    t.device_ptr() as *mut c_void
+}
+
+pub(super) fn forward(
+    g: &GpuBuffer,
+    x: &Tensor,
+    w: &Tensor,
+    geo: &ConvGeometry,
+    p: Conv2dParams,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    if g.device == Device::Emulator {
+        let [y] = on_host(g.device, dtype, [x, w], |[x, w]| {
+            Ok([Some(super::forward(&x, &w, p)?)])
+        })?;
+        return Ok(y.expect("forward output"));
+    }
+    let y = Tensor::gpu_empty(g, [geo.n, geo.oh, geo.ow, geo.k], dtype)?;
+    with_libs(g.device, &g.gpu, |libs| {
+        let handle = libs.cudnn;
+        if plan(libs, geo, dtype)?.forward.is_none() {
+            let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
+            let plan = plan(libs, geo, dtype)?;
+            let mut results = [cudnn::cudnnConvolutionFwdAlgoPerf_t {
+                ..unsafe { std::mem::zeroed() }
+            }; 16];
+            let mut count = 0;
+            // SAFETY: valid descriptors and device buffers of the described sizes.
+            unsafe {
+                cudnn_ok(
+                    "cudnnFindConvolutionForwardAlgorithmEx",
+                    cudnn::cudnnFindConvolutionForwardAlgorithmEx(
+                        handle,
+                        plan.x,
+                        ptr(x),
+                        plan.w,
+                        ptr(w),
+                        plan.conv,
+                        plan.y,
+                        ptr(&y),
+                        16,
+                        &mut count,
+                        results.as_mut_ptr(),
+                        ws as *mut c_void,
+                        ws_len,
+                    ),
+                )?;
+            }
+            plan.forward = Some(fastest!(
+                results,
+                count,
+                "cudnnFindConvolutionForwardAlgorithmEx"
+            )?);
+        }
+        let (algo, need) = plan(libs, geo, dtype)?.forward.unwrap();
+        let (ws, _) = libs.workspace(need)?;
+        let plan = plan(libs, geo, dtype)?;
+        // SAFETY: as above; alpha/beta are f32 for every data type (fp32 compute).
+        unsafe {
+            cudnn_ok(
+                "cudnnConvolutionForward",
+                cudnn::cudnnConvolutionForward(
+                    handle,
+                    (&ONE as *const f32).cast(),
+                    plan.x,
+                    ptr(x),
+                    plan.w,
+                    ptr(w),
+                    plan.conv,
+                    algo,
+                    ws as *mut c_void,
+                    need,
+                    (&ZERO as *const f32).cast(),
+                    plan.y,
+                    ptr(&y),
+                ),
+            )
+        }
+    })?;
+    Ok(y)
+}
+
+pub(super) fn backward(
+    g: &GpuBuffer,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    geo: &ConvGeometry,
+    p: Conv2dParams,
+    (want_dx, want_dw): (bool, bool),
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dtype = x.dtype();
+    if g.device == Device::Emulator {
+        let [dx, dw] = on_host(g.device, dtype, [x, w, dy], |[x, w, dy]| {
+            let (dx, dw) = super::backward(&x, &w, &dy, p, (want_dx, want_dw))?;
+            Ok([dx, dw])
+        })?;
+        return Ok((dx, dw));
+    }
+    let dx = if want_dx {
+        Some(Tensor::gpu_empty(g, x.shape().clone(), dtype)?)
+    } else {
+        None
+    };
+    let dw = if want_dw {
+        Some(Tensor::gpu_empty(g, w.shape().clone(), dtype)?)
+    } else {
+        None
+    };
+    with_libs(g.device, &g.gpu, |libs| {
+        let handle = libs.cudnn;
+        if let Some(dx) = &dx {
+            if plan(libs, geo, dtype)?.backward_data.is_none() {
+                let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
+                let plan = plan(libs, geo, dtype)?;
+                let mut results = [cudnn::cudnnConvolutionBwdDataAlgoPerf_t {
+                    ..unsafe { std::mem::zeroed() }
+                }; 16];
+                let mut count = 0;
+                // SAFETY: valid descriptors and device buffers of the described sizes.
+                unsafe {
+                    cudnn_ok(
+                        "cudnnFindConvolutionBackwardDataAlgorithmEx",
+                        cudnn::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                            handle,
+                            plan.w,
+                            ptr(w),
+                            plan.y,
+                            ptr(dy),
+                            plan.conv,
+                            plan.x,
+                            ptr(dx),
+                            16,
+                            &mut count,
+                            results.as_mut_ptr(),
+                            ws as *mut c_void,
+                            ws_len,
+                        ),
+                    )?;
+                }
+                plan.backward_data = Some(fastest!(
+                    results,
+                    count,
+                    "cudnnFindConvolutionBackwardDataAlgorithmEx"
+                )?);
+            }
+            let (algo, need) = plan(libs, geo, dtype)?.backward_data.unwrap();
+            let (ws, _) = libs.workspace(need)?;
+            let plan = plan(libs, geo, dtype)?;
+            // SAFETY: as above.
+            unsafe {
+                cudnn_ok(
+                    "cudnnConvolutionBackwardData",
+                    cudnn::cudnnConvolutionBackwardData(
+                        handle,
+                        (&ONE as *const f32).cast(),
+                        plan.w,
+                        ptr(w),
+                        plan.y,
+                        ptr(dy),
+                        plan.conv,
+                        algo,
+                        ws as *mut c_void,
+                        need,
+                        (&ZERO as *const f32).cast(),
+                        plan.x,
+                        ptr(dx),
+                    ),
+                )?;
+            }
+        }
+        if let Some(dw) = &dw {
+            if plan(libs, geo, dtype)?.backward_filter.is_none() {
+                let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
+                let plan = plan(libs, geo, dtype)?;
+                let mut results = [cudnn::cudnnConvolutionBwdFilterAlgoPerf_t {
+                    ..unsafe { std::mem::zeroed() }
+                }; 16];
+                let mut count = 0;
+                // SAFETY: valid descriptors and device buffers of the described sizes.
+                unsafe {
+                    cudnn_ok(
+                        "cudnnFindConvolutionBackwardFilterAlgorithmEx",
+                        cudnn::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                            handle,
+                            plan.x,
+                            ptr(x),
+                            plan.y,
+                            ptr(dy),
+                            plan.conv,
+                            plan.w,
+                            ptr(dw),
+                            16,
+                            &mut count,
+                            results.as_mut_ptr(),
+                            ws as *mut c_void,
+                            ws_len,
+                        ),
+                    )?;
+                }
+                plan.backward_filter = Some(fastest!(
+                    results,
+                    count,
+                    "cudnnFindConvolutionBackwardFilterAlgorithmEx"
+                )?);
+            }
+            let (algo, need) = plan(libs, geo, dtype)?.backward_filter.unwrap();
+            let (ws, _) = libs.workspace(need)?;
+            let plan = plan(libs, geo, dtype)?;
+            // SAFETY: as above.
+            unsafe {
+                cudnn_ok(
+                    "cudnnConvolutionBackwardFilter",
+                    cudnn::cudnnConvolutionBackwardFilter(
+                        handle,
+                        (&ONE as *const f32).cast(),
+                        plan.x,
+                        ptr(x),
+                        plan.y,
+                        ptr(dy),
+                        plan.conv,
+                        algo,
+                        ws as *mut c_void,
+                        need,
+                        (&ZERO as *const f32).cast(),
+                        plan.w,
+                        ptr(dw),
+                    ),
+                )?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok((dx, dw))
+}

@@ -1,0 +1,132 @@
+// Optimiser, EMA and mixed-precision helpers over a ParamStore's flat f32
+// buffers (values, gradients, velocity share one layout). Parameters and
+// optimiser state are always f32; only incoming gradients may be 16-bit.
+
+__device__ __forceinline__ bool is_finite(float x) { return (__float_as_uint(x) & 0x7F800000u) != 0x7F800000u; }
+
+// acc[i] += g[i]: one parameter's gradient into its range of the flat buffer.
+template <class T>
+__device__ __forceinline__ void accumulate_grad(float* __restrict__ acc, const T* __restrict__ g, int64_t n) {
+    FOR_EACH(i, n) { acc[i] += load(g, i); }
+}
+
+extern "C" __global__ void accumulate_grad_f32(float* acc, const float* g, int64_t n) { accumulate_grad(acc, g, n); }
+extern "C" __global__ void accumulate_grad_bf16(float* acc, const bf16* g, int64_t n) { accumulate_grad(acc, g, n); }
+extern "C" __global__ void accumulate_grad_f16(float* acc, const f16* g, int64_t n) { accumulate_grad(acc, g, n); }
+
+// PyTorch's SGD: v ← μ·v + (g + wd·w), w ← w − lr·v, over the whole buffer
+// (padding is zero in w, g and v, and stays zero).
+extern "C" __global__ void sgd_momentum_step(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ v,
+                                             int64_t n, float lr, float momentum, float weight_decay) {
+    FOR_EACH(i, n) {
+        float vi = momentum * v[i] + (g[i] + weight_decay * w[i]);
+        v[i] = vi;
+        w[i] -= lr * vi;
+    }
+}
+
+// LARS works on chunks that never straddle two parameter tensors. Each chunk
+// is a row of LARS_CHUNK_FIELDS int64s in a table uploaded once per
+// optimiser: its first and one-past-last element, the index of its tensor's
+// first chunk, its tensor's chunk count, and whether the tensor is
+// LARS-adapted (1) or not (0).
+#define LARS_CHUNK_FIELDS 5
+
+// Pass 1: per chunk, Σw² and Σg² into partials[2c], partials[2c + 1]. One
+// block per chunk (grid-stride over chunks); no atomics, so the per-tensor
+// sums of pass 2 are deterministic. Non-adapted tensors need no norms.
+extern "C" __global__ void lars_chunk_norms(const float* __restrict__ w, const float* __restrict__ g,
+                                            const int64_t* __restrict__ chunks, int64_t n_chunks,
+                                            float* __restrict__ partials) {
+    __shared__ float scratch[32];
+    for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+        const int64_t* row = chunks + c * LARS_CHUNK_FIELDS;
+        float w2 = 0.0f, g2 = 0.0f;
+        if (row[4] != 0) {
+            for (int64_t i = row[0] + threadIdx.x; i < row[1]; i += blockDim.x) {
+                w2 += w[i] * w[i];
+                g2 += g[i] * g[i];
+            }
+        }
+        w2 = block_sum(w2, scratch);
+        g2 = block_sum(g2, scratch);
+        if (threadIdx.x == 0) {
+            partials[2 * c] = w2;
+            partials[2 * c + 1] = g2;
+        }
+    }
+}
+
+// Pass 2: each block sums its tensor's chunk partials (the same order in every
+// block of the tensor), forms the trust ratio
+//   local = η·‖w‖/(‖g‖ + wd·‖w‖)   (1 if not adapted or a norm is zero)
+// and updates its chunk: v ← μ·v + lr·local·(g + wd·w), w ← w − v.
+extern "C" __global__ void lars_momentum_step(float* __restrict__ w, const float* __restrict__ g,
+                                              float* __restrict__ v, const int64_t* __restrict__ chunks,
+                                              int64_t n_chunks, const float* __restrict__ partials, float lr,
+                                              float eta, float momentum, float weight_decay) {
+    __shared__ float scratch[32];
+    for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+        const int64_t* row = chunks + c * LARS_CHUNK_FIELDS;
+        const bool adapted = row[4] != 0;
+        float w2 = 0.0f, g2 = 0.0f;
+        if (adapted) {
+            for (int64_t k = row[2] + threadIdx.x; k < row[2] + row[3]; k += blockDim.x) {
+                w2 += partials[2 * k];
+                g2 += partials[2 * k + 1];
+            }
+        }
+        const float w_norm = sqrtf(block_sum(w2, scratch));
+        const float g_norm = sqrtf(block_sum(g2, scratch));
+        const float local =
+            adapted && w_norm > 0.0f && g_norm > 0.0f ? eta * w_norm / (g_norm + weight_decay * w_norm) : 1.0f;
+        const float scale = lr * local;
+        for (int64_t i = row[0] + threadIdx.x; i < row[1]; i += blockDim.x) {
+            float vi = momentum * v[i] + scale * (g[i] + weight_decay * w[i]);
+            v[i] = vi;
+            w[i] -= vi;
+        }
+    }
+}
+
+// The EMA teacher: t ← m·t + (1 − m)·s over the teacher's (prefix) length.
+extern "C" __global__ void ema_teacher_update(float* __restrict__ teacher, const float* __restrict__ student,
+                                              int64_t n, float momentum) {
+    const float keep = momentum, take = 1.0f - momentum;
+    FOR_EACH(i, n) { teacher[i] = keep * teacher[i] + take * student[i]; }
+}
+
+// Dynamic loss scaling: g ← g·(1/scale), and *found_inf = 1 if any unscaled
+// gradient is NaN or ±∞ (the flag is zeroed before the launch; every writer
+// writes the same value).
+extern "C" __global__ void unscale_grads_check_finite(float* __restrict__ g, int64_t n, float inv_scale,
+                                                      int* __restrict__ found_inf) {
+    bool bad = false;
+    FOR_EACH(i, n) {
+        float x = g[i] * inv_scale;
+        g[i] = x;
+        bad |= !is_finite(x);
+    }
+    if (bad) *found_inf = 1;
+}
+
+// Global gradient check: Σg² over the finite elements into *sum_sq (zeroed
+// before the launch; one atomic per block) and *found_nonfinite = 1 if any
+// element is NaN or ±∞.
+extern "C" __global__ void grad_sum_squares_check_finite(const float* __restrict__ g, int64_t n,
+                                                         float* __restrict__ sum_sq, int* __restrict__ found_nonfinite) {
+    __shared__ float scratch[32];
+    float acc = 0.0f;
+    bool bad = false;
+    FOR_EACH(i, n) {
+        float x = g[i];
+        if (is_finite(x)) {
+            acc += x * x;
+        } else {
+            bad = true;
+        }
+    }
+    if (bad) *found_nonfinite = 1;
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) atomicAdd(sum_sq, acc);
+}
