@@ -33,6 +33,7 @@ mod cuda_libs;
 mod device;
 mod dtype;
 mod error;
+pub mod nvtx;
 pub mod ops;
 pub mod optim;
 mod params;

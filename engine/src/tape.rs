@@ -328,22 +328,19 @@ impl Tape {
         norm: BnNorm,
         eps: f64,
     ) -> Result<(Var, Option<BatchStats>)> {
-        let (y, stats, saved) = batchnorm::forward(
-            &x.value,
-            &gamma.value,
-            &beta.value,
-            norm,
-            eps,
+        self.record_bn(
+            [x, gamma, beta],
             Epilogue::None,
-        )?;
-        let y = self.record(&[x, gamma, beta], y, |s, out| Node::BatchNorm {
-            x: s[0],
-            gamma: s[1],
-            beta: s[2],
-            out,
-            saved,
-        })?;
-        Ok((y, stats))
+            None,
+            (norm, eps),
+            |s, out, saved| Node::BatchNorm {
+                x: s[0],
+                gamma: s[1],
+                beta: s[2],
+                out,
+                saved,
+            },
+        )
     }
 
     /// `max(batch_norm(x), 0)`: [`Tape::batch_norm`] then [`Tape::relu`], one
@@ -356,22 +353,19 @@ impl Tape {
         norm: BnNorm,
         eps: f64,
     ) -> Result<(Var, Option<BatchStats>)> {
-        let (y, stats, saved) = batchnorm::forward(
-            &x.value,
-            &gamma.value,
-            &beta.value,
-            norm,
-            eps,
+        self.record_bn(
+            [x, gamma, beta],
             Epilogue::Relu,
-        )?;
-        let y = self.record(&[x, gamma, beta], y, |s, out| Node::BatchNormRelu {
-            x: s[0],
-            gamma: s[1],
-            beta: s[2],
-            out,
-            saved,
-        })?;
-        Ok((y, stats))
+            None,
+            (norm, eps),
+            |s, out, saved| Node::BatchNormRelu {
+                x: s[0],
+                gamma: s[1],
+                beta: s[2],
+                out,
+                saved,
+            },
+        )
     }
 
     /// `max(batch_norm(x) + residual, 0)`: a residual block's join,
@@ -386,24 +380,37 @@ impl Tape {
         norm: BnNorm,
         eps: f64,
     ) -> Result<(Var, Option<BatchStats>)> {
-        let (y, stats, saved) = batchnorm::forward(
-            &x.value,
-            &gamma.value,
-            &beta.value,
-            norm,
-            eps,
+        self.record_bn(
+            [x, gamma, beta],
             Epilogue::AddRelu(&residual.value),
-        )?;
-        let y = self.record(&[x, residual, gamma, beta], y, |s, out| {
-            Node::BatchNormAddRelu {
+            Some(residual),
+            (norm, eps),
+            |s, out, saved| Node::BatchNormAddRelu {
                 x: s[0],
-                residual: s[1],
-                gamma: s[2],
-                beta: s[3],
+                gamma: s[1],
+                beta: s[2],
+                residual: s[3],
                 out,
                 saved,
-            }
-        })?;
+            },
+        )
+    }
+
+    /// Runs a batch-norm forward with `epilogue` and records it as `node`;
+    /// `residual` is the epilogue's residual variable, if any.
+    fn record_bn(
+        &mut self,
+        [x, gamma, beta]: [&Var; 3],
+        epilogue: Epilogue,
+        residual: Option<&Var>,
+        (norm, eps): (BnNorm, f64),
+        node: impl FnOnce(&[Option<usize>], usize, BnSaved) -> Node,
+    ) -> Result<(Var, Option<BatchStats>)> {
+        let (y, stats, saved) =
+            batchnorm::forward(&x.value, &gamma.value, &beta.value, norm, eps, epilogue)?;
+        let mut vars = vec![x, gamma, beta];
+        vars.extend(residual);
+        let y = self.record(&vars, y, |s, out| node(s, out, saved))?;
         Ok((y, stats))
     }
 
@@ -563,6 +570,7 @@ impl Tape {
             let Some(dy) = grads[node.out()].take() else {
                 continue;
             };
+            let _range = crate::nvtx::range_with(|| format!("{} backward", node.name()));
             backward_node(node, &dy, &mut grads)?;
         }
         Ok(Gradients {

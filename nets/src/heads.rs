@@ -7,6 +7,8 @@ use engine::Var;
 /// A two-layer MLP head with batch norm on the hidden layer.
 #[derive(Clone, Debug)]
 pub struct Mlp {
+    /// `projector` or `predictor`, also its NVTX range.
+    name: String,
     fc1: Linear,
     bn: BatchNorm,
     fc2: Linear,
@@ -24,6 +26,7 @@ impl Mlp {
         fout: usize,
     ) -> Result<Self> {
         Ok(Mlp {
+            name: name.to_string(),
             fc1: Linear::new(b, &format!("{name}.0"), fin, hidden)?,
             bn: BatchNorm::new(b, &format!("{name}.1"), hidden)?,
             fc2: Linear::new(b, &format!("{name}.3"), hidden, fout)?,
@@ -32,6 +35,7 @@ impl Mlp {
 
     /// `[n, in] → [n, out]`.
     pub fn forward(&self, f: &mut Forward, x: &Var) -> Result<Var> {
+        let _range = engine::nvtx::range(&self.name);
         let h = self.fc1.forward(f, x)?;
         let h = self.bn.forward_relu(f, &h)?;
         self.fc2.forward(f, &h)

@@ -310,8 +310,12 @@ impl M2t {
         k: usize,
         total: usize,
     ) -> Result<StepReport> {
+        use engine::nvtx::range;
         let m = ema_momentum(k, total, self.config.ema_base);
-        ema_update(&mut self.teacher, &self.student, m as f32)?;
+        {
+            let _r = range("ema");
+            ema_update(&mut self.teacher, &self.student, m as f32)?;
+        }
 
         let beta = mbn_beta(k, total);
         let mode = match self.config.teacher_bn {
@@ -322,8 +326,11 @@ impl M2t {
             TeacherBn::Plain => BnMode::Train,
         };
         // Both views see the same history: it moves only after the second.
+        let teacher = range("teacher forward");
         let (k1, teacher_stats2) = self.teacher_view(mode, view2)?;
         let (k2, teacher_stats1) = self.teacher_view(mode, view1)?;
+        drop(teacher);
+        let history = range("teacher BN history");
         match self.config.teacher_bn {
             TeacherBn::Momentum => self.teacher_bn.update_momentum(
                 &teacher_stats1,
@@ -338,7 +345,9 @@ impl M2t {
                     .update_running(&teacher_stats1, BN_MOMENTUM)?;
             }
         }
+        drop(history);
 
+        let student = range("student forward");
         let mut tape = Tape::new();
         let params = self
             .student
@@ -347,7 +356,9 @@ impl M2t {
         let (q2, stats2) = self.student_view(&mut tape, &params, view2)?;
         let (k1, k2) = (tape.constant(k1), tape.constant(k2));
         let loss = tape.m2t_loss(&q1, &k1, &q2, &k2)?;
-        let loss_value = loss.value().to_f64_vec()?[0];
+        let loss_tensor = loss.value().clone();
+        drop(student);
+        let backward = range("student backward");
         let grads = match &self.scaler {
             // fp16: scale the loss so small gradients do not flush to zero.
             Some(scaler) => {
@@ -359,6 +370,7 @@ impl M2t {
         };
         self.student.zero_grad()?;
         self.student.accumulate_grads(params, &grads)?;
+        drop(backward);
         let skip_update = match &mut self.scaler {
             Some(scaler) => {
                 let found_inf = scaler.unscale_and_check(&mut self.student)?;
@@ -368,6 +380,8 @@ impl M2t {
         };
         self.student_bn.update_running(&stats1, BN_MOMENTUM)?;
         self.student_bn.update_running(&stats2, BN_MOMENTUM)?;
+        // Read last: on a GPU this waits for the queue, which is now full.
+        let loss_value = loss_tensor.to_f64_vec()?[0];
         Ok(StepReport {
             loss: loss_value,
             ema_momentum: m,

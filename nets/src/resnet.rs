@@ -166,6 +166,8 @@ impl ResNetConfig {
 /// A residual block: basic (two 3×3 convs) or bottleneck (1×1, 3×3, 1×1).
 #[derive(Clone, Debug)]
 struct Block {
+    /// `layer{stage}.{index}`, also its NVTX range.
+    name: String,
     convs: Vec<(Conv2d, BatchNorm)>,
     downsample: Option<(Conv2d, BatchNorm)>,
 }
@@ -207,10 +209,15 @@ impl Block {
         } else {
             None
         };
-        Ok(Block { convs, downsample })
+        Ok(Block {
+            name: name.to_string(),
+            convs,
+            downsample,
+        })
     }
 
     fn forward(&self, f: &mut Forward, x: &Var) -> Result<Var> {
+        let _range = engine::nvtx::range(&self.name);
         // The shortcut first, so the last BN can fuse the join and the ReLU.
         let skip = match &self.downsample {
             Some((conv, bn)) => {
@@ -287,11 +294,13 @@ impl ResNet {
 
     /// NHWC images `[n,h,w,in_channels]` → pooled features `[n, feature_dim]`.
     pub fn forward(&self, f: &mut Forward, x: &Var) -> Result<Var> {
+        let stem = engine::nvtx::range("stem");
         let y = self.conv1.forward(f, x)?;
         let mut h = self.bn1.forward_relu(f, &y)?;
         if self.config.stem == Stem::ImageNet {
             h = f.tape.max_pool2d(&h, PoolParams::RESNET_STEM)?;
         }
+        drop(stem);
         for block in self.stages.iter().flatten() {
             h = block.forward(f, &h)?;
         }

@@ -165,8 +165,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut times = Vec::new();
     for k in 0..total {
         let t = Instant::now();
+        let _step = engine::nvtx::range_with(|| format!("step {k}"));
         model.step(&v1, &v2, k, total)?;
-        sgd.step(model.student_mut(), 0.01)?;
+        {
+            let _r = engine::nvtx::range("optimizer");
+            sgd.step(model.student_mut(), 0.01)?;
+        }
         engine::synchronize(placement.device)?;
         if k > 0 {
             times.push(t.elapsed().as_secs_f64() * 1000.0);

@@ -598,7 +598,10 @@ fn train(
     };
     for step in state.step..cfg.steps {
         let started = Instant::now();
-        let batch = loader.next()?;
+        let batch = {
+            let _r = engine::nvtx::range("data wait");
+            loader.next()?
+        };
         state.skipped_images += batch.skipped;
         window_wait += batch.wait.as_secs_f64();
         let report = model.step(&batch.view1, &batch.view2, step, cfg.steps)?;
@@ -620,6 +623,7 @@ fn train(
         }
         let lr = schedule.at(step);
         if !report.skip_update {
+            let _r = engine::nvtx::range("optimizer");
             optimizer.step(model.student_mut(), lr)?;
         }
         state.step = step + 1;

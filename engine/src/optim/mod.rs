@@ -73,12 +73,6 @@ impl Sgd {
         &self.velocity
     }
 
-    /// The velocity buffer, writable on the host (a GPU optimiser fails:
-    /// use [`Self::set_velocity`]).
-    pub fn velocity_mut(&mut self) -> Result<&mut [f32]> {
-        self.velocity.slice_mut()
-    }
-
     /// Overwrites the velocity buffer from host values on any device, e.g.
     /// when resuming.
     pub fn set_velocity(&mut self, data: &[f32]) -> Result<()> {
@@ -145,12 +139,6 @@ impl Lars {
     /// The velocity buffer (same layout as the store), for checkpoints.
     pub fn velocity(&self) -> &Tensor {
         &self.velocity
-    }
-
-    /// The velocity buffer, writable on the host (a GPU optimiser fails:
-    /// use [`Self::set_velocity`]).
-    pub fn velocity_mut(&mut self) -> Result<&mut [f32]> {
-        self.velocity.slice_mut()
     }
 
     /// Overwrites the velocity buffer from host values on any device, e.g.

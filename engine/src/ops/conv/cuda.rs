@@ -131,9 +131,48 @@ macro_rules! fastest {
 const ONE: f32 = 1.0;
 const ZERO: f32 = 0.0;
 
+fn one() -> *const c_void {
+    (&ONE as *const f32).cast()
+}
+
+fn zero() -> *const c_void {
+    (&ZERO as *const f32).cast()
+}
+
 fn ptr(t: &Tensor) -> *mut c_void {
     t.device_ptr() as *mut c_void
 }
+
+/// One direction of a convolution: finds its algorithm once per shape with
+/// `find` (given the search workspace), then runs it with `run` (given the
+/// algorithm and a workspace of the size it needs).
+fn find_then_run<A: Copy>(
+    libs: &mut CudaLibs,
+    (geo, dtype): (&ConvGeometry, DType),
+    slot: fn(&mut ConvPlan) -> &mut Option<(A, usize)>,
+    find: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, *mut c_void, usize) -> Result<(A, usize)>,
+    run: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, A, *mut c_void, usize) -> Result<()>,
+) -> Result<()> {
+    let handle = libs.cudnn;
+    if slot(plan(libs, geo, dtype)?).is_none() {
+        let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
+        let p = plan(libs, geo, dtype)?;
+        let found = find(p, handle, ws as *mut c_void, ws_len)?;
+        *slot(p) = Some(found);
+    }
+    let (algo, need) = slot(plan(libs, geo, dtype)?).expect("found above");
+    let (ws, _) = libs.workspace(need)?;
+    run(
+        plan(libs, geo, dtype)?,
+        handle,
+        algo,
+        ws as *mut c_void,
+        need,
+    )
+}
+
+/// Room for every algorithm cuDNN reports.
+const MAX_ALGOS: usize = 16;
 
 pub(super) fn forward(
     g: &GpuBuffer,
@@ -150,19 +189,19 @@ pub(super) fn forward(
         return Ok(y.expect("forward output"));
     }
     let y = Tensor::gpu_empty(g, [geo.n, geo.oh, geo.ow, geo.k], dtype)?;
+    // SAFETY (the cuDNN calls below): valid descriptors and device buffers of
+    // the described sizes; alpha/beta are f32 for every data type (fp32 compute).
     with_libs(g.device, &g.gpu, |libs| {
-        let handle = libs.cudnn;
-        if plan(libs, geo, dtype)?.forward.is_none() {
-            let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
-            let plan = plan(libs, geo, dtype)?;
-            let mut results = [cudnn::cudnnConvolutionFwdAlgoPerf_t {
-                ..unsafe { std::mem::zeroed() }
-            }; 16];
-            let mut count = 0;
-            // SAFETY: valid descriptors and device buffers of the described sizes.
-            unsafe {
-                cudnn_ok(
-                    "cudnnFindConvolutionForwardAlgorithmEx",
+        find_then_run(
+            libs,
+            (geo, dtype),
+            |plan| &mut plan.forward,
+            |plan, handle, ws, ws_len| {
+                let mut results =
+                    [unsafe { std::mem::zeroed::<cudnn::cudnnConvolutionFwdAlgoPerf_t>() };
+                        MAX_ALGOS];
+                let mut count = 0;
+                cudnn_ok("cudnnFindConvolutionForwardAlgorithmEx", unsafe {
                     cudnn::cudnnFindConvolutionForwardAlgorithmEx(
                         handle,
                         plan.x,
@@ -172,44 +211,35 @@ pub(super) fn forward(
                         plan.conv,
                         plan.y,
                         ptr(&y),
-                        16,
+                        MAX_ALGOS as i32,
                         &mut count,
                         results.as_mut_ptr(),
-                        ws as *mut c_void,
+                        ws,
                         ws_len,
-                    ),
-                )?;
-            }
-            plan.forward = Some(fastest!(
-                results,
-                count,
-                "cudnnFindConvolutionForwardAlgorithmEx"
-            )?);
-        }
-        let (algo, need) = plan(libs, geo, dtype)?.forward.unwrap();
-        let (ws, _) = libs.workspace(need)?;
-        let plan = plan(libs, geo, dtype)?;
-        // SAFETY: as above; alpha/beta are f32 for every data type (fp32 compute).
-        unsafe {
-            cudnn_ok(
-                "cudnnConvolutionForward",
-                cudnn::cudnnConvolutionForward(
-                    handle,
-                    (&ONE as *const f32).cast(),
-                    plan.x,
-                    ptr(x),
-                    plan.w,
-                    ptr(w),
-                    plan.conv,
-                    algo,
-                    ws as *mut c_void,
-                    need,
-                    (&ZERO as *const f32).cast(),
-                    plan.y,
-                    ptr(&y),
-                ),
-            )
-        }
+                    )
+                })?;
+                fastest!(results, count, "cudnnFindConvolutionForwardAlgorithmEx")
+            },
+            |plan, handle, algo, ws, need| {
+                cudnn_ok("cudnnConvolutionForward", unsafe {
+                    cudnn::cudnnConvolutionForward(
+                        handle,
+                        one(),
+                        plan.x,
+                        ptr(x),
+                        plan.w,
+                        ptr(w),
+                        plan.conv,
+                        algo,
+                        ws,
+                        need,
+                        zero(),
+                        plan.y,
+                        ptr(&y),
+                    )
+                })
+            },
+        )
     })?;
     Ok(y)
 }
@@ -231,30 +261,25 @@ pub(super) fn backward(
         })?;
         return Ok((dx, dw));
     }
-    let dx = if want_dx {
-        Some(Tensor::gpu_empty(g, x.shape().clone(), dtype)?)
-    } else {
-        None
-    };
-    let dw = if want_dw {
-        Some(Tensor::gpu_empty(g, w.shape().clone(), dtype)?)
-    } else {
-        None
-    };
+    let dx = want_dx
+        .then(|| Tensor::gpu_empty(g, x.shape().clone(), dtype))
+        .transpose()?;
+    let dw = want_dw
+        .then(|| Tensor::gpu_empty(g, w.shape().clone(), dtype))
+        .transpose()?;
+    // SAFETY (the cuDNN calls below): as in `forward`.
     with_libs(g.device, &g.gpu, |libs| {
-        let handle = libs.cudnn;
         if let Some(dx) = &dx {
-            if plan(libs, geo, dtype)?.backward_data.is_none() {
-                let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
-                let plan = plan(libs, geo, dtype)?;
-                let mut results = [cudnn::cudnnConvolutionBwdDataAlgoPerf_t {
-                    ..unsafe { std::mem::zeroed() }
-                }; 16];
-                let mut count = 0;
-                // SAFETY: valid descriptors and device buffers of the described sizes.
-                unsafe {
-                    cudnn_ok(
-                        "cudnnFindConvolutionBackwardDataAlgorithmEx",
+            find_then_run(
+                libs,
+                (geo, dtype),
+                |plan| &mut plan.backward_data,
+                |plan, handle, ws, ws_len| {
+                    let mut results =
+                        [unsafe { std::mem::zeroed::<cudnn::cudnnConvolutionBwdDataAlgoPerf_t>() };
+                            MAX_ALGOS];
+                    let mut count = 0;
+                    cudnn_ok("cudnnFindConvolutionBackwardDataAlgorithmEx", unsafe {
                         cudnn::cudnnFindConvolutionBackwardDataAlgorithmEx(
                             handle,
                             plan.w,
@@ -264,57 +289,51 @@ pub(super) fn backward(
                             plan.conv,
                             plan.x,
                             ptr(dx),
-                            16,
+                            MAX_ALGOS as i32,
                             &mut count,
                             results.as_mut_ptr(),
-                            ws as *mut c_void,
+                            ws,
                             ws_len,
-                        ),
-                    )?;
-                }
-                plan.backward_data = Some(fastest!(
-                    results,
-                    count,
-                    "cudnnFindConvolutionBackwardDataAlgorithmEx"
-                )?);
-            }
-            let (algo, need) = plan(libs, geo, dtype)?.backward_data.unwrap();
-            let (ws, _) = libs.workspace(need)?;
-            let plan = plan(libs, geo, dtype)?;
-            // SAFETY: as above.
-            unsafe {
-                cudnn_ok(
-                    "cudnnConvolutionBackwardData",
-                    cudnn::cudnnConvolutionBackwardData(
-                        handle,
-                        (&ONE as *const f32).cast(),
-                        plan.w,
-                        ptr(w),
-                        plan.y,
-                        ptr(dy),
-                        plan.conv,
-                        algo,
-                        ws as *mut c_void,
-                        need,
-                        (&ZERO as *const f32).cast(),
-                        plan.x,
-                        ptr(dx),
-                    ),
-                )?;
-            }
+                        )
+                    })?;
+                    fastest!(
+                        results,
+                        count,
+                        "cudnnFindConvolutionBackwardDataAlgorithmEx"
+                    )
+                },
+                |plan, handle, algo, ws, need| {
+                    cudnn_ok("cudnnConvolutionBackwardData", unsafe {
+                        cudnn::cudnnConvolutionBackwardData(
+                            handle,
+                            one(),
+                            plan.w,
+                            ptr(w),
+                            plan.y,
+                            ptr(dy),
+                            plan.conv,
+                            algo,
+                            ws,
+                            need,
+                            zero(),
+                            plan.x,
+                            ptr(dx),
+                        )
+                    })
+                },
+            )?;
         }
         if let Some(dw) = &dw {
-            if plan(libs, geo, dtype)?.backward_filter.is_none() {
-                let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
-                let plan = plan(libs, geo, dtype)?;
-                let mut results = [cudnn::cudnnConvolutionBwdFilterAlgoPerf_t {
-                    ..unsafe { std::mem::zeroed() }
-                }; 16];
-                let mut count = 0;
-                // SAFETY: valid descriptors and device buffers of the described sizes.
-                unsafe {
-                    cudnn_ok(
-                        "cudnnFindConvolutionBackwardFilterAlgorithmEx",
+            find_then_run(
+                libs,
+                (geo, dtype),
+                |plan| &mut plan.backward_filter,
+                |plan, handle, ws, ws_len| {
+                    let mut results = [unsafe {
+                        std::mem::zeroed::<cudnn::cudnnConvolutionBwdFilterAlgoPerf_t>()
+                    }; MAX_ALGOS];
+                    let mut count = 0;
+                    cudnn_ok("cudnnFindConvolutionBackwardFilterAlgorithmEx", unsafe {
                         cudnn::cudnnFindConvolutionBackwardFilterAlgorithmEx(
                             handle,
                             plan.x,
@@ -324,44 +343,39 @@ pub(super) fn backward(
                             plan.conv,
                             plan.w,
                             ptr(dw),
-                            16,
+                            MAX_ALGOS as i32,
                             &mut count,
                             results.as_mut_ptr(),
-                            ws as *mut c_void,
+                            ws,
                             ws_len,
-                        ),
-                    )?;
-                }
-                plan.backward_filter = Some(fastest!(
-                    results,
-                    count,
-                    "cudnnFindConvolutionBackwardFilterAlgorithmEx"
-                )?);
-            }
-            let (algo, need) = plan(libs, geo, dtype)?.backward_filter.unwrap();
-            let (ws, _) = libs.workspace(need)?;
-            let plan = plan(libs, geo, dtype)?;
-            // SAFETY: as above.
-            unsafe {
-                cudnn_ok(
-                    "cudnnConvolutionBackwardFilter",
-                    cudnn::cudnnConvolutionBackwardFilter(
-                        handle,
-                        (&ONE as *const f32).cast(),
-                        plan.x,
-                        ptr(x),
-                        plan.y,
-                        ptr(dy),
-                        plan.conv,
-                        algo,
-                        ws as *mut c_void,
-                        need,
-                        (&ZERO as *const f32).cast(),
-                        plan.w,
-                        ptr(dw),
-                    ),
-                )?;
-            }
+                        )
+                    })?;
+                    fastest!(
+                        results,
+                        count,
+                        "cudnnFindConvolutionBackwardFilterAlgorithmEx"
+                    )
+                },
+                |plan, handle, algo, ws, need| {
+                    cudnn_ok("cudnnConvolutionBackwardFilter", unsafe {
+                        cudnn::cudnnConvolutionBackwardFilter(
+                            handle,
+                            one(),
+                            plan.x,
+                            ptr(x),
+                            plan.y,
+                            ptr(dy),
+                            plan.conv,
+                            algo,
+                            ws,
+                            need,
+                            zero(),
+                            plan.w,
+                            ptr(dw),
+                        )
+                    })
+                },
+            )?;
         }
         Ok(())
     })?;
