@@ -171,6 +171,11 @@ impl M2t {
     }
 
     /// The fp16 loss scaler (`None` in other precisions), e.g. to checkpoint it.
+    pub fn scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// The fp16 loss scaler, writable (to restore it when resuming).
     pub fn scaler_mut(&mut self) -> Option<&mut LossScaler> {
         self.scaler.as_mut()
     }

@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Stem [default: small below 128 px, else imagenet].
     #[arg(long, value_parser = parse::<Stem>)]
     pub stem: Option<Stem>,
-    /// auto, cpu or cuda[:N].
+    /// auto, cpu, cuda[:N] or emulator.
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// bf16, fp16 or fp32 [default: fp32 on the CPU].

@@ -29,6 +29,10 @@ pub struct State {
     pub skipped_images: usize,
     /// Seconds of training so far.
     pub train_seconds: f64,
+    /// fp16 runs: the dynamic loss scale and its count of overflow-free
+    /// steps, so a resumed run skips and grows exactly as the original.
+    #[serde(default)]
+    pub loss_scale: Option<(f32, u32)>,
 }
 
 /// The checkpoint folder of a run folder, or the folder itself if it is a checkpoint.

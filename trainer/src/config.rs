@@ -41,7 +41,8 @@ pub struct PretrainOptions {
     /// Training length in steps (overrides --epochs); 0 writes the initial checkpoint and exits.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// auto, cpu or cuda[:N] [default: auto].
+    /// auto, cpu, cuda[:N], or emulator (the CUDA kernels run on the CPU, for
+    /// testing the GPU path without a GPU) [default: auto].
     #[arg(long)]
     pub device: Option<String>,
     /// bf16, fp16 or fp32 [default: bf16 on a GPU, fp32 on the CPU].

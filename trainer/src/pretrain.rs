@@ -109,30 +109,34 @@ pub struct Placement {
     pub precision: DType,
 }
 
-/// Resolves `--device` (auto, cpu, cuda, cuda:N) and `--precision` (bf16,
-/// fp16, fp32); also returns the line to print when `auto` falls back to the
-/// CPU. A requested GPU that cannot be used is an error saying why. The
-/// default precision is bf16 on a GPU of compute capability 8.0 or newer,
-/// else fp32.
+/// Resolves `--device` (auto, cpu, cuda, cuda:N, emulator) and
+/// `--precision` (bf16, fp16, fp32); also returns the line to print when
+/// `auto` falls back to the CPU. A requested GPU that cannot be used is an
+/// error saying why. The default precision is bf16 on a GPU of compute
+/// capability 8.0 or newer, else fp32. `emulator` runs the CUDA backend's
+/// kernels on the CPU (slow; for testing the GPU path without a GPU).
 pub fn resolve_device(
     device: Option<&str>,
     precision: Option<&str>,
 ) -> Result<(Placement, Option<String>)> {
     let requested = device.unwrap_or("auto");
     let ordinal = match requested {
-        "cpu" | "auto" => None,
+        "cpu" | "auto" | "emulator" => None,
         "cuda" => Some(0),
         d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => Some(n),
             _ => {
                 return Err(usage(format!(
-                    "--device {d}: expected auto, cpu, cuda or cuda:N"
+                    "--device {d}: expected auto, cpu, cuda, cuda:N or emulator"
                 )));
             }
         },
     };
     let (device, compute_capability, note) = if requested == "cpu" {
         (Device::Cpu, None, None)
+    } else if requested == "emulator" {
+        // Emulated kernels have no arch limits: every precision is allowed.
+        (Device::Emulator, Some((0, 0)), None)
     } else {
         let report = kernels::probe::probe();
         let gpu = match report.usable() {
@@ -162,7 +166,7 @@ pub fn resolve_device(
     let precision = match (precision, compute_capability) {
         (Some("fp32"), _) | (None, None) => DType::F32,
         (None, Some(cc)) => {
-            if cc.0 >= 8 {
+            if cc.0 >= 8 && device != Device::Emulator {
                 DType::BF16
             } else {
                 DType::F32
@@ -173,7 +177,7 @@ pub fn resolve_device(
                 "--precision {p}: the CPU backend trains in fp32; 16-bit training needs a GPU"
             )));
         }
-        (Some("bf16"), Some(cc)) if cc.0 < 8 => {
+        (Some("bf16"), Some(cc)) if cc.0 < 8 && device != Device::Emulator => {
             return Err(usage(format!(
                 "--precision bf16 needs compute capability 8.0 or newer (this GPU is {}.{}); use fp16",
                 cc.0, cc.1
@@ -197,6 +201,11 @@ pub fn precision_name(dtype: DType) -> &'static str {
         DType::F16 => "fp16",
         _ => "fp32",
     }
+}
+
+/// The fp16 loss scaler's state, for checkpoints.
+fn loss_scale(model: &M2t) -> Option<(f32, u32)> {
+    model.scaler().map(|s| (s.scale(), s.good_steps()))
 }
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -514,12 +523,16 @@ fn train(
         metrics_lines: 0,
         skipped_images: 0,
         train_seconds: 0.0,
+        loss_scale: None,
     };
     if resume {
         let dir = checkpoint::locate(out)?;
         state = checkpoint::load_state(&dir)?;
         checkpoint::restore_network(&dir, &mut model, Which::Student)?;
         checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
+        if let (Some(scaler), Some((scale, good_steps))) = (model.scaler_mut(), state.loss_scale) {
+            scaler.restore(scale, good_steps)?;
+        }
         eprintln!(
             "resuming {} at step {}/{}",
             out.display(),
@@ -560,6 +573,7 @@ fn train(
         // A finished run resumed again changes nothing; a fresh `--steps 0`
         // run saves the initial networks.
         if !resume {
+            state.loss_scale = loss_scale(&model);
             let dir = checkpoint::save(out, &model, optimizer.velocity(), &state)?;
             eprintln!("checkpoint: {}", dir.display());
         }
@@ -681,6 +695,7 @@ fn train(
         let interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if state.step % checkpoint_every == 0 || state.step == cfg.steps || interrupted {
             state.metrics_lines = metrics.lines;
+            state.loss_scale = loss_scale(&model);
             last_checkpoint = Some(checkpoint::save(out, &model, optimizer.velocity(), &state)?);
         }
         if interrupted {

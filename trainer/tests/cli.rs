@@ -626,3 +626,51 @@ fn evaluation_flags_are_checked() {
     assert_usage_error(&["linear-eval", "--checkpoint", o, "--lr", "-1"], "--lr -1");
     assert_usage_error(&["knn", "--checkpoint", o, "--t", "-1"], "--t -1");
 }
+
+/// The GPU path end to end without a GPU: the CUDA backend's kernels on the
+/// emulator, in fp16 (so the loss scaler runs too), checkpointed, stopped
+/// with SIGINT and resumed to the same losses, bit for bit.
+#[test]
+fn emulated_gpu_run_resumes_exactly() {
+    let steps = 6;
+    let config = |out: &Path| {
+        let mut a = tiny(out, steps);
+        a.extend(
+            [
+                "--device",
+                "emulator",
+                "--precision",
+                "fp16",
+                "--checkpoint-every",
+                "2",
+            ]
+            .map(String::from),
+        );
+        a
+    };
+    let reference = tmp("emulated-reference");
+    let o = run(&args(&config(&reference)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("on emulator in fp16"), "{}", stderr(&o));
+    let want = losses(&reference);
+    assert_eq!(want.len(), steps);
+
+    let out = tmp("emulated-resumed");
+    let status = interrupt(&args(&config(&out)), &out, "-INT", 3);
+    assert_eq!(status.code(), Some(130), "the run must be stopped mid-way");
+    let o = run(&[
+        "--resume",
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "emulator",
+        "--precision",
+        "fp16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        losses(&out),
+        want,
+        "resumed losses differ from the uninterrupted run"
+    );
+}
