@@ -37,6 +37,7 @@ pub mod nvtx;
 pub mod ops;
 pub mod optim;
 mod params;
+pub mod profile;
 mod rng;
 pub mod scaler;
 pub mod schedule;

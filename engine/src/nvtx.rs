@@ -13,6 +13,9 @@ use std::ptr::null_mut;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicPtr, Ordering};
 
+use crate::profile::{self, Kind};
+use kernels::Stamp;
+
 /// Callback ids of the CORE module (NVTX's `NvtxCallbackIdCore`); slot 0 is
 /// invalid and 16 is the module's size.
 const CORE_SIZE: usize = 16;
@@ -138,36 +141,61 @@ fn attached() -> bool {
     })
 }
 
-/// An open NVTX range; it closes when dropped.
+/// An open range; it closes when dropped. Ranges also feed
+/// [`crate::profile`] while it is on.
 #[must_use = "the range closes when this is dropped"]
-pub struct Range(bool);
-
-/// Opens a range named `name` (a no-op without a tool).
-pub fn range(name: &str) -> Range {
-    range_with(|| name.to_string())
+pub struct Range {
+    pushed: bool,
+    timed: Option<(String, Kind, Stamp)>,
 }
 
-/// Opens a range whose name is built only when a tool is attached.
-pub fn range_with(name: impl FnOnce() -> String) -> Range {
-    if !attached() {
-        return Range(false);
+/// Opens a range for a layer, head or op named `name` (a no-op without a
+/// tool or the profiler).
+pub fn range(name: &str) -> Range {
+    open(Kind::Layer, || name.to_string())
+}
+
+/// Opens a range for a phase of the training step.
+pub fn phase(name: &str) -> Range {
+    open(Kind::Phase, || name.to_string())
+}
+
+/// Opens a range of `kind` whose name is built only when a tool or the
+/// profiler will see it.
+pub fn open(kind: Kind, name: impl FnOnce() -> String) -> Range {
+    let push = if attached() {
+        CORE[RANGE_PUSH_A].load(Ordering::Acquire)
+    } else {
+        null_mut()
+    };
+    let start = profile::stamp();
+    if push.is_null() && start.is_none() {
+        return Range {
+            pushed: false,
+            timed: None,
+        };
     }
-    let push = CORE[RANGE_PUSH_A].load(Ordering::Acquire);
-    if push.is_null() {
-        return Range(false);
+    let name = name();
+    if !push.is_null() {
+        let c = CString::new(name.replace('\0', " ")).expect("NULs replaced");
+        // SAFETY: the tool stored an `int (*)(const char*)` in this slot.
+        unsafe {
+            let push: unsafe extern "C" fn(*const c_char) -> c_int = std::mem::transmute(push);
+            push(c.as_ptr());
+        }
     }
-    let name = CString::new(name().replace('\0', " ")).expect("NULs replaced");
-    // SAFETY: the tool stored an `int (*)(const char*)` in this slot.
-    unsafe {
-        let push: unsafe extern "C" fn(*const c_char) -> c_int = std::mem::transmute(push);
-        push(name.as_ptr());
+    Range {
+        pushed: !push.is_null(),
+        timed: start.map(|s| (name, kind, s)),
     }
-    Range(true)
 }
 
 impl Drop for Range {
     fn drop(&mut self) {
-        if !self.0 {
+        if let Some((name, kind, start)) = self.timed.take() {
+            profile::record(name, kind, start);
+        }
+        if !self.pushed {
             return;
         }
         let pop = CORE[RANGE_POP].load(Ordering::Acquire);

@@ -570,7 +570,9 @@ impl Tape {
             let Some(dy) = grads[node.out()].take() else {
                 continue;
             };
-            let _range = crate::nvtx::range_with(|| format!("{} backward", node.name()));
+            let _range = crate::nvtx::open(crate::profile::Kind::Layer, || {
+                format!("{} backward", node.name())
+            });
             backward_node(node, &dy, &mut grads)?;
         }
         Ok(Gradients {

@@ -49,7 +49,8 @@ fn ranges_reach_an_attached_tool() {
 
     {
         let _step = engine::nvtx::range("step");
-        let _layer = engine::nvtx::range_with(|| "layer1.0 conv".to_string());
+        let _layer =
+            engine::nvtx::open(engine::profile::Kind::Layer, || "layer1.0 conv".to_string());
         let _odd = engine::nvtx::range("a\0name");
     }
 

@@ -175,9 +175,35 @@ enum Kind {
     Emulator(Mutex<()>),
 }
 
+/// A point on a device's timeline: a CUDA event recorded on the compute
+/// stream, or the host clock for the emulator (whose launches are synchronous).
+pub enum Stamp {
+    /// Recorded on the GPU's stream.
+    Event(cudarc::driver::CudaEvent),
+    /// Taken on the host.
+    Host(std::time::Instant),
+}
+
+impl Stamp {
+    /// Milliseconds from this stamp to `end` (waits for the GPU to reach `end`).
+    pub fn ms_until(&self, end: &Stamp) -> Result<f64> {
+        match (self, end) {
+            (Stamp::Event(a), Stamp::Event(b)) => Ok(a.elapsed_ms(b)? as f64),
+            (Stamp::Host(a), Stamp::Host(b)) => Ok((*b - *a).as_secs_f64() * 1e3),
+            _ => Err(Error::Driver("stamps of different clocks".into())),
+        }
+    }
+}
+
+/// A timed section: its label and its start and end stamps.
+type Timed = (&'static str, Stamp, Stamp);
+
 /// A device that runs the registry's kernels.
 pub struct Gpu {
     kind: Kind,
+    /// When set, every launch and [`Gpu::timed`] section is timed by family.
+    profiling: std::sync::atomic::AtomicBool,
+    timings: Mutex<Vec<Timed>>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -193,9 +219,7 @@ impl Gpu {
     /// The SIMT emulator: kernels run on the CPU, buffers are host memory
     /// with guard zones.
     pub fn emulator() -> Gpu {
-        Gpu {
-            kind: Kind::Emulator(Mutex::new(())),
-        }
+        Gpu::with(Kind::Emulator(Mutex::new(())))
     }
 
     /// CUDA device `ordinal`, after checking that the driver and NVRTC are
@@ -240,15 +264,61 @@ impl Gpu {
             .result()?;
         }
         let (major, minor) = info.compute_capability;
-        Ok(Gpu {
-            kind: Kind::Cuda(CudaParts {
-                ctx,
-                stream,
-                arch: format!("sm_{major}{minor}"),
-                modules: Mutex::new(HashMap::new()),
-                functions: Mutex::new(HashMap::new()),
-            }),
-        })
+        Ok(Gpu::with(Kind::Cuda(CudaParts {
+            ctx,
+            stream,
+            arch: format!("sm_{major}{minor}"),
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    fn with(kind: Kind) -> Gpu {
+        Gpu {
+            kind,
+            profiling: false.into(),
+            timings: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A stamp on this device's timeline, after all queued work.
+    pub fn stamp(&self) -> Result<Stamp> {
+        match &self.kind {
+            Kind::Cuda(c) => {
+                let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+                Ok(Stamp::Event(c.stream.record_event(flags)?))
+            }
+            Kind::Emulator(_) => Ok(Stamp::Host(std::time::Instant::now())),
+        }
+    }
+
+    /// Turns timing of every launch and [`Gpu::timed`] section on or off.
+    pub fn set_profiling(&self, on: bool) {
+        self.profiling
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Runs `f` (work queued on this device), timed under `label` when
+    /// profiling is on — e.g. a cuDNN or cuBLAS call.
+    pub fn timed<R>(&self, label: &'static str, f: impl FnOnce() -> R) -> Result<R> {
+        if !self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(f());
+        }
+        let start = self.stamp()?;
+        let r = f();
+        let end = self.stamp()?;
+        self.timings.lock().unwrap().push((label, start, end));
+        Ok(r)
+    }
+
+    /// The milliseconds of every section timed since the last call, by label
+    /// (waits for the device to finish them).
+    pub fn take_timings(&self) -> Result<Vec<(&'static str, f64)>> {
+        let pending = std::mem::take(&mut *self.timings.lock().unwrap());
+        pending
+            .iter()
+            .map(|(label, a, b)| Ok((*label, a.ms_until(b)?)))
+            .collect()
     }
 
     /// Whether this is the emulator.
@@ -508,6 +578,20 @@ impl Gpu {
         // Little-endian: a 4-byte parameter reads the low half of its slot.
         let mut params: Vec<*mut c_void> =
             slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+        self.timed(family.name, || {
+            self.launch_marshalled(kernel, family, cfg, args, &mut params)
+        })?
+    }
+
+    /// The driver (or emulator) call of [`Gpu::launch`].
+    fn launch_marshalled(
+        &self,
+        kernel: &'static str,
+        family: &'static registry::Family,
+        cfg: LaunchConfig,
+        args: &[Arg],
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
         match &self.kind {
             Kind::Cuda(c) => {
                 let f = c.function(family, kernel)?;
@@ -522,7 +606,7 @@ impl Gpu {
                         cfg.block,
                         cfg.shared_bytes,
                         c.stream.cu_stream(),
-                        &mut params,
+                        params,
                     )?;
                 }
                 Ok(())
@@ -540,7 +624,7 @@ impl Gpu {
                         _ => None,
                     })
                     .collect();
-                emulator::launch(kernel, cfg, &mut params, &buffers)
+                emulator::launch(kernel, cfg, params, &buffers)
             }
         }
     }

@@ -315,10 +315,10 @@ impl M2t {
         k: usize,
         total: usize,
     ) -> Result<StepReport> {
-        use engine::nvtx::range;
+        use engine::nvtx::phase;
         let m = ema_momentum(k, total, self.config.ema_base);
         {
-            let _r = range("ema");
+            let _r = phase("ema");
             ema_update(&mut self.teacher, &self.student, m as f32)?;
         }
 
@@ -331,11 +331,11 @@ impl M2t {
             TeacherBn::Plain => BnMode::Train,
         };
         // Both views see the same history: it moves only after the second.
-        let teacher = range("teacher forward");
+        let teacher = phase("teacher forward");
         let (k1, teacher_stats2) = self.teacher_view(mode, view2)?;
         let (k2, teacher_stats1) = self.teacher_view(mode, view1)?;
         drop(teacher);
-        let history = range("teacher BN history");
+        let history = phase("teacher BN history");
         match self.config.teacher_bn {
             TeacherBn::Momentum => self.teacher_bn.update_momentum(
                 &teacher_stats1,
@@ -352,7 +352,7 @@ impl M2t {
         }
         drop(history);
 
-        let student = range("student forward");
+        let student = phase("student forward");
         let mut tape = Tape::new();
         let params = self
             .student
@@ -363,7 +363,7 @@ impl M2t {
         let loss = tape.m2t_loss(&q1, &k1, &q2, &k2)?;
         let loss_tensor = loss.value().clone();
         drop(student);
-        let backward = range("student backward");
+        let backward = phase("student backward");
         let grads = match &self.scaler {
             // fp16: scale the loss so small gradients do not flush to zero.
             Some(scaler) => {

@@ -51,6 +51,11 @@ pub struct BenchArgs {
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also time every phase, layer and kernel family over the timed steps
+    /// (CUDA events on a GPU) and print the tables to stderr; the overhead
+    /// of the timing shows in the step times.
+    #[arg(long)]
+    pub profile: bool,
     /// Instead of steps, time compiling and loading every CUDA kernel family
     /// on the GPU (NVRTC, or the disk cache when warm).
     #[arg(long)]
@@ -164,17 +169,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let total = args.steps + 1;
     let mut times = Vec::new();
     for k in 0..total {
+        // The first step (cuDNN searches, kernel loading) is not profiled.
+        if args.profile && k == 1 {
+            engine::profile::start(placement.device)?;
+        }
         let t = Instant::now();
-        let _step = engine::nvtx::range_with(|| format!("step {k}"));
+        let _step = engine::nvtx::open(engine::profile::Kind::Step, || format!("step {k}"));
         model.step(&v1, &v2, k, total)?;
         {
-            let _r = engine::nvtx::range("optimizer");
+            let _r = engine::nvtx::phase("optimizer");
             sgd.step(model.student_mut(), 0.01)?;
         }
         engine::synchronize(placement.device)?;
         if k > 0 {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
+    }
+    if args.profile {
+        eprint!("{}", engine::profile::finish()?);
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
@@ -183,6 +195,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             format!("cpu ({} threads)", rayon::current_num_threads()),
             peak_rss_mb(),
         ),
+        Device::Emulator => ("emulator (CUDA kernels on the CPU)".to_string(), peak_rss_mb()),
         d => {
             let name = kernels::probe::probe()
                 .devices

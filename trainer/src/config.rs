@@ -100,6 +100,12 @@ pub struct PretrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Time every phase, layer and kernel family (CUDA events on a GPU) and
+    /// print the tables at the end (also saved as profile.txt in the run
+    /// folder). Adds a little overhead per launch.
+    #[arg(long)]
+    #[serde(skip)]
+    pub profile: bool,
     /// Data-loading threads [default: the number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -344,7 +350,7 @@ macro_rules! layered {
                 if self.data.is_some() || self.dataset.is_some() {
                     (base.data, base.dataset) = (None, None);
                 }
-                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config }
+                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config, profile: self.profile }
             }
 
             /// The flags of the options that are set, e.g. `--proj-hidden`.

@@ -486,7 +486,23 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         eprintln!("{note}");
     }
     let workers = flags.workers.unwrap_or_else(rayon::current_num_threads);
-    train(&cfg, &out, splits, resume, workers, placement)
+    train(
+        &cfg,
+        &out,
+        splits,
+        resume,
+        workers,
+        placement,
+        flags.profile,
+    )
+}
+
+/// Prints the `--profile` tables and saves them as `profile.txt` in `out`.
+fn report_profile(out: &Path) -> Result<()> {
+    let report = engine::profile::finish()?;
+    eprint!("{report}");
+    nets::weights::write_atomic(&out.join("profile.txt"), report.to_string().as_bytes())?;
+    Ok(())
 }
 
 fn train(
@@ -496,6 +512,7 @@ fn train(
     resume: bool,
     workers: usize,
     placement: Placement,
+    profile: bool,
 ) -> Result<()> {
     let channels = splits.train.channels();
     if channels != cfg.channels {
@@ -610,10 +627,14 @@ fn train(
     } else {
         None
     };
+    if profile {
+        engine::profile::start(placement.device)?;
+    }
     for step in state.step..cfg.steps {
         let started = Instant::now();
+        let step_range = engine::nvtx::open(engine::profile::Kind::Step, || format!("step {step}"));
         let batch = {
-            let _r = engine::nvtx::range("data wait");
+            let _r = engine::nvtx::phase("data wait");
             loader.next()?
         };
         state.skipped_images += batch.skipped;
@@ -637,8 +658,12 @@ fn train(
         }
         let lr = schedule.at(step);
         if !report.skip_update {
-            let _r = engine::nvtx::range("optimizer");
+            let _r = engine::nvtx::phase("optimizer");
             optimizer.step(model.student_mut(), lr)?;
+        }
+        drop(step_range);
+        if profile && (step + 1) % cfg.log_every == 0 {
+            engine::profile::flush()?;
         }
         state.step = step + 1;
         state.train_seconds += started.elapsed().as_secs_f64();
@@ -702,6 +727,9 @@ fn train(
             if let Some(b) = &bar {
                 b.abandon();
             }
+            if profile {
+                report_profile(out)?;
+            }
             return Err(Error::Interrupted(format!(
                 "checkpointed at step {}/{}; continue with: trainer --resume --out {}",
                 state.step,
@@ -718,6 +746,9 @@ fn train(
             "skipped {} corrupt or unreadable images",
             state.skipped_images
         );
+    }
+    if profile {
+        report_profile(out)?;
     }
     finish(cfg, out, &model, &splits, &state, &metrics_path, final_knn)
 }

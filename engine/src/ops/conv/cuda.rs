@@ -145,8 +145,10 @@ fn ptr(t: &Tensor) -> *mut c_void {
 
 /// One direction of a convolution: finds its algorithm once per shape with
 /// `find` (given the search workspace), then runs it with `run` (given the
-/// algorithm and a workspace of the size it needs).
+/// algorithm and a workspace of the size it needs), timed as `label` when
+/// profiling.
 fn find_then_run<A: Copy>(
+    label: &'static str,
     libs: &mut CudaLibs,
     (geo, dtype): (&ConvGeometry, DType),
     slot: fn(&mut ConvPlan) -> &mut Option<(A, usize)>,
@@ -162,13 +164,9 @@ fn find_then_run<A: Copy>(
     }
     let (algo, need) = slot(plan(libs, geo, dtype)?).expect("found above");
     let (ws, _) = libs.workspace(need)?;
-    run(
-        plan(libs, geo, dtype)?,
-        handle,
-        algo,
-        ws as *mut c_void,
-        need,
-    )
+    let gpu = libs.gpu.clone();
+    let plan = plan(libs, geo, dtype)?;
+    gpu.timed(label, || run(plan, handle, algo, ws as *mut c_void, need))?
 }
 
 /// Room for every algorithm cuDNN reports.
@@ -193,6 +191,7 @@ pub(super) fn forward(
     // the described sizes; alpha/beta are f32 for every data type (fp32 compute).
     with_libs(g.device, &g.gpu, |libs| {
         find_then_run(
+            "cudnn conv forward",
             libs,
             (geo, dtype),
             |plan| &mut plan.forward,
@@ -271,6 +270,7 @@ pub(super) fn backward(
     with_libs(g.device, &g.gpu, |libs| {
         if let Some(dx) = &dx {
             find_then_run(
+                "cudnn conv backward data",
                 libs,
                 (geo, dtype),
                 |plan| &mut plan.backward_data,
@@ -325,6 +325,7 @@ pub(super) fn backward(
         }
         if let Some(dw) = &dw {
             find_then_run(
+                "cudnn conv backward filter",
                 libs,
                 (geo, dtype),
                 |plan| &mut plan.backward_filter,

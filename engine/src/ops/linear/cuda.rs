@@ -42,7 +42,7 @@ fn gemm(
     with_libs(g.device, &g.gpu, |libs| {
         // SAFETY: the three matrices are device buffers of the sizes the
         // dimensions and leading dimensions describe.
-        unsafe {
+        g.gpu.timed("cublas gemm", || unsafe {
             cublas_ok(
                 "cublasGemmEx",
                 cublas::cublasGemmEx(
@@ -67,7 +67,7 @@ fn gemm(
                     cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 ),
             )
-        }
+        })?
     })
 }
 
