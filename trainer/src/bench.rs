@@ -195,7 +195,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             format!("cpu ({} threads)", rayon::current_num_threads()),
             peak_rss_mb(),
         ),
-        Device::Emulator => ("emulator (CUDA kernels on the CPU)".to_string(), peak_rss_mb()),
+        Device::Emulator => (
+            "emulator (CUDA kernels on the CPU)".to_string(),
+            peak_rss_mb(),
+        ),
         d => {
             let name = kernels::probe::probe()
                 .devices
