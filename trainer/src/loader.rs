@@ -16,7 +16,8 @@
 //! An image that cannot be decoded is replaced by the next readable one in
 //! the epoch order (wrapping) and counted in [`PairBatch::skipped`].
 
-use crate::augment::{AugmentConfig, View, eval_view, view};
+use crate::augment::GpuAugmenter;
+use crate::augment::{AugmentConfig, View, ViewParams, eval_view, view};
 use crate::data::{Dataset, Image};
 use crate::{Error, Result};
 use engine::{Rng, Tensor};
@@ -30,6 +31,38 @@ use std::time::{Duration, Instant};
 /// Batches each worker may have ready ahead of the consumer.
 const PREFETCH_PER_WORKER: usize = 2;
 
+/// Where the views are rendered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Augmentation {
+    /// On the worker threads: batches carry finished f32 views.
+    Host,
+    /// On a GPU: workers decode the images and draw each view's parameters
+    /// (the same random draws as on the host); [`PairBatch::views`] renders
+    /// them with a [`GpuAugmenter`].
+    Device,
+}
+
+/// The two views of a batch, finished or drawn.
+#[derive(Debug)]
+pub enum Views {
+    /// View one and view two of each sample, `[B, S, S, C]` f32.
+    Host {
+        /// View one.
+        view1: Tensor,
+        /// View two.
+        view2: Tensor,
+    },
+    /// The decoded images and the parameters of each one's two views.
+    Drawn {
+        /// The samples' images.
+        images: Vec<Image>,
+        /// View one's parameters per image.
+        one: Vec<ViewParams>,
+        /// View two's parameters per image.
+        two: Vec<ViewParams>,
+    },
+}
+
 /// One training step's input.
 #[derive(Debug)]
 pub struct PairBatch {
@@ -37,14 +70,30 @@ pub struct PairBatch {
     pub step: usize,
     /// The epoch the step belongs to.
     pub epoch: usize,
-    /// View one of each sample, `[B, S, S, C]` f32.
-    pub view1: Tensor,
-    /// View two of each sample, `[B, S, S, C]` f32.
-    pub view2: Tensor,
+    /// The two views.
+    pub views: Views,
     /// Unreadable images skipped while assembling this batch.
     pub skipped: usize,
     /// How long [`PairLoader::next`] blocked waiting for this batch.
     pub wait: Duration,
+}
+
+impl PairBatch {
+    /// The two views as tensors: as they are, or rendered by `gpu` on its
+    /// device when they were drawn for it.
+    pub fn views(&self, gpu: Option<&GpuAugmenter>) -> Result<(Tensor, Tensor)> {
+        match (&self.views, gpu) {
+            (Views::Host { view1, view2 }, _) => Ok((view1.clone(), view2.clone())),
+            (Views::Drawn { images, one, two }, Some(gpu)) => {
+                let refs: Vec<&Image> = images.iter().collect();
+                let pixels = gpu.upload(&refs)?;
+                Ok((gpu.views(&pixels, one)?, gpu.views(&pixels, two)?))
+            }
+            (Views::Drawn { .. }, None) => {
+                Err(loader_error("views drawn for a GPU need a GPU augmenter"))
+            }
+        }
+    }
 }
 
 /// Yields [`PairBatch`]es in step order from `start_step` on, assembled on
@@ -76,15 +125,16 @@ impl PairLoader {
     ///
     /// `workers` threads each build whole batches, up to two each ahead of
     /// the consumer; with 0 workers batches are built inside [`next`].
+    /// `augmentation` says where the views are rendered.
     ///
     /// [`next`]: PairLoader::next
     pub fn new(
         dataset: Arc<Dataset>,
         cfg: AugmentConfig,
-        batch_size: usize,
-        seed: u64,
+        (batch_size, seed): (usize, u64),
         workers: usize,
         start_step: usize,
+        augmentation: Augmentation,
     ) -> Result<PairLoader> {
         if batch_size == 0 {
             return Err(Error::Usage("batch size must be positive".into()));
@@ -102,6 +152,7 @@ impl PairLoader {
             batch_size,
             seed,
             steps_per_epoch,
+            augmentation,
         });
         let source = if workers == 0 {
             Source::Inline(EpochOrder::default())
@@ -221,6 +272,7 @@ struct Assembler {
     batch_size: usize,
     seed: u64,
     steps_per_epoch: usize,
+    augmentation: Augmentation,
 }
 
 impl Assembler {
@@ -234,6 +286,9 @@ impl Assembler {
         let epoch = step / self.steps_per_epoch;
         let first = (step % self.steps_per_epoch) * self.batch_size;
         let perm = order.get(self.seed, epoch, self.dataset.len());
+        if self.augmentation == Augmentation::Device {
+            return self.drawn(step, perm, stop);
+        }
         let n = self.cfg.sample_len();
         let mut view1 = vec![0f32; self.batch_size * n];
         let mut view2 = vec![0f32; self.batch_size * n];
@@ -261,8 +316,36 @@ impl Assembler {
         Ok(Some(PairBatch {
             step,
             epoch,
-            view1: Tensor::from_vec(view1, shape)?,
-            view2: Tensor::from_vec(view2, shape)?,
+            views: Views::Host {
+                view1: Tensor::from_vec(view1, shape)?,
+                view2: Tensor::from_vec(view2, shape)?,
+            },
+            skipped,
+            wait: Duration::ZERO,
+        }))
+    }
+
+    /// The batch for `step` as images and drawn view parameters: the same
+    /// images and random draws as [`Assembler::batch`] renders on the host.
+    fn drawn(&self, step: usize, perm: &[usize], stop: &AtomicBool) -> Result<Option<PairBatch>> {
+        let epoch = step / self.steps_per_epoch;
+        let first = (step % self.steps_per_epoch) * self.batch_size;
+        let (mut images, mut one, mut two) = (Vec::new(), Vec::new(), Vec::new());
+        let mut skipped = 0;
+        for pos in first..first + self.batch_size {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            let image = self.readable(perm, pos, &mut skipped)?;
+            let mut rng = Rng::new(sample_seed(self.seed, epoch, pos));
+            one.push(ViewParams::draw(&image, View::One, &self.cfg, &mut rng));
+            two.push(ViewParams::draw(&image, View::Two, &self.cfg, &mut rng));
+            images.push(image);
+        }
+        Ok(Some(PairBatch {
+            step,
+            epoch,
+            views: Views::Drawn { images, one, two },
             skipped,
             wait: Duration::ZERO,
         }))
@@ -397,16 +480,50 @@ mod tests {
         start: usize,
         steps: usize,
     ) -> Vec<(usize, usize, Vec<f32>, Vec<f32>)> {
-        let mut loader = PairLoader::new(Arc::clone(ds), cfg(), 4, 99, workers, start).unwrap();
+        let mut loader = PairLoader::new(
+            Arc::clone(ds),
+            cfg(),
+            (4, 99),
+            workers,
+            start,
+            Augmentation::Host,
+        )
+        .unwrap();
         (0..steps)
             .map(|_| {
                 let b = loader.next().unwrap();
-                assert_eq!(b.view1.dims(), &[4, 8, 8, 3]);
-                let v1 = b.view1.to_vec::<f32>().unwrap();
-                let v2 = b.view2.to_vec::<f32>().unwrap();
+                let (view1, view2) = b.views(None).unwrap();
+                assert_eq!(view1.dims(), &[4, 8, 8, 3]);
+                let v1 = view1.to_vec::<f32>().unwrap();
+                let v2 = view2.to_vec::<f32>().unwrap();
                 (b.step, b.epoch, v1, v2)
             })
             .collect()
+    }
+
+    #[test]
+    fn views_drawn_for_a_gpu_render_like_host_views() {
+        let ds = synthetic_set(12);
+        let host = run(&ds, 0, 0, 3);
+        let gpu = GpuAugmenter::new(engine::Device::Emulator, cfg(), engine::DType::F32).unwrap();
+        let mut loader =
+            PairLoader::new(Arc::clone(&ds), cfg(), (4, 99), 2, 0, Augmentation::Device).unwrap();
+        for (step, want) in host.iter().enumerate() {
+            let b = loader.next().unwrap();
+            assert!(matches!(b.views, Views::Drawn { .. }));
+            assert!(b.views(None).is_err(), "drawn views need the augmenter");
+            let (v1, v2) = b.views(Some(&gpu)).unwrap();
+            assert_eq!(v1.device(), engine::Device::Emulator);
+            for (got, want) in [(v1, &want.2), (v2, &want.3)] {
+                let got = got.to_vec::<f32>().unwrap();
+                let worst = got
+                    .iter()
+                    .zip(want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst < 1e-4, "step {step}: views differ by {worst}");
+            }
+        }
     }
 
     #[test]
@@ -447,7 +564,15 @@ mod tests {
         write_corrupt_jpeg(&dir.path().join("c/bad.jpg"));
         let ds = Arc::new(open(dir.path()).unwrap().train);
         for workers in [0, 2] {
-            let mut loader = PairLoader::new(Arc::clone(&ds), cfg(), 2, 1, workers, 0).unwrap();
+            let mut loader = PairLoader::new(
+                Arc::clone(&ds),
+                cfg(),
+                (2, 1),
+                workers,
+                0,
+                Augmentation::Host,
+            )
+            .unwrap();
             assert_eq!(loader.steps_per_epoch(), 2);
             for _epoch in 0..3 {
                 // Every position of the 4-image epoch is used once.
@@ -465,7 +590,15 @@ mod tests {
         }
         let ds = Arc::new(open(dir.path()).unwrap().train);
         for workers in [0, 2] {
-            let mut loader = PairLoader::new(Arc::clone(&ds), cfg(), 2, 1, workers, 0).unwrap();
+            let mut loader = PairLoader::new(
+                Arc::clone(&ds),
+                cfg(),
+                (2, 1),
+                workers,
+                0,
+                Augmentation::Host,
+            )
+            .unwrap();
             let err = loader.next().unwrap_err();
             assert!(err.to_string().contains("no readable image"), "{err}");
             assert!(loader.next().is_err());
@@ -474,23 +607,26 @@ mod tests {
 
     #[test]
     fn rejects_datasets_smaller_than_a_batch() {
-        let err = PairLoader::new(synthetic_set(3), cfg(), 4, 0, 0, 0)
+        let err = PairLoader::new(synthetic_set(3), cfg(), (4, 0), 0, 0, Augmentation::Host)
             .err()
             .unwrap();
         assert!(
             err.to_string().contains("fewer images than one batch"),
             "{err}"
         );
-        assert!(PairLoader::new(synthetic_set(3), cfg(), 0, 0, 0, 0).is_err());
+        assert!(
+            PairLoader::new(synthetic_set(3), cfg(), (0, 0), 0, 0, Augmentation::Host).is_err()
+        );
     }
 
     #[test]
     fn dropping_stops_the_workers_promptly() {
         let ds = Arc::new(synthetic(256, 64, 3, 0).train);
         let cfg = AugmentConfig::new(64, 3).unwrap();
-        let mut loader = PairLoader::new(ds, cfg, 128, 0, 4, 0).unwrap();
+        let mut loader = PairLoader::new(ds, cfg, (128, 0), 4, 0, Augmentation::Host).unwrap();
         let b = loader.next().unwrap();
-        assert_eq!((b.step, b.view2.dims()), (0, &[128, 64, 64, 3][..]));
+        let (_, view2) = b.views(None).unwrap();
+        assert_eq!((b.step, view2.dims()), (0, &[128, 64, 64, 3][..]));
         assert_eq!(loader.next_step(), 1);
         let started = Instant::now();
         drop(loader);

@@ -2,11 +2,12 @@
 //! step by step with metrics, kNN monitoring, checkpoints and exact resume.
 
 use crate::augment::AugmentConfig;
+use crate::augment::GpuAugmenter;
 use crate::checkpoint::{self, State};
 use crate::config::{DataSource, OptimizerKind, PretrainOptions, RunConfig};
 use crate::data::{self, Splits};
 use crate::eval;
-use crate::loader::PairLoader;
+use crate::loader::{Augmentation, PairLoader};
 use crate::{Error, Result, plot};
 use engine::ops::BesselCorrection;
 use engine::optim::{Lars, Sgd};
@@ -603,7 +604,28 @@ fn train(
         ..aug.clone()
     };
     let train_set = Arc::new(splits.train.clone());
-    let mut loader = PairLoader::new(train_set, train_aug, cfg.bs, cfg.seed, workers, state.step)?;
+    // On a GPU the workers only decode and draw; the views are rendered there.
+    let gpu_augmenter = match placement.device {
+        Device::Cpu => None,
+        device => Some(GpuAugmenter::new(
+            device,
+            train_aug.clone(),
+            placement.precision,
+        )?),
+    };
+    let augmentation = if gpu_augmenter.is_some() {
+        Augmentation::Device
+    } else {
+        Augmentation::Host
+    };
+    let mut loader = PairLoader::new(
+        train_set,
+        train_aug,
+        (cfg.bs, cfg.seed),
+        workers,
+        state.step,
+        augmentation,
+    )?;
     let steps_per_epoch = loader.steps_per_epoch();
     let schedule = LrSchedule {
         base_lr: cfg.lr,
@@ -639,7 +661,11 @@ fn train(
         };
         state.skipped_images += batch.skipped;
         window_wait += batch.wait.as_secs_f64();
-        let report = model.step(&batch.view1, &batch.view2, step, cfg.steps)?;
+        let (view1, view2) = {
+            let _r = engine::nvtx::phase("augment");
+            batch.views(gpu_augmenter.as_ref())?
+        };
+        let report = model.step(&view1, &view2, step, cfg.steps)?;
         if !report.loss.is_finite() {
             let kept = describe(&last_checkpoint);
             return Err(Error::Diverged(format!(
