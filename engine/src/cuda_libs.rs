@@ -45,15 +45,25 @@ pub(crate) struct ConvKey {
     pub dtype: DType,
 }
 
+/// What `cudnnFind…Ex` chose for one direction: the algorithm, its
+/// workspace bytes, and the math type it was measured with (set on the
+/// descriptor before each run, since the directions share it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Choice<A> {
+    pub algo: A,
+    pub workspace: usize,
+    pub math: cudnn::cudnnMathType_t,
+}
+
 /// cuDNN descriptors of one convolution and the algorithms found for it.
 pub(crate) struct ConvPlan {
     pub x: cudnn::cudnnTensorDescriptor_t,
     pub y: cudnn::cudnnTensorDescriptor_t,
     pub w: cudnn::cudnnFilterDescriptor_t,
     pub conv: cudnn::cudnnConvolutionDescriptor_t,
-    pub forward: Option<(cudnn::cudnnConvolutionFwdAlgo_t, usize)>,
-    pub backward_data: Option<(cudnn::cudnnConvolutionBwdDataAlgo_t, usize)>,
-    pub backward_filter: Option<(cudnn::cudnnConvolutionBwdFilterAlgo_t, usize)>,
+    pub forward: Option<Choice<cudnn::cudnnConvolutionFwdAlgo_t>>,
+    pub backward_data: Option<Choice<cudnn::cudnnConvolutionBwdDataAlgo_t>>,
+    pub backward_filter: Option<Choice<cudnn::cudnnConvolutionBwdFilterAlgo_t>>,
 }
 
 impl Drop for ConvPlan {
@@ -158,6 +168,13 @@ pub(crate) fn with_libs<R>(
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => e.insert(CudaLibs::new(gpu.clone())?),
     };
+    // The calling thread may have another device's context current.
+    libs.gpu
+        .cuda_parts()
+        .expect("CUDA device")
+        .ctx
+        .bind_to_thread()
+        .map_err(kernels::Error::from)?;
     f(libs)
 }
 

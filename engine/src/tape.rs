@@ -537,9 +537,12 @@ impl Tape {
                 format!("the loss must be a scalar, got shape {}", loss.shape()),
             ));
         }
-        let seed = cast::cast(&Tensor::scalar(1.0f32), loss.value.dtype())?
-            .reshape(loss.shape().clone())?
-            .to_device(loss.value.device())?;
+        let seed = Tensor::full(
+            loss.shape().clone(),
+            1.0,
+            loss.value.dtype(),
+            loss.value.device(),
+        )?;
         self.backward_with(loss, seed)
     }
 

@@ -170,6 +170,46 @@ impl Tensor {
         }
     }
 
+    /// A tensor of `shape` filled with `value` (rounded to `dtype`) on
+    /// `device`; on a GPU one queued memset, so nothing waits.
+    pub fn full(
+        shape: impl Into<Shape>,
+        value: f64,
+        dtype: DType,
+        device: Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let host = Tensor::from_vec(vec![value], [1])?.to_dtype(dtype)?;
+        if device == Device::Cpu {
+            let n = shape.numel();
+            let Storage::Cpu(b) = &*host.storage else {
+                unreachable!("built on the host")
+            };
+            let data = CpuBuffer::from_bytes(dtype, &b.bytes().repeat(n));
+            return Ok(Tensor {
+                storage: Arc::new(Storage::Cpu(data)),
+                offset: 0,
+                shape,
+            });
+        }
+        let word = match &*host.storage {
+            Storage::Cpu(CpuBuffer::F32(v)) => kernels::Word::U32(v[0].to_bits()),
+            Storage::Cpu(CpuBuffer::BF16(v)) => kernels::Word::U16(v[0].to_bits()),
+            Storage::Cpu(CpuBuffer::F16(v)) => kernels::Word::U16(v[0].to_bits()),
+            _ => {
+                return Err(Error::DType {
+                    op: "full",
+                    expected: "f32, bf16 or f16 on a GPU".into(),
+                    got: dtype,
+                });
+            }
+        };
+        let gpu = crate::device::gpu(device)?;
+        let buf = gpu.alloc(shape.numel() * dtype.size_in_bytes())?;
+        gpu.fill_words(&buf, 0, shape.numel(), word)?;
+        Ok(Tensor::on_gpu(gpu, device, dtype, buf, shape))
+    }
+
     /// A scalar (shape `[]`).
     pub fn scalar<T: Element>(v: T) -> Tensor {
         Tensor {

@@ -92,6 +92,15 @@ impl<'a> Arg<'a> {
     }
 }
 
+/// A 2- or 4-byte fill value for [`Gpu::fill_words`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Word {
+    /// Two bytes (bf16, f16).
+    U16(u16),
+    /// Four bytes (f32).
+    U32(u32),
+}
+
 /// Device memory: bytes on a GPU, or host bytes for the emulator.
 #[derive(Debug)]
 pub struct Buffer {
@@ -117,10 +126,13 @@ impl Drop for Buffer {
     fn drop(&mut self) {
         if let Mem::Cuda { ptr, stream } = &self.mem {
             if *ptr != 0 {
-                // Stream-ordered: the pool reuses the memory after pending work.
-                let _ = stream.context().bind_to_thread();
-                // SAFETY: `ptr` came from `malloc_async` on this stream and is freed once.
+                // Stream-ordered: the pool reuses the memory after pending
+                // work. The context is made current directly: cudarc's bind
+                // would first report (and skip on) an unrelated earlier error.
+                // SAFETY: `ptr` came from `malloc_async` on this stream and is
+                // freed once, in the stream's own (live) context.
                 unsafe {
+                    let _ = sys::cuCtxSetCurrent(stream.context().cu_ctx());
                     let _ = result::free_async(*ptr, stream.cu_stream());
                 }
             }
@@ -227,20 +239,12 @@ impl Gpu {
     /// (release threshold at maximum: freed memory stays in the pool) and
     /// turns off cudarc's per-allocation event tracking (one stream).
     pub fn cuda(ordinal: usize) -> Result<Gpu> {
-        let report = probe::probe();
-        let missing: Vec<&str> = report
-            .libraries
-            .iter()
-            .filter(|l| l.path.is_none() && matches!(l.name, "driver" | "nvrtc"))
-            .map(|l| l.name)
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Unavailable(format!(
-                "CUDA libraries not found: {}",
-                missing.join(", ")
-            )));
+        if !probe::driver_present() || !probe::nvrtc_present() {
+            return Err(Error::Unavailable(
+                "the CUDA driver or NVRTC is missing; `trainer info` shows what was found".into(),
+            ));
         }
-        let devices = report.devices.map_err(Error::Unavailable)?;
+        let devices = probe::list_devices().map_err(Error::Unavailable)?;
         let info = devices.get(ordinal).ok_or_else(|| {
             Error::Unavailable(format!(
                 "no CUDA device {ordinal} (the driver reports {})",
@@ -254,7 +258,7 @@ impl Gpu {
         // SAFETY: plain driver calls on a live context's device.
         unsafe {
             let mut pool = std::ptr::null_mut();
-            sys::cuDeviceGetDefaultMemPool(&mut pool, ordinal as i32).result()?;
+            sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
             let mut threshold = u64::MAX;
             sys::cuMemPoolSetAttribute(
                 pool,
@@ -384,12 +388,12 @@ impl Gpu {
         match (&self.kind, &buffer.mem) {
             (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
                 c.ctx.bind_to_thread()?;
-                // SAFETY: the range is inside the allocation; the copy is
-                // stream-ordered and synchronised before `data` can go away.
+                // SAFETY: the range is inside the allocation. An async copy
+                // from pageable memory stages `data` before it returns, so
+                // the caller may drop `data` at once, and nothing waits.
                 unsafe {
                     result::memcpy_htod_async(ptr + offset as u64, data, c.stream.cu_stream())?;
                 }
-                c.stream.synchronize()?;
                 Ok(())
             }
             (Kind::Emulator(lock), Mem::Emulated(m)) => {
@@ -515,7 +519,7 @@ impl Gpu {
         // SAFETY: reads one attribute of the device's default pool.
         unsafe {
             let mut pool = std::ptr::null_mut();
-            sys::cuDeviceGetDefaultMemPool(&mut pool, c.ctx.ordinal() as i32).result()?;
+            sys::cuDeviceGetDefaultMemPool(&mut pool, c.ctx.cu_device()).result()?;
             sys::cuMemPoolGetAttribute(
                 pool,
                 sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
@@ -524,6 +528,55 @@ impl Gpu {
             .result()?;
         }
         Ok(Some(high))
+    }
+
+    /// Sets `count` 2- or 4-byte words of `buffer` from byte `offset` to
+    /// `value` (a float's bit pattern, say), queued on the stream.
+    pub fn fill_words(
+        &self,
+        buffer: &Buffer,
+        offset: usize,
+        count: usize,
+        value: Word,
+    ) -> Result<()> {
+        let size = match value {
+            Word::U16(_) => 2,
+            Word::U32(_) => 4,
+        };
+        buffer.check_range("fill", offset, count * size)?;
+        if count == 0 {
+            return Ok(());
+        }
+        match (&self.kind, &buffer.mem) {
+            (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
+                c.ctx.bind_to_thread()?;
+                let dst = ptr + offset as u64;
+                // SAFETY: the range is inside the allocation.
+                unsafe {
+                    match value {
+                        Word::U16(v) => sys::cuMemsetD16Async(dst, v, count, c.stream.cu_stream()),
+                        Word::U32(v) => sys::cuMemsetD32Async(dst, v, count, c.stream.cu_stream()),
+                    }
+                    .result()?;
+                }
+                Ok(())
+            }
+            (Kind::Emulator(lock), Mem::Emulated(m)) => {
+                let _g = lock.lock().unwrap();
+                // SAFETY: under the emulator's lock.
+                let bytes = &mut (unsafe { m.bytes_mut() })[offset..offset + count * size];
+                match value {
+                    Word::U16(v) => bytes
+                        .chunks_exact_mut(2)
+                        .for_each(|w| w.copy_from_slice(&v.to_le_bytes())),
+                    Word::U32(v) => bytes
+                        .chunks_exact_mut(4)
+                        .for_each(|w| w.copy_from_slice(&v.to_le_bytes())),
+                }
+                Ok(())
+            }
+            _ => Err(foreign()),
+        }
     }
 
     /// Waits for all queued work.

@@ -287,22 +287,42 @@ pub fn probe() -> Report {
     Report { libraries, devices }
 }
 
-fn list_devices() -> Result<Vec<DeviceInfo>, String> {
-    use cudarc::driver::CudaContext;
+/// The GPUs, read from the driver without creating contexts (a busy or
+/// exclusive-mode GPU does not hide the others, and no memory is taken).
+pub fn list_devices() -> Result<Vec<DeviceInfo>, String> {
+    use cudarc::driver::result::device;
+    use cudarc::driver::sys::CUdevice_attribute as A;
     cudarc::driver::result::init()
         .map_err(|e| format!("CUDA driver initialisation failed: {e}"))?;
-    let n =
-        CudaContext::device_count().map_err(|e| format!("counting CUDA devices failed: {e}"))?;
-    (0..n as usize)
+    let n = device::get_count().map_err(|e| format!("counting CUDA devices failed: {e}"))?;
+    (0..n)
         .map(|ordinal| {
-            let ctx =
-                CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
-            Ok(DeviceInfo {
-                ordinal,
-                name: ctx.name().unwrap_or_else(|_| "unknown".into()),
-                compute_capability: ctx.compute_capability().map_err(|e| e.to_string())?,
-                memory_bytes: ctx.total_mem().map_err(|e| e.to_string())?,
-            })
+            let err = |e: cudarc::driver::DriverError| format!("CUDA device {ordinal}: {e}");
+            let dev = device::get(ordinal).map_err(err)?;
+            let mut name = [0 as std::ffi::c_char; 256];
+            // SAFETY: `dev` is a valid device handle; the calls only read its properties.
+            unsafe {
+                let named =
+                    cudarc::driver::sys::cuDeviceGetName(name.as_mut_ptr(), name.len() as i32, dev);
+                let name = if named == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                    std::ffi::CStr::from_ptr(name.as_ptr())
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    "unknown".into()
+                };
+                Ok(DeviceInfo {
+                    ordinal: ordinal as usize,
+                    name,
+                    compute_capability: (
+                        device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                            .map_err(err)?,
+                        device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                            .map_err(err)?,
+                    ),
+                    memory_bytes: device::total_mem(dev).map_err(err)?,
+                })
+            }
         })
         .collect()
 }

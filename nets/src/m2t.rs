@@ -367,8 +367,12 @@ impl M2t {
         let grads = match &self.scaler {
             // fp16: scale the loss so small gradients do not flush to zero.
             Some(scaler) => {
-                let seed = Tensor::from_vec(vec![scaler.scale()], loss.shape().clone())?
-                    .to_device(self.device())?;
+                let seed = Tensor::full(
+                    loss.shape().clone(),
+                    scaler.scale() as f64,
+                    DType::F32,
+                    self.device(),
+                )?;
                 tape.backward_with(&loss, seed)?
             }
             None => tape.backward(&loss)?,

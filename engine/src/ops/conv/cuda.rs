@@ -3,7 +3,7 @@
 //! `cudnnFind…Ex` and cached; the emulator runs the CPU reference instead.
 
 use super::{Conv2dParams, ConvGeometry};
-use crate::cuda_libs::{ConvKey, ConvPlan, CudaLibs, FIND_WORKSPACE, cudnn_ok, with_libs};
+use crate::cuda_libs::{Choice, ConvKey, ConvPlan, CudaLibs, FIND_WORKSPACE, cudnn_ok, with_libs};
 use crate::error::{Error, Result};
 use crate::ops::gpu::on_host;
 use crate::tensor::GpuBuffer;
@@ -117,13 +117,21 @@ fn plan<'a>(libs: &'a mut CudaLibs, g: &ConvGeometry, dtype: DType) -> Result<&'
 }
 
 /// Picks the fastest successful algorithm among `cudnnFind…Ex` results.
+/// For f32 only plain-FMA results count, so f32 never runs as TF32.
 macro_rules! fastest {
-    ($results:expr, $count:expr, $what:literal) => {
+    ($results:expr, $count:expr, $what:literal, $dtype:expr) => {
         $results[..$count as usize]
             .iter()
             .filter(|r| r.status == cudnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
+            .filter(|r| {
+                $dtype != DType::F32 || r.mathType == cudnn::cudnnMathType_t::CUDNN_FMA_MATH
+            })
             .min_by(|a, b| a.time.total_cmp(&b.time))
-            .map(|r| (r.algo, r.memory))
+            .map(|r| Choice {
+                algo: r.algo,
+                workspace: r.memory,
+                math: r.mathType,
+            })
             .ok_or_else(|| crate::cuda_libs::lib_err($what, "no algorithm succeeded"))
     };
 }
@@ -151,8 +159,8 @@ fn find_then_run<A: Copy>(
     label: &'static str,
     libs: &mut CudaLibs,
     (geo, dtype): (&ConvGeometry, DType),
-    slot: fn(&mut ConvPlan) -> &mut Option<(A, usize)>,
-    find: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, *mut c_void, usize) -> Result<(A, usize)>,
+    slot: fn(&mut ConvPlan) -> &mut Option<Choice<A>>,
+    find: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, *mut c_void, usize) -> Result<Choice<A>>,
     run: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, A, *mut c_void, usize) -> Result<()>,
 ) -> Result<()> {
     let handle = libs.cudnn;
@@ -162,11 +170,18 @@ fn find_then_run<A: Copy>(
         let found = find(p, handle, ws as *mut c_void, ws_len)?;
         *slot(p) = Some(found);
     }
-    let (algo, need) = slot(plan(libs, geo, dtype)?).expect("found above");
+    let choice = slot(plan(libs, geo, dtype)?).expect("found above");
+    let need = choice.workspace;
     let (ws, _) = libs.workspace(need)?;
     let gpu = libs.gpu.clone();
     let plan = plan(libs, geo, dtype)?;
-    gpu.timed(label, || run(plan, handle, algo, ws as *mut c_void, need))?
+    // SAFETY: a live descriptor; the math type is one cuDNN itself reported.
+    cudnn_ok("cudnnSetConvolutionMathType", unsafe {
+        cudnn::cudnnSetConvolutionMathType(plan.conv, choice.math)
+    })?;
+    gpu.timed(label, || {
+        run(plan, handle, choice.algo, ws as *mut c_void, need)
+    })?
 }
 
 /// Room for every algorithm cuDNN reports.
@@ -217,7 +232,12 @@ pub(super) fn forward(
                         ws_len,
                     )
                 })?;
-                fastest!(results, count, "cudnnFindConvolutionForwardAlgorithmEx")
+                fastest!(
+                    results,
+                    count,
+                    "cudnnFindConvolutionForwardAlgorithmEx",
+                    dtype
+                )
             },
             |plan, handle, algo, ws, need| {
                 cudnn_ok("cudnnConvolutionForward", unsafe {
@@ -299,7 +319,8 @@ pub(super) fn backward(
                     fastest!(
                         results,
                         count,
-                        "cudnnFindConvolutionBackwardDataAlgorithmEx"
+                        "cudnnFindConvolutionBackwardDataAlgorithmEx",
+                        dtype
                     )
                 },
                 |plan, handle, algo, ws, need| {
@@ -354,7 +375,8 @@ pub(super) fn backward(
                     fastest!(
                         results,
                         count,
-                        "cudnnFindConvolutionBackwardFilterAlgorithmEx"
+                        "cudnnFindConvolutionBackwardFilterAlgorithmEx",
+                        dtype
                     )
                 },
                 |plan, handle, algo, ws, need| {

@@ -116,6 +116,12 @@ pub(crate) fn backward(
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let g = ConvGeometry::new(x, w, p)?;
     let dt = x.expect_same_dtype("conv2d backward", w)?;
+    x.expect_same_dtype("conv2d backward", dy)?;
+    crate::error::same_shape(
+        "conv2d backward",
+        dy.shape(),
+        &crate::Shape::new([g.n, g.oh, g.ow, g.k]),
+    )?;
     if let Some(gpu) = x.gpu() {
         crate::ops::gpu::same_device("conv2d backward", &[x, w, dy])?;
         return cuda::backward(gpu, x, w, dy, &g, p, want);

@@ -10,12 +10,19 @@ use crate::{DType, Device, Tensor};
 use cudarc::cublas::sys as cublas;
 use kernels::{Arg, LaunchConfig};
 
-fn data_type(dtype: DType) -> cublas::cudaDataType_t {
-    match dtype {
+fn data_type(dtype: DType) -> Result<cublas::cudaDataType_t> {
+    Ok(match dtype {
+        DType::F32 => cublas::cudaDataType_t::CUDA_R_32F,
         DType::BF16 => cublas::cudaDataType_t::CUDA_R_16BF,
         DType::F16 => cublas::cudaDataType_t::CUDA_R_16F,
-        _ => cublas::cudaDataType_t::CUDA_R_32F,
-    }
+        other => {
+            return Err(crate::Error::DType {
+                op: "linear",
+                expected: "f32, bf16 or f16 on a GPU".into(),
+                got: other,
+            });
+        }
+    })
 }
 
 /// Row-major `c[m,n] = op(a)·op(b)` expressed for column-major cuBLAS: the
@@ -37,7 +44,7 @@ fn gemm(
             cublas::cublasOperation_t::CUBLAS_OP_N
         }
     };
-    let dt = data_type(c.dtype());
+    let dt = data_type(c.dtype())?;
     let (one, zero) = (1.0f32, 0.0f32);
     with_libs(g.device, &g.gpu, |libs| {
         // SAFETY: the three matrices are device buffers of the sizes the

@@ -67,6 +67,8 @@ pub(crate) fn backward(
     (want_dx, want_dw, want_db): (bool, bool, bool),
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (n, fin, fout) = sizes(x, w, None)?;
+    x.expect_same_dtype("linear backward", dy)?;
+    crate::error::same_shape("linear backward", dy.shape(), &crate::Shape::new([n, fout]))?;
     if let Some(g) = x.gpu() {
         crate::ops::gpu::same_device("linear backward", &[x, w, dy])?;
         return cuda::backward(g, x, w, dy, (n, fin, fout), (want_dx, want_dw, want_db));
