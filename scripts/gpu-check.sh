@@ -11,7 +11,8 @@
 # cuBLAS inside PyTorch's site-packages/nvidia/*/lib, NVRTC there or in the
 # CUDA toolkit) and passes them as M2T_CUDA_LIBS, runs every GPU parity test,
 # measures the kernel JIT cold and warm, runs `trainer bench` (resnet50, bs
-# 128, 224 px, bf16) next to the PyTorch baseline of the same step, and a
+# 128, 224 px, bf16) next to the PyTorch baseline of the same step and the
+# op benchmark (`trainer bench --ops`), and a
 # short Fashion-MNIST pretrain with kNN (the dataset travels in gpu-bin/).
 # QUICK=1 measures each side of the benchmark once and stops there.
 set -uo pipefail
@@ -100,11 +101,16 @@ if [ -n "${QUICK:-}" ]; then
 fi
 
 step "M2T step: engine vs PyTorch (resnet50, bs 128, 224 px, bf16)"
-TRAINER=$bin/trainer PYTHON=$py RUNS=${RUNS:-2} timeout 240 bash "$root/benches/compare.sh" \
+TRAINER=$bin/trainer PYTHON=$py RUNS=${RUNS:-2} timeout 200 bash "$root/benches/compare.sh" \
     --arch resnet50 --bs 128 --res 224 --precision bf16 --device cuda --channels-last --steps 10 \
     >"$out/bench.log" 2>&1
 echo "exit $?" >>"$out/bench.log"
 tail -15 "$out/bench.log"
+
+step "op benchmark: resnet50 convolutions (cuDNN algorithm, TFLOP/s) and fused batch norm (GB/s)"
+timeout 90 "$bin/trainer" bench --ops --device cuda --precision bf16 --steps 5 >"$out/ops.txt" 2>"$out/ops.log"
+echo "exit $?" >>"$out/ops.log"
+cut -c1-160 "$out/ops.txt" | head -40
 
 if [ -d /usr/share/datasets/fashion-mnist ] || [ -d "$root/gpu-bin/fashion-mnist" ]; then
     step "Fashion-MNIST pretrain (about 2 minutes) with kNN"

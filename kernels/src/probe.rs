@@ -35,6 +35,9 @@ pub struct DeviceInfo {
     pub compute_capability: (i32, i32),
     /// Total memory in bytes.
     pub memory_bytes: usize,
+    /// Peak memory bandwidth in bytes/s, from the memory clock and bus width
+    /// (0 where the driver does not say).
+    pub memory_bandwidth: f64,
 }
 
 /// Everything [`probe`] found.
@@ -321,6 +324,18 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, String> {
                             .map_err(err)?,
                     ),
                     memory_bytes: device::total_mem(dev).map_err(err)?,
+                    // Double data rate: two transfers per clock.
+                    memory_bandwidth: {
+                        let khz =
+                            device::get_attribute(dev, A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
+                                .unwrap_or(0);
+                        let bits = device::get_attribute(
+                            dev,
+                            A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH,
+                        )
+                        .unwrap_or(0);
+                        2.0 * khz as f64 * 1e3 * bits as f64 / 8.0
+                    },
                 })
             }
         })

@@ -16,13 +16,13 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Backbone.
-    #[arg(long, value_parser = parse::<Arch>, required_unless_present = "jit")]
+    #[arg(long, value_parser = parse::<Arch>, required_unless_present_any = ["jit", "ops"])]
     pub arch: Option<Arch>,
     /// Pairs per step.
-    #[arg(long, required_unless_present = "jit")]
+    #[arg(long, required_unless_present_any = ["jit", "ops"])]
     pub bs: Option<usize>,
     /// Image size.
-    #[arg(long, required_unless_present = "jit")]
+    #[arg(long, required_unless_present_any = ["jit", "ops"])]
     pub res: Option<usize>,
     /// Stem [default: small below 128 px, else imagenet].
     #[arg(long, value_parser = parse::<Stem>)]
@@ -51,6 +51,13 @@ pub struct BenchArgs {
     /// Print one JSON line instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Instead of steps, time the network's ops one by one on the GPU:
+    /// every distinct convolution (forward, backward data, backward filter,
+    /// with cuDNN's algorithm and TFLOP/s) and the fused batch-norm kernels
+    /// (GB/s against the card's peak) [default network: resnet50, bs 128,
+    /// 224 px]. --steps sets the repetitions.
+    #[arg(long)]
+    pub ops: bool,
     /// Also time every phase, layer and kernel family over the timed steps
     /// (CUDA events on a GPU) and print the tables to stderr; the overhead
     /// of the timing shows in the step times.
@@ -124,6 +131,26 @@ fn peak_rss_mb() -> f64 {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.jit {
         return jit(args.json);
+    }
+    if args.ops {
+        let (placement, note) = resolve_device(Some(&args.device), args.precision.as_deref())?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        let (arch, bs, res) = (
+            args.arch.unwrap_or(Arch::ResNet50),
+            args.bs.unwrap_or(128),
+            args.res.unwrap_or(224),
+        );
+        let stem = args.stem.unwrap_or(Stem::for_res(res));
+        let net = (arch, stem, bs, res, args.width);
+        return crate::bench_ops::run(
+            placement.device,
+            placement.precision,
+            net,
+            args.steps.max(1),
+            args.json,
+        );
     }
     let (arch, bs, res) = (
         args.arch.expect("required by clap"),

@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod bench;
+pub mod bench_ops;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;

@@ -674,3 +674,23 @@ fn emulated_gpu_run_resumes_exactly() {
         "resumed losses differ from the uninterrupted run"
     );
 }
+
+/// `bench --ops` runs the op benchmark end to end on the emulated GPU path
+/// (its times mean nothing there) and refuses the CPU.
+#[test]
+fn op_benchmark_runs_on_the_emulator() {
+    let a = [
+        "bench", "--ops", "--device", "emulator", "--arch", "resnet18", "--bs", "2", "--res", "16",
+        "--width", "4", "--steps", "1",
+    ];
+    let o = run(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("[2, 16, 16, 3]*[4, 3, 3, 3]/1,1")
+            && out.contains("bn+add+relu [2, 16, 16, 4]"),
+        "{out}"
+    );
+    let o = run(&["bench", "--ops", "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

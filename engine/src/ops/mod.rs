@@ -15,7 +15,7 @@ pub(crate) mod real;
 pub use batchnorm::{
     BatchStats, BesselCorrection, BnNorm, momentum_bn_update, update_running_stats,
 };
-pub use conv::Conv2dParams;
+pub use conv::{Conv2dParams, cudnn_algorithms};
 pub use pool::PoolParams;
 
 /// Runs `$body` with `$t` bound to the Rust float type of `$dtype` (f32 or f64),

@@ -404,3 +404,32 @@ pub(super) fn backward(
     })?;
     Ok((dx, dw))
 }
+
+/// The algorithms cuDNN chose for a convolution already run on `device`
+/// (forward, backward data, backward filter; `None` for a direction not yet
+/// run), or `None` if it has not run there.
+pub(crate) fn chosen_algorithms(
+    device: Device,
+    gpu: &std::sync::Arc<kernels::Gpu>,
+    x: &[usize; 4],
+    w: &[usize; 4],
+    p: Conv2dParams,
+    dtype: DType,
+) -> Result<Option<[Option<String>; 3]>> {
+    let key = ConvKey {
+        input: *x,
+        weight: *w,
+        stride: p.stride,
+        padding: p.padding,
+        dtype,
+    };
+    with_libs(device, gpu, |libs| {
+        Ok(libs.plans.get(&key).map(|plan| {
+            [
+                plan.forward.map(|c| format!("{:?}", c.algo)),
+                plan.backward_data.map(|c| format!("{:?}", c.algo)),
+                plan.backward_filter.map(|c| format!("{:?}", c.algo)),
+            ]
+        }))
+    })
+}

@@ -92,6 +92,24 @@ impl ConvGeometry {
     }
 }
 
+/// The cuDNN algorithms chosen on CUDA `device` for a convolution of input
+/// `x` (NHWC) and weight `w` (KRSC) in `dtype` that has already run there:
+/// forward, backward data, backward filter (`None` for a direction not yet
+/// run). `None` on other devices or for a shape that has not run.
+pub fn cudnn_algorithms(
+    device: crate::Device,
+    x: [usize; 4],
+    w: [usize; 4],
+    p: Conv2dParams,
+    dtype: crate::DType,
+) -> Result<Option<[Option<String>; 3]>> {
+    if !matches!(device, crate::Device::Cuda(_)) {
+        return Ok(None);
+    }
+    let gpu = crate::device::gpu(device)?;
+    cuda::chosen_algorithms(device, &gpu, &x, &w, p, dtype)
+}
+
 /// `y = conv(x, w)`: x `[n,h,w,c]`, w `[k,r,s,c]`, y `[n,oh,ow,k]`.
 pub(crate) fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor> {
     let g = ConvGeometry::new(x, w, p)?;
