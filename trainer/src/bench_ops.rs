@@ -365,7 +365,10 @@ mod tests {
             padding: 1,
         };
         assert_eq!(shapes.get(&late), Some(&2));
-        assert_eq!(late.flops(), 2.0 * (128 * 7 * 7 * 512 * 9 * 512) as f64);
+        assert_eq!(
+            late.flops(),
+            2.0 * (128usize * 7 * 7 * 512 * 9 * 512) as f64
+        );
     }
 
     #[test]
