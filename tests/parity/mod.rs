@@ -67,12 +67,15 @@ pub fn run_family(family: &str, device: Device) {
     }
 }
 
-/// The CUDA device to test, or `None` after printing why there is none.
+/// The CUDA device to test, or `None` after printing why there is none —
+/// straight to stderr, past the test harness's capture, so a CI log shows
+/// every skip.
 pub fn cuda_device() -> Option<Device> {
     match kernels::probe::probe().usable() {
         Ok(_) => Some(Device::Cuda(0)),
         Err(why) => {
-            eprintln!("skipped: no GPU ({why})");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: no GPU ({why})");
             None
         }
     }
