@@ -53,7 +53,11 @@ impl Report {
     /// The first usable device, or a sentence saying what is missing.
     pub fn usable(&self) -> Result<&DeviceInfo, String> {
         // Without the driver there is no GPU to speak of, whatever else is found.
-        if self.libraries.iter().any(|l| l.name == "driver" && l.path.is_none()) {
+        if self
+            .libraries
+            .iter()
+            .any(|l| l.name == "driver" && l.path.is_none())
+        {
             return Err("no CUDA driver (libcuda.so) on this machine".into());
         }
         let missing: Vec<&str> = self
