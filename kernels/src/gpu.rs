@@ -325,11 +325,6 @@ impl Gpu {
             .collect()
     }
 
-    /// Whether this is the emulator.
-    pub fn is_emulated(&self) -> bool {
-        matches!(self.kind, Kind::Emulator(_))
-    }
-
     /// The CUDA context and stream, or `None` for the emulator.
     pub fn cuda_parts(&self) -> Option<&CudaParts> {
         match &self.kind {

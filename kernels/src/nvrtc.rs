@@ -4,7 +4,7 @@
 //! PTX JIT. The cache key hashes the source, the options, the NVRTC version
 //! and the arch, so a changed kernel or toolkit never loads a stale binary.
 
-use crate::registry::{COMMON, FAMILIES, Family};
+use crate::registry::{COMMON, Family};
 use crate::{Error, Result, probe};
 use cudarc::nvrtc::{result, sys};
 use std::ffi::CString;
@@ -20,7 +20,7 @@ pub fn options(arch: &str) -> Vec<String> {
 }
 
 /// The program NVRTC compiles for `family`: the prelude, then the family.
-pub fn program_source(family: &Family) -> String {
+fn program_source(family: &Family) -> String {
     format!(
         "{COMMON}\n#line 1 \"{}.cu\"\n{}",
         family.name, family.source
@@ -153,18 +153,6 @@ fn c_chars_to_string(chars: &[std::ffi::c_char]) -> String {
         .map(|&c| c as u8)
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()
-}
-
-/// Compiles every family for `arch`; returns (family, seconds, cached) rows.
-pub fn compile_all(arch: &str) -> Result<Vec<(&'static str, f64, bool)>> {
-    FAMILIES
-        .iter()
-        .map(|f| {
-            let t = std::time::Instant::now();
-            let c = compile(f, arch)?;
-            Ok((f.name, t.elapsed().as_secs_f64(), c.cached))
-        })
-        .collect()
 }
 
 #[cfg(test)]

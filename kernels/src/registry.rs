@@ -2,6 +2,9 @@
 //! `kernels/cuda/*.cu`. Each family compiles as one NVRTC program: the
 //! [`COMMON`] prelude followed by the family's source.
 
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
 /// The prelude every family is compiled after.
 pub static COMMON: &str = include_str!("../cuda/common.cuh");
 
@@ -44,11 +47,20 @@ pub struct Family {
 
 include!(concat!(env!("OUT_DIR"), "/registry.rs"));
 
-/// The family and kernel named `kernel`, if any.
+/// The family and kernel named `kernel`, if any: one hash lookup, since
+/// every launch asks.
 pub fn find(kernel: &str) -> Option<(&'static Family, &'static Kernel)> {
-    FAMILIES
-        .iter()
-        .find_map(|f| f.kernels.iter().find(|k| k.name == kernel).map(|k| (f, k)))
+    static INDEX: OnceLock<HashMap<&'static str, (&'static Family, &'static Kernel)>> =
+        OnceLock::new();
+    INDEX
+        .get_or_init(|| {
+            FAMILIES
+                .iter()
+                .flat_map(|f| f.kernels.iter().map(move |k| (k.name, (f, k))))
+                .collect()
+        })
+        .get(kernel)
+        .copied()
 }
 
 /// Every kernel of every family.

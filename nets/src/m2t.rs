@@ -288,17 +288,21 @@ impl M2t {
     }
 
     /// Teacher target for one view, without gradient: `normalize(projector(backbone(x)))`.
-    fn teacher_view(&self, mode: BnMode, x: &Tensor) -> Result<(Tensor, Vec<Option<BatchStats>>)> {
-        let mut tape = Tape::no_grad();
-        let params = self
-            .teacher
-            .attach_mixed(&mut tape, self.config.precision)?;
-        let mut f = Forward::new(&mut tape, &params, mode, &self.teacher_bn);
+    /// `tape` is a no-grad tape holding the teacher's parameters, shared by
+    /// both views so the weights are cast once per step.
+    fn teacher_view(
+        &self,
+        tape: &mut Tape,
+        params: &ParamVars,
+        mode: BnMode,
+        x: &Tensor,
+    ) -> Result<(Tensor, Vec<Option<BatchStats>>)> {
+        let mut f = Forward::new(tape, params, mode, &self.teacher_bn);
         let x = f.tape.constant(self.input(x)?);
         let h = self.backbone.forward(&mut f, &x)?;
         let z = self.projector.forward(&mut f, &h)?;
         let stats = f.stats;
-        let z = self.widened(&mut tape, &z)?;
+        let z = self.widened(tape, &z)?;
         Ok((tape.l2_normalize(&z)?.value().clone(), stats))
     }
 
@@ -332,9 +336,15 @@ impl M2t {
         };
         // Both views see the same history: it moves only after the second.
         let teacher = phase("teacher forward");
-        let (k1, teacher_stats2) = self.teacher_view(mode, view2)?;
-        let (k2, teacher_stats1) = self.teacher_view(mode, view1)?;
-        drop(teacher);
+        let mut teacher_tape = Tape::no_grad();
+        let teacher_params = self
+            .teacher
+            .attach_mixed(&mut teacher_tape, self.config.precision)?;
+        let (k1, teacher_stats2) =
+            self.teacher_view(&mut teacher_tape, &teacher_params, mode, view2)?;
+        let (k2, teacher_stats1) =
+            self.teacher_view(&mut teacher_tape, &teacher_params, mode, view1)?;
+        drop((teacher_tape, teacher_params, teacher));
         let history = phase("teacher BN history");
         match self.config.teacher_bn {
             TeacherBn::Momentum => self.teacher_bn.update_momentum(

@@ -163,3 +163,31 @@ pub fn assert_bits_equal(what: &str, got: &Tensor, want: &Tensor) {
 
 /// The float types GPU kernels store activations in.
 pub const GPU_DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// One `#[test]` per parity family, each running the family's cases on the
+/// device `$device` gives (`Option<Device>`: `None` skips, having said why),
+/// and a check that the list covers [`FAMILIES`]. The one list of families
+/// for the emulated and the CUDA test binaries.
+#[macro_export]
+macro_rules! parity_tests {
+    ($device:expr) => {
+        $crate::parity_tests!(@ $device; augment, batchnorm, cast, conv, elementwise, linear, loss, optim, pool, step);
+    };
+    (@ $device:expr; $($family:ident),*) => {
+        $(
+            #[test]
+            fn $family() {
+                if let Some(device) = $device {
+                    $crate::parity::run_family(stringify!($family), device);
+                }
+            }
+        )*
+
+        #[test]
+        fn every_family_has_a_test() {
+            let tested: std::collections::BTreeSet<&str> = [$(stringify!($family)),*].into();
+            let families = $crate::parity::FAMILIES.iter().map(|(f, _)| *f).collect();
+            assert_eq!(tested, families);
+        }
+    };
+}

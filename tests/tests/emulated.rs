@@ -6,36 +6,7 @@ use engine::Device;
 use std::collections::BTreeSet;
 use tests::parity;
 
-macro_rules! families {
-    ($($family:ident),*) => {
-        $(
-            #[test]
-            fn $family() {
-                parity::run_family(stringify!($family), Device::Emulator);
-            }
-        )*
-
-        #[test]
-        fn every_family_has_a_test() {
-            let tested: BTreeSet<&str> = [$(stringify!($family)),*].into();
-            let families: BTreeSet<&str> = parity::FAMILIES.iter().map(|(f, _)| *f).collect();
-            assert_eq!(tested, families);
-        }
-    };
-}
-
-families!(
-    augment,
-    batchnorm,
-    cast,
-    conv,
-    elementwise,
-    linear,
-    loss,
-    optim,
-    pool,
-    step
-);
+tests::parity_tests!(Some(Device::Emulator));
 
 /// Kernel names quoted inside `expect_launched(..)` calls of `source`.
 fn asserted_kernels(source: &str) -> BTreeSet<String> {
