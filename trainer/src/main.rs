@@ -10,6 +10,18 @@ use trainer::config::PretrainOptions;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` in mimalloc 3's `mi_option_e` (libmimalloc-sys
+/// names no constant for it); checked against its default by a test.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps freed memory mapped for reuse. mimalloc otherwise hands unused pages
+/// back to the OS a second after they are freed, so every step of a CPU run
+/// faulted its activation buffers in again (about 5% of the step).
+fn keep_freed_memory() {
+    // SAFETY: sets one allocator option before any other thread exists.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 /// Momentum² Teacher self-supervised pretraining of ResNets.
 ///
 /// With no subcommand, pretrains: `trainer --arch resnet18 --bs 128`.
@@ -50,6 +62,7 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -90,5 +103,21 @@ fn main() {
     if let Err(e) = result {
         eprintln!("trainer: {e}");
         std::process::exit(e.exit_code());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_delay_option_is_the_one_meant() {
+        // mimalloc 3's purge delay defaults to 1000 ms; a shifted index reads
+        // some other option's value.
+        // SAFETY: reads one option.
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+            1000
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The float types the CPU reference backend computes in, and its GEMM.
 
 use crate::Element;
+use rayon::prelude::*;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
@@ -71,8 +72,12 @@ impl<'a, T> Mat<'a, T> {
     }
 }
 
-/// `c (m×n, row-major) = [c +] a (m×k) · b (k×n)` through the `gemm` crate,
-/// threaded over rayon when the product is large enough to pay for it.
+/// `c (m×n, row-major) = [c +] a (m×k) · b (k×n)` through the `gemm` crate.
+///
+/// A large product is cut into one strip of `c` per rayon thread (rows, or
+/// columns when `c` is wider than tall), each a single-threaded GEMM: one
+/// fork-join per product instead of one per block of gemm's own threading,
+/// whose wake-ups cost more than the packing the threads then repeat.
 pub(crate) fn matmul<T: Real>(
     (m, n, k): (usize, usize, usize),
     a: Mat<T>,
@@ -92,21 +97,80 @@ pub(crate) fn matmul<T: Real>(
     }
     let last = |x: Mat<T>, r: usize, cc: usize| (r - 1) * x.row_stride + (cc - 1) * x.col_stride;
     assert!(last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len());
-    let parallelism = if m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(0)
+    let threads = if m * n * k >= 1 << 18 {
+        rayon::current_num_threads()
     } else {
-        gemm::Parallelism::None
+        1
     };
-    // SAFETY: the asserts above keep every index the kernel touches inside the
-    // three slices, and `c` is borrowed mutably so it aliases neither operand.
+    let split_rows = m >= n;
+    let long = if split_rows { m } else { n };
+    // Strips a multiple of the widest microkernel tile, so none is ragged twice.
+    let strip = long.div_ceil(threads).next_multiple_of(64);
+    let c = SharedOut(c.as_mut_ptr());
+    let run = |i: usize| {
+        let (first, len) = (i * strip, strip.min(long - i * strip));
+        // SAFETY: strips cover disjoint rows (or columns) of `c`, and every
+        // operand index stays inside the bounds asserted above.
+        unsafe {
+            if split_rows {
+                let a = Mat {
+                    data: &a.data[first * a.row_stride..],
+                    ..a
+                };
+                gemm_serial((len, n, k), a, b, c.at(first * n), n, accumulate);
+            } else {
+                let b = Mat {
+                    data: &b.data[first * b.col_stride..],
+                    ..b
+                };
+                gemm_serial((m, len, k), a, b, c.at(first), n, accumulate);
+            }
+        }
+    };
+    let strips = long.div_ceil(strip);
+    if strips == 1 {
+        run(0);
+    } else {
+        (0..strips).into_par_iter().for_each(run);
+    }
+}
+
+/// The output pointer, shared by strips that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOut<T>(*mut T);
+// SAFETY: each strip writes only its own rows or columns.
+unsafe impl<T> Send for SharedOut<T> {}
+unsafe impl<T> Sync for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    /// # Safety
+    /// `offset` must be inside the output slice.
+    unsafe fn at(self, offset: usize) -> *mut T {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// One single-threaded GEMM into `c`, whose rows are `ldc` apart.
+///
+/// # Safety
+/// `c` must hold an `m × n` block with row stride `ldc` that nothing else
+/// reads or writes meanwhile; `a` and `b` must cover `m × k` and `k × n`.
+unsafe fn gemm_serial<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    c: *mut T,
+    ldc: usize,
+    accumulate: bool,
+) {
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.as_mut_ptr(),
+            c,
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
             a.data.as_ptr(),
             a.col_stride as isize,
@@ -119,7 +183,60 @@ pub(crate) fn matmul<T: Real>(
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `c = [c +] a · b` by the definition, in f64.
+    fn naive(
+        (m, n, k): (usize, usize, usize),
+        a: Mat<f64>,
+        b: Mat<f64>,
+        c: &mut [f64],
+        accumulate: bool,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let dot: f64 = (0..k)
+                    .map(|p| {
+                        a.data[i * a.row_stride + p * a.col_stride]
+                            * b.data[p * b.row_stride + j * b.col_stride]
+                    })
+                    .sum();
+                c[i * n + j] = if accumulate { c[i * n + j] + dot } else { dot };
+            }
+        }
+    }
+
+    #[test]
+    fn strips_match_the_definition() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let value = |i: usize| ((i * 7919) % 23) as f64 - 11.0;
+        // Tall (row strips), wide (column strips, ragged), small (one strip);
+        // row-major and transposed operands; with and without accumulation.
+        for (m, n, k) in [(301, 70, 40), (33, 517, 29), (5, 6, 7)] {
+            let a_data: Vec<f64> = (0..m * k).map(value).collect();
+            let b_data: Vec<f64> = (0..k * n).map(|i| value(i + 5)).collect();
+            for (a, b) in [
+                (Mat::rows(&a_data, k), Mat::rows(&b_data, n)),
+                (Mat::transposed(&a_data, m), Mat::transposed(&b_data, k)),
+            ] {
+                for accumulate in [false, true] {
+                    let start: Vec<f64> = (0..m * n).map(|i| value(i + 3)).collect();
+                    let (mut got, mut want) = (start.clone(), start);
+                    pool.install(|| matmul((m, n, k), a, b, &mut got, accumulate));
+                    naive((m, n, k), a, b, &mut want, accumulate);
+                    assert_eq!(got, want, "{m}x{n}x{k}, accumulate {accumulate}");
+                }
+            }
+        }
     }
 }
