@@ -19,6 +19,7 @@
 #            machine that is /opt/torchenv/bin/python]; the summary maths
 #            use the system python3 (stdlib only)
 #   RUNS     runs of each [default: 3]
+#   SUMMARY  also write the medians and ratios to this file, as one JSON object
 #
 # Example: PYTHON=/opt/torchenv/bin/python RUNS=3 bash benches/compare.sh
 set -euo pipefail
@@ -82,13 +83,13 @@ for i in $(seq "$RUNS"); do
     run pytorch "$PYTHON" "$root/benches/torch_baseline.py" "${common[@]}" "${torch_threads[@]}" "${torch_only[@]}"
 done
 
-python3 - "$tmp/engine" "$tmp/pytorch" <<'EOF'
+python3 - "$tmp/engine" "$tmp/pytorch" "${SUMMARY:-}" <<'EOF'
 import json
 import statistics
 import sys
 
 rows = {}
-for name, path in zip(("engine", "pytorch"), sys.argv[1:]):
+for name, path in zip(("engine", "pytorch"), sys.argv[1:3]):
     runs = [json.loads(line) for line in open(path)]
     first = runs[0]
     label = f"{first['framework']} {first['mode']}" if "framework" in first else "engine"
@@ -107,5 +108,11 @@ print(f"{'':32} {'step ms':>10} {'pairs/s':>10} {'peak MiB':>9}  device; pairs/s
 for r in rows.values():
     print(f"{r['label']:32} {r['ms']:10.1f} {r['pps']:10.2f} {r['mem']:9.0f}  {r['device']}; {r['all']}")
 ratio = rows["engine"]["pps"] / rows["pytorch"]["pps"]
+memory = rows["engine"]["mem"] / rows["pytorch"]["mem"]
 print(f"ratio engine/pytorch (median pairs/s): {ratio:.3f}")
+print(f"peak memory engine/pytorch: {memory:.3f}")
+if sys.argv[3]:
+    with open(sys.argv[3], "w") as f:
+        json.dump({**rows, "throughput_ratio": ratio, "peak_memory_ratio": memory}, f)
+        f.write("\n")
 EOF

@@ -11,9 +11,11 @@
 # cuBLAS inside PyTorch's site-packages/nvidia/*/lib, NVRTC there or in the
 # CUDA toolkit) and passes them as M2T_CUDA_LIBS, runs every GPU parity test,
 # measures the kernel JIT cold and warm, runs `trainer bench` (resnet50, bs
-# 128, 224 px, bf16) next to the PyTorch baseline of the same step and the
-# op benchmark (`trainer bench --ops`), and a
-# short Fashion-MNIST pretrain with kNN (the dataset travels in gpu-bin/).
+# 128, 224 px, bf16) next to the PyTorch baseline of the same step (eager AMP
+# channels_last, then torch.compile), a short Fashion-MNIST pretrain with kNN
+# (the dataset travels in gpu-bin/) and the op benchmark (`trainer bench
+# --ops`). Each step's time limit is cut to what is left of 470 s, in that
+# order of priority. OUT/summary.json gathers the figures.
 # QUICK=1 measures each side of the benchmark once and stops there.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -48,14 +50,25 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 [ -x "$bin/trainer" ] || { echo "gpu-bin/ is missing: run scripts/gpu-check.sh --prepare first" >&2; exit 2; }
 start=$(date +%s)
+deadline=470
 step() { echo "== [$(( $(date +%s) - start )) s] $*"; }
+# A step's time limit: its own, or what is left before the deadline.
+limit() {
+    local left=$(( deadline - ($(date +%s) - start) ))
+    [ "$left" -lt "$1" ] && echo $(( left > 1 ? left : 1 )) || echo "$1"
+}
 
 step "nvidia-smi"
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
-nvidia-smi -L 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt"
 
 step "CUDA libraries"
-py=$(command -v python3 || true)
+# The Python that holds PyTorch: $PYTHON, else python3 (on the GPU machines).
+py=
+for candidate in ${PYTHON:-} python3 /opt/torch/.venv/bin/python3; do
+    if "$candidate" -c "import torch" 2>/dev/null; then py=$candidate; break; fi
+done
+[ -n "$py" ] || { py=python3; echo "no Python with PyTorch found: the PyTorch baselines will fail"; }
 libs=$("$py" - <<'PY' 2>/dev/null
 import glob, os, site, sys
 roots = site.getsitepackages() + [site.getusersitepackages()]
@@ -72,55 +85,94 @@ print(":".join(dict.fromkeys(dirs)))
 PY
 )
 export M2T_CUDA_LIBS=$libs
-echo "M2T_CUDA_LIBS=$M2T_CUDA_LIBS" | tee "$out/libs.txt"
+{
+    echo "M2T_CUDA_LIBS=$M2T_CUDA_LIBS"
+    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+    echo "-- the dynamic loader's own CUDA libraries (ldconfig -p):"
+    ldconfig -p 2>/dev/null | grep -E "libcudnn|libcublas|libnvrtc" || echo "none"
+    echo "-- cuDNN files in each folder searched:"
+    for d in ${M2T_CUDA_LIBS//:/ }; do
+        files=$(cd "$d" && ls libcudnn*.so* 2>/dev/null | tr '\n' ' ')
+        [ -n "$files" ] && echo "$d: $files"
+    done
+} | tee "$out/libs.txt"
 export M2T_KERNEL_CACHE=$out/kernel-cache
 "$bin/trainer" info 2>&1 | tee "$out/info.txt"
 
 step "GPU parity tests"
-"$bin/cuda_parity" --test-threads=1 --nocapture >"$out/parity.log" 2>&1
+timeout "$(limit 120)" "$bin/cuda_parity" --test-threads=1 --nocapture >"$out/parity.log" 2>&1
 echo "exit $?" >>"$out/parity.log"
-grep -E "^test |test result|panicked|skipped|rror|exceeds" "$out/parity.log" | cut -c1-300
+grep -E "^test |test result|panicked|skipped|rror|exceeds" "$out/parity.log" | cut -c1-400
 
 step "kernel JIT: cold then warm"
 rm -rf "$M2T_KERNEL_CACHE"
 "$bin/trainer" bench --jit --json >"$out/jit-cold.json" 2>"$out/jit-cold.log"; cat "$out/jit-cold.json"
 "$bin/trainer" bench --jit --json >"$out/jit-warm.json" 2>"$out/jit-warm.log"; cat "$out/jit-warm.json"
 
+p1=(--arch resnet50 --bs 128 --res 224 --precision bf16 --device cuda --channels-last)
 if [ -n "${QUICK:-}" ]; then
-    step "M2T step, engine then PyTorch eager AMP channels_last, once each (QUICK)"
-    timeout 150 "$bin/trainer" bench --arch resnet50 --bs 128 --res 224 --device cuda --precision bf16 --steps 5 --json \
-        >"$out/bench-engine.json" 2>"$out/bench-engine.log"
-    echo "exit $?" >>"$out/bench-engine.log"
-    cat "$out/bench-engine.json"; tail -3 "$out/bench-engine.log"
-    timeout 150 "$py" "$root/benches/torch_baseline.py" --arch resnet50 --bs 128 --res 224 --device cuda \
-        --precision bf16 --channels-last --steps 5 --json >"$out/bench-torch.json" 2>"$out/bench-torch.log"
-    echo "exit $?" >>"$out/bench-torch.log"
-    cat "$out/bench-torch.json"; tail -3 "$out/bench-torch.log"
-    step "done (QUICK)"
-    exit 0
-fi
-
-step "M2T step: engine vs PyTorch (resnet50, bs 128, 224 px, bf16)"
-TRAINER=$bin/trainer PYTHON=$py RUNS=${RUNS:-2} timeout 200 bash "$root/benches/compare.sh" \
-    --arch resnet50 --bs 128 --res 224 --precision bf16 --device cuda --channels-last --steps 10 \
-    >"$out/bench.log" 2>&1
-echo "exit $?" >>"$out/bench.log"
-tail -15 "$out/bench.log"
-
-step "op benchmark: resnet50 convolutions (cuDNN algorithm, TFLOP/s) and fused batch norm (GB/s)"
-timeout 90 "$bin/trainer" bench --ops --device cuda --precision bf16 --steps 5 >"$out/ops.txt" 2>"$out/ops.log"
-echo "exit $?" >>"$out/ops.log"
-cut -c1-160 "$out/ops.txt" | head -40
-
-if [ -d /usr/share/datasets/fashion-mnist ] || [ -d "$root/gpu-bin/fashion-mnist" ]; then
-    step "Fashion-MNIST pretrain (about 2 minutes) with kNN"
-    data=/usr/share/datasets/fashion-mnist
-    [ -d "$data" ] || data=$root/gpu-bin/fashion-mnist
-    timeout 150 "$bin/trainer" pretrain --data "$data" --arch resnet18 --width 32 --device cuda --precision bf16 \
-        --bs 256 --res 32 --steps 1000 --lr 0.1 --crop-min 0.2 --out "$out/fashion-run" >"$out/pretrain.log" 2>&1
-    echo "exit $?" >>"$out/pretrain.log"
-    tail -8 "$out/pretrain.log"
+    step "M2T step, engine vs PyTorch eager AMP channels_last, once each (QUICK)"
+    TRAINER=$bin/trainer PYTHON=$py RUNS=1 SUMMARY=$out/p1-eager.json timeout "$(limit 150)" \
+        bash "$root/benches/compare.sh" "${p1[@]}" --steps 5 >"$out/bench-eager.log" 2>&1
+    echo "exit $?" >>"$out/bench-eager.log"
+    tail -6 "$out/bench-eager.log"
 else
-    step "Fashion-MNIST pretrain skipped: dataset not on this machine"
+    step "M2T step: engine vs PyTorch eager AMP channels_last (resnet50, bs 128, 224 px, bf16)"
+    TRAINER=$bin/trainer PYTHON=$py RUNS=${RUNS:-2} SUMMARY=$out/p1-eager.json timeout "$(limit 200)" \
+        bash "$root/benches/compare.sh" "${p1[@]}" --steps 10 >"$out/bench-eager.log" 2>&1
+    echo "exit $?" >>"$out/bench-eager.log"
+    tail -8 "$out/bench-eager.log"
+
+    if [ -d "$bin/fashion-mnist" ]; then
+        step "Fashion-MNIST pretrain (about 2 minutes) with kNN"
+        timeout "$(limit 150)" "$bin/trainer" pretrain --data "$bin/fashion-mnist" --arch resnet18 --width 32 \
+            --device cuda --precision bf16 --bs 256 --res 32 --steps 1000 --lr 0.1 --crop-min 0.2 \
+            --out "$out/fashion-run" >"$out/pretrain.log" 2>&1
+        echo "exit $?" >>"$out/pretrain.log"
+        tail -8 "$out/pretrain.log"
+    fi
+
+    step "op benchmark: resnet50 convolutions (cuDNN algorithm, TFLOP/s) and fused batch norm (GB/s)"
+    timeout "$(limit 90)" "$bin/trainer" bench --ops --device cuda --precision bf16 --steps 5 >"$out/ops.txt" 2>"$out/ops.log"
+    echo "exit $?" >>"$out/ops.log"
+    cut -c1-160 "$out/ops.txt" | head -40
+
+    step "M2T step: engine vs torch.compile of the same step, once each"
+    TRAINER=$bin/trainer PYTHON=$py RUNS=1 SUMMARY=$out/p1-compile.json timeout "$(limit 180)" \
+        bash "$root/benches/compare.sh" "${p1[@]}" --compile --steps 10 >"$out/bench-compile.log" 2>&1
+    echo "exit $?" >>"$out/bench-compile.log"
+    tail -6 "$out/bench-compile.log"
 fi
+
+step "summary"
+python3 - "$out" "$(( $(date +%s) - start ))" <<'PY' | tee "$out/summary.json"
+import json, os, re, sys
+out = sys.argv[1]
+def text(name):
+    try:
+        return open(os.path.join(out, name)).read()
+    except OSError:
+        return ""
+def load(name):
+    try:
+        return json.loads(text(name).strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None
+parity = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text("parity.log"))
+# A test that found no GPU passes and says "skipped"; it is not counted as run.
+skipped = len(re.findall(r"^test \S+ \.\.\. skipped", text("parity.log"), re.M))
+knn = re.findall(r"kNN accuracy \(teacher, k=200\): ([0-9.]+)%", text("pretrain.log"))
+summary = {
+    "card": (text("gpu.txt").splitlines() or ["unknown"])[0],
+    "parity": {"passed": int(parity[-1][0]) - skipped, "failed": int(parity[-1][1]), "skipped": skipped} if parity else None,
+    "failed_tests": re.findall(r"^test (\S+) \.\.\. FAILED", text("parity.log"), re.M),
+    "jit_cold": load("jit-cold.json"),
+    "jit_warm": load("jit-warm.json"),
+    "p1_eager": load("p1-eager.json"),
+    "p1_compile": load("p1-compile.json"),
+    "fashion_mnist_knn_percent": float(knn[-1]) if knn else None,
+    "seconds": int(sys.argv[2]),
+}
+print(json.dumps(summary, indent=1))
+PY
 step "done"

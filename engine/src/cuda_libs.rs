@@ -15,12 +15,19 @@ pub(crate) fn lib_err(call: &str, status: impl std::fmt::Debug) -> Error {
     Error::Gpu(kernels::Error::Driver(format!("{call} failed: {status:?}")))
 }
 
-/// Checks a cuDNN status.
+/// Checks a cuDNN status. A sub-library failure also names the cuDNN files
+/// loaded, since it means an install mixed from two versions or folders.
 pub(crate) fn cudnn_ok(call: &str, s: cudnn::cudnnStatus_t) -> Result<()> {
-    if s == cudnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-        Ok(())
-    } else {
-        Err(lib_err(call, s))
+    use cudnn::cudnnStatus_t as S;
+    match s {
+        S::CUDNN_STATUS_SUCCESS => Ok(()),
+        S::CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH | S::CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED => {
+            Err(Error::Gpu(kernels::Error::Driver(format!(
+                "{call} failed: {s:?}; cuDNN files loaded: {}",
+                kernels::probe::cudnn_files()
+            ))))
+        }
+        _ => Err(lib_err(call, s)),
     }
 }
 

@@ -80,24 +80,40 @@ impl Report {
     }
 }
 
-/// The library files to preload, in dependency order, per library.
-const FILES: &[(&str, &[&str])] = &[
-    ("nvrtc", &["libnvrtc-builtins.so.13.0", "libnvrtc.so.13"]),
-    ("cublas", &["libcublasLt.so.13", "libcublas.so.13"]),
-    (
-        "cudnn",
-        &[
-            "libcudnn_graph.so.9",
-            "libcudnn_engines_precompiled.so.9",
-            "libcudnn_engines_runtime_compiled.so.9",
-            "libcudnn_heuristic.so.9",
-            "libcudnn_ops.so.9",
-            "libcudnn_cnn.so.9",
-            "libcudnn_adv.so.9",
-            "libcudnn.so.9",
-        ],
-    ),
+/// Each library loaded from a folder: its main file, and the files it needs
+/// beside it (a `*` matches any run of characters). cuDNN opens its
+/// sub-libraries by name at run time and the set changes between releases
+/// (9.20 added one), so every `libcudnn_*` of the folder goes with it.
+const GROUPS: &[(&str, &str, &[&str])] = &[
+    ("nvrtc", "libnvrtc.so.13", &["libnvrtc-builtins.so.13.0"]),
+    ("cublas", "libcublas.so.13", &["libcublasLt.so.13"]),
+    ("cudnn", "libcudnn.so.9", &["libcudnn_*.so.9"]),
 ];
+
+/// Whether file name `name` matches `pattern` (at most one `*`).
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        Some((head, tail)) => {
+            name.len() >= head.len() + tail.len() && name.starts_with(head) && name.ends_with(tail)
+        }
+        None => name == pattern,
+    }
+}
+
+/// The files of `dir` to load for a library: the companions matching
+/// `beside` (sorted), then `main`.
+fn group_files(dir: &Path, main: &str, beside: &[&str]) -> Vec<PathBuf> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| beside.iter().any(|p| matches(p, n)))
+        .collect();
+    names.sort();
+    names.push(main.to_string());
+    names.into_iter().map(|n| dir.join(n)).collect()
+}
 
 /// Folders that may hold CUDA libraries, most specific first.
 pub fn search_dirs() -> Vec<PathBuf> {
@@ -194,24 +210,72 @@ pub fn load_libraries() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let dirs = search_dirs();
-        for (name, files) in FILES {
+        for (name, main, beside) in GROUPS {
             if loadable_by_name(name) {
                 continue;
             }
-            let main = files.last().expect("each library names its files");
             let Some(dir) = dirs.iter().find(|d| d.join(main).exists()) else {
                 continue;
             };
-            for file in *files {
-                let path = dir.join(file);
+            // A file whose own dependencies are not loaded yet fails; it is
+            // tried again once others have loaded, until nothing more loads.
+            let mut pending = group_files(dir, main, beside);
+            loop {
+                let before = pending.len();
                 // SAFETY: loading a CUDA library runs only its initialisers.
-                if let Ok(lib) = unsafe { libloading::Library::new(&path) } {
-                    // Kept for the life of the process, like cudarc's own handles.
-                    std::mem::forget(lib);
+                pending.retain(|path| match unsafe { libloading::Library::new(path) } {
+                    Ok(lib) => {
+                        // Kept for the life of the process, like cudarc's own handles.
+                        std::mem::forget(lib);
+                        false
+                    }
+                    Err(_) => true,
+                });
+                if pending.is_empty() || pending.len() == before {
+                    break;
                 }
             }
         }
     });
+}
+
+/// The folders that files of `stem` (`libcudnn`, …) mapped into this
+/// process come from, each with its file names.
+pub fn loaded_folders(stem: &str) -> Vec<(PathBuf, Vec<String>)> {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return Vec::new();
+    };
+    let mut folders: Vec<(PathBuf, Vec<String>)> = Vec::new();
+    for path in maps.lines().filter_map(|l| l.split_whitespace().nth(5)) {
+        let path = Path::new(path);
+        let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+            continue;
+        };
+        let file = file.to_string_lossy();
+        if !file.starts_with(stem) || !file.contains(".so") {
+            continue;
+        }
+        match folders.iter_mut().find(|(d, _)| d == dir) {
+            Some((_, files)) if !files.iter().any(|f| *f == file) => files.push(file.into()),
+            Some(_) => {}
+            None => folders.push((dir.to_path_buf(), vec![file.into()])),
+        }
+    }
+    folders
+}
+
+/// The cuDNN files of this process, one line per folder: what to look at
+/// when cuDNN reports sub-libraries of different versions.
+pub fn cudnn_files() -> String {
+    let folders = loaded_folders("libcudnn");
+    if folders.is_empty() {
+        return "no cuDNN file is loaded".into();
+    }
+    folders
+        .iter()
+        .map(|(dir, files)| format!("{}: {}", dir.display(), files.join(" ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Where a loaded library's file is, read from this process's memory map.
@@ -348,4 +412,59 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, String> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_names() {
+        assert!(matches("libcudnn_*.so.9", "libcudnn_ops.so.9"));
+        assert!(matches(
+            "libcudnn_*.so.9",
+            "libcudnn_engines_tensor_ir.so.9"
+        ));
+        assert!(!matches("libcudnn_*.so.9", "libcudnn.so.9"));
+        assert!(!matches("libcudnn_*.so.9", "libcudnn_ops.so.8"));
+        assert!(matches("libcublasLt.so.13", "libcublasLt.so.13"));
+        assert!(!matches("libcublasLt.so.13", "libcublasLt.so.13.1"));
+    }
+
+    #[test]
+    fn a_group_is_every_companion_then_the_main_file() {
+        let dir = std::env::temp_dir().join(format!("m2t-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in [
+            "libcudnn.so.9",
+            "libcudnn_ops.so.9",
+            "libcudnn_graph.so.9",
+            "libcudnn_ops.so.9.14.0",
+            "libcublas.so.13",
+        ] {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        let names: Vec<String> = group_files(&dir, "libcudnn.so.9", &["libcudnn_*.so.9"])
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            names,
+            ["libcudnn_graph.so.9", "libcudnn_ops.so.9", "libcudnn.so.9"]
+        );
+    }
+
+    #[test]
+    fn loaded_folders_reads_the_memory_map() {
+        // Every Linux process maps the C library.
+        let folders = loaded_folders("libc");
+        assert!(
+            folders
+                .iter()
+                .any(|(_, files)| files.iter().any(|f| f.starts_with("libc.so"))),
+            "{folders:?}"
+        );
+        assert!(loaded_folders("libno-such-library").is_empty());
+    }
 }

@@ -335,6 +335,19 @@ fn print_cuda_report(report: &kernels::probe::Report) {
             _ => println!("cuda {}: missing", lib.name),
         }
     }
+    if report
+        .libraries
+        .iter()
+        .any(|l| l.name == "cudnn" && l.path.is_some())
+    {
+        println!("cuda cudnn files: {}", kernels::probe::cudnn_files());
+        let folders = kernels::probe::loaded_folders("libcudnn").len();
+        if folders > 1 {
+            println!(
+                "warning: cuDNN is loaded from {folders} folders and refuses sub-libraries of different versions; point M2T_CUDA_LIBS at one cuDNN install"
+            );
+        }
+    }
     match &report.devices {
         Ok(devices) => {
             for d in devices {
