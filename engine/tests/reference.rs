@@ -165,6 +165,48 @@ fn batch_norm_train_normalises_with_biased_variance() {
     assert_close("batch_norm", y.value().as_slice().unwrap(), &want, 1e-5);
 }
 
+/// The fused batch-norm epilogues do in one pass what batch_norm, add and
+/// relu do as three ops: the same arithmetic, so the same bits, forward and
+/// backward (several row blocks, and exact zeros that relu must drop).
+#[test]
+fn fused_batch_norm_relu_is_the_composed_ops_exactly() {
+    let (n, c) = (700, 5);
+    let shape = [n, c];
+    let t = |seed| Tensor::from_vec(data(n * c, seed), shape).unwrap();
+    let (x, residual, dy) = (t(11), t(12), t(13));
+    let gamma = Tensor::from_vec(vec![1.5f32, 0.5, 2.0, -1.0, 0.0], [c]).unwrap();
+    let beta = Tensor::from_vec(vec![0.1f32, -0.2, 0.0, 0.3, 0.0], [c]).unwrap();
+    for with_residual in [false, true] {
+        let run = |fused: bool| {
+            let mut tape = Tape::new();
+            let (xv, rv) = (tape.param(x.clone()), tape.param(residual.clone()));
+            let (gv, bv) = (tape.param(gamma.clone()), tape.param(beta.clone()));
+            let y = match (fused, with_residual) {
+                (true, false) => tape.batch_norm_relu(&xv, &gv, &bv, BnNorm::Batch, 1e-5),
+                (true, true) => tape.batch_norm_add_relu(&xv, &rv, &gv, &bv, BnNorm::Batch, 1e-5),
+                (false, _) => {
+                    let (h, _) = tape.batch_norm(&xv, &gv, &bv, BnNorm::Batch, 1e-5).unwrap();
+                    let h = if with_residual {
+                        tape.add(&h, &rv).unwrap()
+                    } else {
+                        h
+                    };
+                    tape.relu(&h).map(|y| (y, None))
+                }
+            }
+            .unwrap()
+            .0;
+            let value = y.value().to_vec::<f32>().unwrap();
+            let g = tape.backward_with(&y, dy.clone()).unwrap();
+            let grad = |v| g.get(v).map(|t: &Tensor| t.to_vec::<f32>().unwrap());
+            (value, [grad(&xv), grad(&gv), grad(&bv), grad(&rv)])
+        };
+        let (fused, composed) = (run(true), run(false));
+        assert!(fused.0.iter().any(|&v| v == 0.0) && fused.0.iter().any(|&v| v > 0.0));
+        assert_eq!(fused, composed, "residual: {with_residual}");
+    }
+}
+
 #[test]
 fn max_pool_and_avg_pool_match_direct_loops() {
     let (n, h, w, c) = (2, 7, 6, 3);

@@ -50,59 +50,68 @@ pub(super) fn mean_and_biased_var<T: Real>(x: &[T], c: usize) -> (Vec<f64>, Vec<
     (mean, sq.into_iter().map(|s| s / n).collect())
 }
 
-/// `out = x·scale + shift` per channel, in parallel row blocks.
-fn affine<T: Real>(x: &[T], extra: Option<&[T]>, c: usize, k: &[[T; 3]]) -> Vec<T> {
+/// `out = k0·dy + k1·x + k2` per channel, in parallel row blocks.
+fn affine<T: Real>(x: &[T], dy: &[T], c: usize, k: &[[T; 3]]) -> Vec<T> {
     let block = c * ROWS_PER_TASK;
     let mut out = vec![T::ZERO; x.len()];
     out.par_chunks_mut(block).enumerate().for_each(|(b, ob)| {
         let start = b * block;
         let xb = &x[start..start + ob.len()];
-        match extra {
-            // out = k0·extra + k1·x + k2
-            Some(e) => {
-                let eb = &e[start..start + ob.len()];
-                for ((or, xr), er) in ob
-                    .chunks_exact_mut(c)
-                    .zip(xb.chunks_exact(c))
-                    .zip(eb.chunks_exact(c))
-                {
-                    for (((o, &xv), &ev), k) in or.iter_mut().zip(xr).zip(er).zip(k) {
-                        *o = k[0] * ev + k[1] * xv + k[2];
-                    }
-                }
-            }
-            // out = k1·x + k2
-            None => {
-                for (or, xr) in ob.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                    for ((o, &xv), k) in or.iter_mut().zip(xr).zip(k) {
-                        *o = k[1] * xv + k[2];
-                    }
-                }
+        let db = &dy[start..start + ob.len()];
+        for ((or, xr), dr) in ob
+            .chunks_exact_mut(c)
+            .zip(xb.chunks_exact(c))
+            .zip(db.chunks_exact(c))
+        {
+            for (((o, &xv), &g), k) in or.iter_mut().zip(xr).zip(dr).zip(k) {
+                *o = k[0] * g + k[1] * xv + k[2];
             }
         }
     });
     out
 }
 
-/// `y = γ·(x − μ̂)·r + β` as `y = (γr)·x + (β − γr·μ̂)`.
+/// `y = γ·(x − μ̂)·r + β` as `y = (γr)·x + (β − γr·μ̂)`, then, in the same
+/// pass, `+ residual` and `max(·, 0)` where asked (the same arithmetic as the
+/// separate add and ReLU ops, without two more passes over memory).
 pub(super) fn normalize<T: Real>(
     x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    mean: &[f64],
-    inv_std: &[f64],
+    (gamma, beta): (&[T], &[T]),
+    (mean, inv_std): (&[f64], &[f64]),
+    residual: Option<&[T]>,
+    relu: bool,
 ) -> Vec<T> {
-    let k: Vec<[T; 3]> = (0..gamma.len())
+    let c = gamma.len();
+    let k: Vec<(T, T)> = (0..c)
         .map(|j| {
             let scale = gamma[j].to_f64() * inv_std[j];
-            [
-                T::ZERO,
+            (
                 T::from_f64(scale),
                 T::from_f64(beta[j].to_f64() - scale * mean[j]),
-            ]
+            )
         })
         .collect();
-    affine(x, None, gamma.len(), &k)
+    let block = c * ROWS_PER_TASK;
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(block).enumerate().for_each(|(b, ob)| {
+        let start = b * block;
+        let xb = &x[start..start + ob.len()];
+        let rb = residual.map(|r| &r[start..start + ob.len()]);
+        for (i, (or, xr)) in ob.chunks_exact_mut(c).zip(xb.chunks_exact(c)).enumerate() {
+            for ((o, &xv), &(scale, shift)) in or.iter_mut().zip(xr).zip(&k) {
+                *o = scale * xv + shift;
+            }
+            if let Some(rb) = rb {
+                let rr = &rb[i * c..][..c];
+                or.iter_mut().zip(rr).for_each(|(o, &r)| *o += r);
+            }
+            if relu {
+                or.iter_mut()
+                    .for_each(|o| *o = if *o > T::ZERO { *o } else { T::ZERO });
+            }
+        }
+    });
+    out
 }
 
 /// The per-channel constants of one forward.
@@ -140,7 +149,7 @@ pub(super) fn backward<T: Real>(
             [T::from_f64(g * r), T::from_f64(slope), T::from_f64(offset)]
         })
         .collect();
-    let dx = affine(x, Some(dy), c, &coeff);
+    let dx = affine(x, dy, c, &coeff);
     let dgamma = (0..c)
         .map(|j| T::from_f64(sum_dy_xc[j] * k.inv_std[j]))
         .collect();

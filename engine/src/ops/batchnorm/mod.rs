@@ -249,12 +249,17 @@ pub(crate) fn forward(
             }
         };
         let inv_std: Vec<f64> = var_hat.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+        let (residual, relu) = match epilogue {
+            Epilogue::None => (None, false),
+            Epilogue::Relu => (None, true),
+            Epilogue::AddRelu(r) => (Some(r.as_slice::<T>()?), true),
+        };
         let y = cpu::normalize::<T>(
             xs,
-            gamma.as_slice()?,
-            beta.as_slice()?,
-            &mean_hat,
-            &inv_std,
+            (gamma.as_slice()?, beta.as_slice()?),
+            (&mean_hat, &inv_std),
+            residual,
+            relu,
         );
         let stats = if needs_batch {
             let unbiased = n as f64 / (n as f64 - 1.0);
@@ -269,17 +274,10 @@ pub(crate) fn forward(
         let y = Tensor::from_vec(y, x.shape().clone())?;
         Ok::<_, Error>((y, stats, Coefficients::Cpu { mean_hat, batch_mean, inv_std }))
     })?;
-    // The CPU composes the epilogue from the elementwise ops.
-    let (y, gate) = match epilogue {
-        Epilogue::None => (y, Gate::None),
-        Epilogue::Relu => {
-            let y = elementwise::relu(&y)?;
-            (y.clone(), Gate::Relu(y))
-        }
-        Epilogue::AddRelu(residual) => {
-            let y = elementwise::relu(&elementwise::add(&y, residual)?)?;
-            (y.clone(), Gate::AddRelu(y))
-        }
+    let gate = match epilogue {
+        Epilogue::None => Gate::None,
+        Epilogue::Relu => Gate::Relu(y.clone()),
+        Epilogue::AddRelu(_) => Gate::AddRelu(y.clone()),
     };
     let saved = BnSaved {
         x: x.clone(),

@@ -110,6 +110,54 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
+/// For a stride-1 convolution, the convolution whose forward is its
+/// backward-data: `dy` as input (`k` channels, `oh × ow`), the weights flipped
+/// in space with input and output channels swapped, padding `r − 1 − padding`,
+/// so the output is `h × w × c`. Used where the usual route is slow: its GEMM
+/// into the `r·s·c`-wide column buffer has inner dimension `k`, which at 64 or
+/// less leaves it bound by writing that buffer (and col2im by reading it
+/// back), while this GEMM's inner dimension is the whole `r·s·k` patch. With
+/// few input channels (the stem) this GEMM would be too narrow instead.
+fn as_transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
+    let square = g.r == g.s && g.padding < g.r;
+    let pays = g.k <= 64 && g.c >= 32;
+    (g.stride == 1 && !g.is_pointwise() && square && pays).then_some(ConvGeometry {
+        h: g.oh,
+        w: g.ow,
+        c: g.k,
+        k: g.c,
+        oh: g.h,
+        ow: g.w,
+        padding: g.r - 1 - g.padding,
+        ..*g
+    })
+}
+
+/// `w` (k × r × s × c) flipped in space, channels swapped: (c × r × s × k).
+/// Built 16 input channels at a time, so each read is one cache line and the
+/// writes run along 16 rows, and threaded over those blocks.
+fn flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    const BLOCK: usize = 16;
+    let taps = g.r * g.s;
+    let mut out = vec![T::ZERO; w.len()];
+    out.par_chunks_mut(BLOCK * taps * g.k)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let c0 = block * BLOCK;
+            let width = rows.len() / (taps * g.k);
+            for k in 0..g.k {
+                for tap in 0..taps {
+                    let src = &w[(k * taps + tap) * g.c + c0..][..width];
+                    let flipped_tap = taps - 1 - tap;
+                    for (i, &v) in src.iter().enumerate() {
+                        rows[(i * taps + flipped_tap) * g.k + k] = v;
+                    }
+                }
+            }
+        });
+    out
+}
+
 pub(super) fn backward<T: Real>(
     g: &ConvGeometry,
     x: &[T],
@@ -120,7 +168,11 @@ pub(super) fn backward<T: Real>(
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
     let mut dw = want_dw.then(|| vec![T::ZERO; g.k * patch]);
     let mut dx = want_dx.then(|| vec![T::ZERO; x.len()]);
-    let chunk = images_per_chunk(g);
+    let transposed = as_transposed(g).filter(|_| want_dx);
+    let flipped_w = transposed.as_ref().map(|_| flipped(g, w));
+    let chunk = transposed.as_ref().map_or(images_per_chunk(g), |t| {
+        images_per_chunk(t).min(images_per_chunk(g))
+    });
     let (mut col, mut dcol) = (Vec::new(), Vec::new());
     for first in (0..g.n).step_by(chunk) {
         let images = chunk.min(g.n - first);
@@ -141,7 +193,17 @@ pub(super) fn backward<T: Real>(
             let image_len = g.h * g.w * g.c;
             let dx_chunk = &mut dx[first * image_len..][..images * image_len];
             let dy_mat = Mat::rows(dy_chunk, g.k);
-            if g.is_pointwise() {
+            if let (Some(t), Some(wf)) = (&transposed, &flipped_w) {
+                // dx (h·w rows × c) = patches of dy (× r·s·k) · flipped wᵀ
+                let a = patches(t, dy, first, images, &mut dcol);
+                matmul(
+                    (images * g.h * g.w, g.c, t.patch()),
+                    Mat::rows(a, t.patch()),
+                    Mat::transposed(wf, t.patch()),
+                    dx_chunk,
+                    false,
+                );
+            } else if g.is_pointwise() {
                 matmul(
                     (rows, patch, g.k),
                     dy_mat,
