@@ -10,9 +10,14 @@ use kernels::{Buffer, Gpu};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// A library call's failure, as an engine error naming the call.
-pub(crate) fn lib_err(call: &str, status: impl std::fmt::Debug) -> Error {
-    Error::Gpu(kernels::Error::Driver(format!("{call} failed: {status:?}")))
+/// A library call's failure, as an engine error naming the call and why.
+pub(crate) fn lib_failure(call: &str, why: impl std::fmt::Display) -> Error {
+    Error::Gpu(kernels::Error::Driver(format!("{call} failed: {why}")))
+}
+
+/// A library call's failure status, as an engine error naming the call.
+fn lib_err(call: &str, status: impl std::fmt::Debug) -> Error {
+    lib_failure(call, format!("{status:?}"))
 }
 
 /// Checks a cuDNN status. A sub-library failure also names the cuDNN files
@@ -22,10 +27,13 @@ pub(crate) fn cudnn_ok(call: &str, s: cudnn::cudnnStatus_t) -> Result<()> {
     match s {
         S::CUDNN_STATUS_SUCCESS => Ok(()),
         S::CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH | S::CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED => {
-            Err(Error::Gpu(kernels::Error::Driver(format!(
-                "{call} failed: {s:?}; cuDNN files loaded: {}",
-                kernels::probe::cudnn_files()
-            ))))
+            Err(lib_failure(
+                call,
+                format!(
+                    "{s:?}; cuDNN files loaded: {}",
+                    kernels::probe::cudnn_files()
+                ),
+            ))
         }
         _ => Err(lib_err(call, s)),
     }
@@ -52,8 +60,8 @@ pub(crate) struct ConvKey {
     pub dtype: DType,
 }
 
-/// What `cudnnFind…Ex` chose for one direction: the algorithm, its
-/// workspace bytes, and the math type it was measured with (set on the
+/// One algorithm `cudnnFind…Ex` measured for one direction: the algorithm,
+/// its workspace bytes, and the math type to run it with (set on the
 /// descriptor before each run, since the directions share it).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Choice<A> {
@@ -68,9 +76,11 @@ pub(crate) struct ConvPlan {
     pub y: cudnn::cudnnTensorDescriptor_t,
     pub w: cudnn::cudnnFilterDescriptor_t,
     pub conv: cudnn::cudnnConvolutionDescriptor_t,
-    pub forward: Option<Choice<cudnn::cudnnConvolutionFwdAlgo_t>>,
-    pub backward_data: Option<Choice<cudnn::cudnnConvolutionBwdDataAlgo_t>>,
-    pub backward_filter: Option<Choice<cudnn::cudnnConvolutionBwdFilterAlgo_t>>,
+    /// Per direction, once searched: the algorithms that succeeded, fastest
+    /// first. One that then fails to run is dropped for the next.
+    pub forward: Option<Vec<Choice<cudnn::cudnnConvolutionFwdAlgo_t>>>,
+    pub backward_data: Option<Vec<Choice<cudnn::cudnnConvolutionBwdDataAlgo_t>>>,
+    pub backward_filter: Option<Vec<Choice<cudnn::cudnnConvolutionBwdFilterAlgo_t>>>,
 }
 
 impl Drop for ConvPlan {
@@ -98,6 +108,20 @@ pub(crate) struct CudaLibs {
 // thread at a time, always on the device's single stream.
 unsafe impl Send for CudaLibs {}
 
+impl Drop for CudaLibs {
+    fn drop(&mut self) {
+        // SAFETY: each handle was created by `new` (or is null) and is destroyed once.
+        unsafe {
+            if !self.cudnn.is_null() {
+                cudnn::cudnnDestroy(self.cudnn);
+            }
+            if !self.cublas.is_null() {
+                cublas::cublasDestroy_v2(self.cublas);
+            }
+        }
+    }
+}
+
 /// The most memory an algorithm search may use as workspace.
 pub(crate) const FIND_WORKSPACE: usize = 256 << 20;
 
@@ -121,31 +145,49 @@ impl CudaLibs {
                 missing.join(" and ")
             ))));
         }
+        // The bindings are cuDNN 9's; another major version's status codes and
+        // enums would not fit them (cuDNN 8 numbers its version major·1000).
+        // SAFETY: present, checked above; reads the version only.
+        let version = unsafe { cudnn::cudnnGetVersion() };
+        if version / 10000 != 9 {
+            return Err(Error::Gpu(kernels::Error::Unavailable(format!(
+                "cuDNN version {version} is loaded ({}); the engine needs cuDNN 9",
+                kernels::probe::cudnn_files()
+            ))));
+        }
         parts.ctx.bind_to_thread().map_err(kernels::Error::from)?;
         let stream = parts.stream.cu_stream();
-        let (mut dnn, mut blas) = (std::ptr::null_mut(), std::ptr::null_mut());
-        // SAFETY: creating handles and binding them to the device's stream.
-        unsafe {
-            cudnn_ok("cudnnCreate", cudnn::cudnnCreate(&mut dnn))?;
-            cudnn_ok("cudnnSetStream", cudnn::cudnnSetStream(dnn, stream as _))?;
-            cublas_ok("cublasCreate", cublas::cublasCreate_v2(&mut blas))?;
-            cublas_ok(
-                "cublasSetStream",
-                cublas::cublasSetStream_v2(blas, stream as _),
-            )?;
-            // Parity needs true f32 products: no TF32 behind our back.
-            cublas_ok(
-                "cublasSetMathMode",
-                cublas::cublasSetMathMode(blas, cublas::cublasMath_t::CUBLAS_DEFAULT_MATH),
-            )?;
-        }
-        Ok(CudaLibs {
+        let mut libs = CudaLibs {
             gpu,
-            cudnn: dnn,
-            cublas: blas,
+            cudnn: std::ptr::null_mut(),
+            cublas: std::ptr::null_mut(),
             workspace: None,
             plans: HashMap::new(),
-        })
+        };
+        // SAFETY: creating handles and binding them to the device's stream;
+        // on an error, `Drop` destroys whichever handles were created.
+        unsafe {
+            cudnn_ok("cudnnCreate", cudnn::cudnnCreate(&mut libs.cudnn))?;
+            cudnn_ok(
+                "cudnnSetStream",
+                cudnn::cudnnSetStream(libs.cudnn, stream as _),
+            )?;
+            cublas_ok("cublasCreate", cublas::cublasCreate_v2(&mut libs.cublas))?;
+            cublas_ok(
+                "cublasSetStream",
+                cublas::cublasSetStream_v2(libs.cublas, stream as _),
+            )?;
+            // Parity needs true f32 products: no TF32 behind our back, and
+            // split-K partial sums kept in f32 for 16-bit inputs too.
+            cublas_ok(
+                "cublasSetMathMode",
+                cublas::cublasSetMathMode(
+                    libs.cublas,
+                    cublas::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
+                ),
+            )?;
+        }
+        Ok(libs)
     }
 
     /// The workspace, grown (never shrunk) to at least `bytes`; its address and size.
@@ -170,7 +212,11 @@ pub(crate) fn with_libs<R>(
     f: impl FnOnce(&mut CudaLibs) -> Result<R>,
 ) -> Result<R> {
     static LIBS: OnceLock<Mutex<HashMap<Device, CudaLibs>>> = OnceLock::new();
-    let mut all = LIBS.get_or_init(Default::default).lock().unwrap();
+    // A panic under the lock leaves the state as consistent as any error does.
+    let mut all = LIBS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let libs = match all.entry(device) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(e) => e.insert(CudaLibs::new(gpu.clone())?),

@@ -376,7 +376,7 @@ extern "C" __global__ void bn_stats_partial_f16(const f16* x, float* partial, in
 }
 
 // Training mode: normalise with the batch's own mean and biased variance.
-extern "C" __global__ void bn_batch_finalize(const float* partial, int64_t chunks, int64_t rows_per_chunk,
+extern "C" __global__ void __launch_bounds__(1024) bn_batch_finalize(const float* partial, int64_t chunks, int64_t rows_per_chunk,
                                              int64_t rows, int c, const float* gamma, const float* beta, float eps,
                                              float* table) {
     bn_stats_finalize<false>(partial, chunks, rows_per_chunk, rows, c, gamma, beta, nullptr, nullptr, 1.0f, 1.0f,
@@ -384,7 +384,7 @@ extern "C" __global__ void bn_batch_finalize(const float* partial, int64_t chunk
 }
 
 // Momentum BN: normalise with the batch statistics blended into the history.
-extern "C" __global__ void bn_momentum_finalize(const float* partial, int64_t chunks, int64_t rows_per_chunk,
+extern "C" __global__ void __launch_bounds__(1024) bn_momentum_finalize(const float* partial, int64_t chunks, int64_t rows_per_chunk,
                                                 int64_t rows, int c, const float* gamma, const float* beta,
                                                 const float* hist_mean, const float* hist_var, float batch_weight,
                                                 float var_weight, float history_weight, float eps, float* table) {
@@ -491,7 +491,7 @@ extern "C" __global__ void bn_add_relu_backward_partial_f16(const f16* x, const 
     bn_backward_partial<f16, kGatedWritten>(x, dy, y, gated, table, partial, rows, c, rows_per_chunk);
 }
 
-extern "C" __global__ void bn_backward_finalize(const float* partial, int64_t chunks, int64_t rows, int c,
+extern "C" __global__ void __launch_bounds__(1024) bn_backward_finalize(const float* partial, int64_t chunks, int64_t rows, int c,
                                                 const float* gamma, const float* table, float a, float b,
                                                 float* dgamma, float* dbeta, float* coeff) {
     bn_backward_finalize_impl(partial, chunks, rows, c, gamma, table, a, b, dgamma, dbeta, coeff);

@@ -154,15 +154,15 @@ extern "C" __global__ void l2_normalize_backward_f16(const f16* y, const float* 
     l2_normalize_backward(y, norms, dy, dx, features);
 }
 
-extern "C" __global__ void m2t_loss_forward_f32(const float* q1, const float* k1, const float* q2, const float* k2,
+extern "C" __global__ void __launch_bounds__(1024) m2t_loss_forward_f32(const float* q1, const float* k1, const float* q2, const float* k2,
                                                 float* loss, int64_t rows, int64_t numel) {
     m2t_loss_forward(q1, k1, q2, k2, loss, rows, numel);
 }
-extern "C" __global__ void m2t_loss_forward_bf16(const bf16* q1, const bf16* k1, const bf16* q2, const bf16* k2,
+extern "C" __global__ void __launch_bounds__(1024) m2t_loss_forward_bf16(const bf16* q1, const bf16* k1, const bf16* q2, const bf16* k2,
                                                  bf16* loss, int64_t rows, int64_t numel) {
     m2t_loss_forward(q1, k1, q2, k2, loss, rows, numel);
 }
-extern "C" __global__ void m2t_loss_forward_f16(const f16* q1, const f16* k1, const f16* q2, const f16* k2, f16* loss,
+extern "C" __global__ void __launch_bounds__(1024) m2t_loss_forward_f16(const f16* q1, const f16* k1, const f16* q2, const f16* k2, f16* loss,
                                                 int64_t rows, int64_t numel) {
     m2t_loss_forward(q1, k1, q2, k2, loss, rows, numel);
 }
@@ -193,13 +193,13 @@ extern "C" __global__ void cross_entropy_forward_f16(const f16* logits, const in
     cross_entropy_forward(logits, labels, probs, row_loss, classes);
 }
 
-extern "C" __global__ void cross_entropy_mean_f32(const float* row_loss, float* loss, int64_t rows) {
+extern "C" __global__ void __launch_bounds__(1024) cross_entropy_mean_f32(const float* row_loss, float* loss, int64_t rows) {
     cross_entropy_mean(row_loss, loss, rows);
 }
-extern "C" __global__ void cross_entropy_mean_bf16(const float* row_loss, bf16* loss, int64_t rows) {
+extern "C" __global__ void __launch_bounds__(1024) cross_entropy_mean_bf16(const float* row_loss, bf16* loss, int64_t rows) {
     cross_entropy_mean(row_loss, loss, rows);
 }
-extern "C" __global__ void cross_entropy_mean_f16(const float* row_loss, f16* loss, int64_t rows) {
+extern "C" __global__ void __launch_bounds__(1024) cross_entropy_mean_f16(const float* row_loss, f16* loss, int64_t rows) {
     cross_entropy_mean(row_loss, loss, rows);
 }
 

@@ -110,11 +110,12 @@ extern "C" __global__ void unscale_grads_check_finite(float* __restrict__ g, int
     if (bad) *found_inf = 1;
 }
 
-// Global gradient check: Σg² over the finite elements into *sum_sq (zeroed
-// before the launch; one atomic per block) and *found_nonfinite = 1 if any
-// element is NaN or ±∞.
-extern "C" __global__ void grad_sum_squares_check_finite(const float* __restrict__ g, int64_t n,
-                                                         float* __restrict__ sum_sq, int* __restrict__ found_nonfinite) {
+// Global gradient check, pass 1: each block's Σg² over its finite elements
+// into partials[blockIdx.x], and *found_nonfinite = 1 if any element is NaN or
+// ±∞. The blocks' shares depend only on n and the grid, and pass 2 adds the
+// partials in one fixed order, so the sum is the same on every run.
+extern "C" __global__ void grad_sum_squares_partials(const float* __restrict__ g, int64_t n,
+                                                     float* __restrict__ partials, int* __restrict__ found_nonfinite) {
     __shared__ float scratch[32];
     float acc = 0.0f;
     bool bad = false;
@@ -128,5 +129,15 @@ extern "C" __global__ void grad_sum_squares_check_finite(const float* __restrict
     }
     if (bad) *found_nonfinite = 1;
     acc = block_sum(acc, scratch);
-    if (threadIdx.x == 0) atomicAdd(sum_sq, acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+// Pass 2, one block: *sum = Σ partials[0..count).
+extern "C" __global__ void __launch_bounds__(1024) sum_partials(const float* __restrict__ partials, int64_t count,
+                                                                float* __restrict__ sum) {
+    __shared__ float scratch[32];
+    float acc = 0.0f;
+    for (int64_t i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) *sum = acc;
 }

@@ -429,7 +429,8 @@ fn loss_scaler(device: Device) {
         device,
         &[
             "unscale_grads_check_finite",
-            "grad_sum_squares_check_finite",
+            "grad_sum_squares_partials",
+            "sum_partials",
             "accumulate_grad_f32",
         ],
     );

@@ -231,20 +231,32 @@ pub(crate) fn unscale_and_check(grads: &Tensor, inv_scale: f32) -> Result<bool> 
     Ok(read_scratch(g, &scratch)?.1)
 }
 
-/// (Σg² over the finite elements, accumulated in f32; whether all are finite),
-/// in one launch and one 8-byte read-back.
+/// (Σg² over the finite elements, accumulated in f32 in a fixed order;
+/// whether all are finite), in two launches and one 8-byte read-back.
 pub(crate) fn grad_sum_squares(grads: &Tensor) -> Result<(f32, bool)> {
     let g = gpu_of(grads)?;
-    let scratch = flag_scratch(g)?;
     let n = grads.numel();
+    let config = LaunchConfig::for_elements(n, BLOCK);
+    let blocks = config.grid.0 as usize;
+    // [Σ (f32) | non-finite flag (i32) | one partial per block]
+    let scratch = g.gpu.alloc_zeroed(8 + 4 * blocks)?;
     g.gpu.launch(
-        "grad_sum_squares_check_finite",
-        LaunchConfig::for_elements(n, BLOCK),
+        "grad_sum_squares_partials",
+        config,
         &[
             grads.arg(),
             Arg::I64(n as i64),
-            Arg::Ptr(&scratch, 0),
+            Arg::Ptr(&scratch, 8),
             Arg::Ptr(&scratch, 4),
+        ],
+    )?;
+    g.gpu.launch(
+        "sum_partials",
+        LaunchConfig::blocks(1, 1024),
+        &[
+            Arg::Ptr(&scratch, 8),
+            Arg::I64(blocks as i64),
+            Arg::Ptr(&scratch, 0),
         ],
     )?;
     let (sum_sq, nonfinite) = read_scratch(g, &scratch)?;

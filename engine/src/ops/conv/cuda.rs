@@ -94,16 +94,6 @@ fn new_plan(g: &ConvGeometry, dtype: DType) -> Result<ConvPlan> {
                 cudnn::cudnnDataType_t::CUDNN_DATA_FLOAT,
             ),
         )?;
-        // Tensor cores for 16-bit data; plain FMA for f32, so it is never TF32.
-        let math = if dtype == DType::F32 {
-            cudnn::cudnnMathType_t::CUDNN_FMA_MATH
-        } else {
-            cudnn::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
-        };
-        cudnn_ok(
-            "cudnnSetConvolutionMathType",
-            cudnn::cudnnSetConvolutionMathType(plan.conv, math),
-        )?;
     }
     Ok(plan)
 }
@@ -116,24 +106,86 @@ fn plan<'a>(libs: &'a mut CudaLibs, g: &ConvGeometry, dtype: DType) -> Result<&'
     })
 }
 
-/// Picks the fastest successful algorithm among `cudnnFind…Ex` results.
-/// For f32 only plain-FMA results count, so f32 never runs as TF32.
-macro_rules! fastest {
-    ($results:expr, $count:expr, $what:literal, $dtype:expr) => {
-        $results[..$count as usize]
-            .iter()
-            .filter(|r| r.status == cudnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
-            .filter(|r| {
-                $dtype != DType::F32 || r.mathType == cudnn::cudnnMathType_t::CUDNN_FMA_MATH
-            })
-            .min_by(|a, b| a.time.total_cmp(&b.time))
-            .map(|r| Choice {
-                algo: r.algo,
-                workspace: r.memory,
-                math: r.mathType,
-            })
-            .ok_or_else(|| crate::cuda_libs::lib_err($what, "no algorithm succeeded"))
+/// The fields of a `cudnnFind…Ex` result that the choice needs, alike for
+/// the three directions' result types.
+trait AlgoPerf {
+    type Algo: Copy + std::fmt::Debug;
+    fn algo(&self) -> Self::Algo;
+    fn status(&self) -> cudnn::cudnnStatus_t;
+    fn time(&self) -> f32;
+    fn memory(&self) -> usize;
+    fn math(&self) -> cudnn::cudnnMathType_t;
+}
+
+macro_rules! algo_perf {
+    ($perf:ty, $algo:ty) => {
+        impl AlgoPerf for $perf {
+            type Algo = $algo;
+            fn algo(&self) -> $algo {
+                self.algo
+            }
+            fn status(&self) -> cudnn::cudnnStatus_t {
+                self.status
+            }
+            fn time(&self) -> f32 {
+                self.time
+            }
+            fn memory(&self) -> usize {
+                self.memory
+            }
+            fn math(&self) -> cudnn::cudnnMathType_t {
+                self.mathType
+            }
+        }
     };
+}
+algo_perf!(
+    cudnn::cudnnConvolutionFwdAlgoPerf_t,
+    cudnn::cudnnConvolutionFwdAlgo_t
+);
+algo_perf!(
+    cudnn::cudnnConvolutionBwdDataAlgoPerf_t,
+    cudnn::cudnnConvolutionBwdDataAlgo_t
+);
+algo_perf!(
+    cudnn::cudnnConvolutionBwdFilterAlgoPerf_t,
+    cudnn::cudnnConvolutionBwdFilterAlgo_t
+);
+
+/// The algorithms that succeeded among `cudnnFind…Ex` results (`what`),
+/// fastest first. For f32 only those measured without tensor cores count,
+/// and they run with FMA math, so f32 never runs as TF32.
+fn succeeded<P: AlgoPerf>(results: &[P], what: &str, dtype: DType) -> Result<Vec<Choice<P::Algo>>> {
+    use cudnn::cudnnMathType_t as M;
+    let f32_math = |m: M| matches!(m, M::CUDNN_FMA_MATH | M::CUDNN_DEFAULT_MATH);
+    let mut ok: Vec<&P> = results
+        .iter()
+        .filter(|r| r.status() == cudnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
+        .filter(|r| dtype != DType::F32 || f32_math(r.math()))
+        .collect();
+    ok.sort_by(|a, b| a.time().total_cmp(&b.time()));
+    if ok.is_empty() {
+        let tried: Vec<String> = results
+            .iter()
+            .map(|r| format!("{:?} {:?} {:?}", r.algo(), r.status(), r.math()))
+            .collect();
+        return Err(crate::cuda_libs::lib_failure(
+            what,
+            format!("no usable algorithm ({})", tried.join(", ")),
+        ));
+    }
+    Ok(ok
+        .into_iter()
+        .map(|r| Choice {
+            algo: r.algo(),
+            workspace: r.memory(),
+            math: if dtype == DType::F32 {
+                M::CUDNN_FMA_MATH
+            } else {
+                r.math()
+            },
+        })
+        .collect())
 }
 
 const ONE: f32 = 1.0;
@@ -151,37 +203,74 @@ fn ptr(t: &Tensor) -> *mut c_void {
     t.device_ptr() as *mut c_void
 }
 
-/// One direction of a convolution: finds its algorithm once per shape with
-/// `find` (given the search workspace), then runs it with `run` (given the
-/// algorithm and a workspace of the size it needs), timed as `label` when
-/// profiling.
-fn find_then_run<A: Copy>(
+/// One direction of a convolution: finds its algorithms once per shape with
+/// `find` (given the search workspace), then runs the fastest with `run`
+/// (given the algorithm and a workspace of the size it needs), timed as
+/// `label` when profiling. An algorithm that fails to run is dropped and the
+/// next one tried, so one bad recommendation does not fail the shape for good.
+fn find_then_run<A: Copy + std::fmt::Debug>(
     label: &'static str,
     libs: &mut CudaLibs,
     (geo, dtype): (&ConvGeometry, DType),
-    slot: fn(&mut ConvPlan) -> &mut Option<Choice<A>>,
-    find: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, *mut c_void, usize) -> Result<Choice<A>>,
-    run: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, A, *mut c_void, usize) -> Result<()>,
+    slot: fn(&mut ConvPlan) -> &mut Option<Vec<Choice<A>>>,
+    find: impl FnOnce(&ConvPlan, cudnn::cudnnHandle_t, *mut c_void, usize) -> Result<Vec<Choice<A>>>,
+    run: impl Fn(&ConvPlan, cudnn::cudnnHandle_t, A, *mut c_void, usize) -> Result<()>,
 ) -> Result<()> {
     let handle = libs.cudnn;
     if slot(plan(libs, geo, dtype)?).is_none() {
         let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
         let p = plan(libs, geo, dtype)?;
+        // Each search starts from the dtype's math type, not the one the
+        // previous direction's run left on the shared descriptor.
+        // SAFETY: a live descriptor.
+        cudnn_ok("cudnnSetConvolutionMathType", unsafe {
+            cudnn::cudnnSetConvolutionMathType(p.conv, search_math(dtype))
+        })?;
         let found = find(p, handle, ws as *mut c_void, ws_len)?;
         *slot(p) = Some(found);
     }
-    let choice = slot(plan(libs, geo, dtype)?).expect("found above");
-    let need = choice.workspace;
-    let (ws, _) = libs.workspace(need)?;
-    let gpu = libs.gpu.clone();
-    let plan = plan(libs, geo, dtype)?;
-    // SAFETY: a live descriptor; the math type is one cuDNN itself reported.
-    cudnn_ok("cudnnSetConvolutionMathType", unsafe {
-        cudnn::cudnnSetConvolutionMathType(plan.conv, choice.math)
-    })?;
-    gpu.timed(label, || {
-        run(plan, handle, choice.algo, ws as *mut c_void, need)
-    })?
+    let mut failures = Vec::new();
+    loop {
+        let Some(&choice) = slot(plan(libs, geo, dtype)?)
+            .as_ref()
+            .and_then(|c| c.first())
+        else {
+            return Err(crate::cuda_libs::lib_failure(
+                label,
+                format!(
+                    "every algorithm found failed to run: {}",
+                    failures.join("; ")
+                ),
+            ));
+        };
+        let need = choice.workspace;
+        let (ws, _) = libs.workspace(need)?;
+        let gpu = libs.gpu.clone();
+        let plan = plan(libs, geo, dtype)?;
+        // SAFETY: a live descriptor; the math type is one cuDNN itself reported.
+        cudnn_ok("cudnnSetConvolutionMathType", unsafe {
+            cudnn::cudnnSetConvolutionMathType(plan.conv, choice.math)
+        })?;
+        match gpu.timed(label, || {
+            run(plan, handle, choice.algo, ws as *mut c_void, need)
+        })? {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                failures.push(format!("{:?}: {e}", choice.algo));
+                slot(plan).as_mut().expect("searched above").remove(0);
+            }
+        }
+    }
+}
+
+/// The math type an algorithm search runs with: tensor cores for 16-bit
+/// data, plain FMA for f32.
+fn search_math(dtype: DType) -> cudnn::cudnnMathType_t {
+    if dtype == DType::F32 {
+        cudnn::cudnnMathType_t::CUDNN_FMA_MATH
+    } else {
+        cudnn::cudnnMathType_t::CUDNN_TENSOR_OP_MATH
+    }
 }
 
 /// Room for every algorithm cuDNN reports.
@@ -232,11 +321,10 @@ pub(super) fn forward(
                         ws_len,
                     )
                 })?;
-                fastest!(
-                    results,
-                    count,
+                succeeded(
+                    &results[..count as usize],
                     "cudnnFindConvolutionForwardAlgorithmEx",
-                    dtype
+                    dtype,
                 )
             },
             |plan, handle, algo, ws, need| {
@@ -316,11 +404,10 @@ pub(super) fn backward(
                             ws_len,
                         )
                     })?;
-                    fastest!(
-                        results,
-                        count,
+                    succeeded(
+                        &results[..count as usize],
                         "cudnnFindConvolutionBackwardDataAlgorithmEx",
-                        dtype
+                        dtype,
                     )
                 },
                 |plan, handle, algo, ws, need| {
@@ -372,11 +459,10 @@ pub(super) fn backward(
                             ws_len,
                         )
                     })?;
-                    fastest!(
-                        results,
-                        count,
+                    succeeded(
+                        &results[..count as usize],
                         "cudnnFindConvolutionBackwardFilterAlgorithmEx",
-                        dtype
+                        dtype,
                     )
                 },
                 |plan, handle, algo, ws, need| {
@@ -426,10 +512,109 @@ pub(crate) fn chosen_algorithms(
     with_libs(device, gpu, |libs| {
         Ok(libs.plans.get(&key).map(|plan| {
             [
-                plan.forward.map(|c| format!("{:?}", c.algo)),
-                plan.backward_data.map(|c| format!("{:?}", c.algo)),
-                plan.backward_filter.map(|c| format!("{:?}", c.algo)),
+                first_algo(&plan.forward),
+                first_algo(&plan.backward_data),
+                first_algo(&plan.backward_filter),
             ]
         }))
     })
+}
+
+/// The algorithm a direction runs with, once searched.
+fn first_algo<A: std::fmt::Debug>(choices: &Option<Vec<Choice<A>>>) -> Option<String> {
+    choices
+        .as_ref()
+        .and_then(|c| c.first())
+        .map(|c| format!("{:?}", c.algo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudnn::cudnnConvolutionFwdAlgo_t as Algo;
+    use cudnn::cudnnMathType_t as M;
+    use cudnn::cudnnStatus_t as S;
+
+    fn perf(algo: Algo, status: S, time: f32, math: M) -> cudnn::cudnnConvolutionFwdAlgoPerf_t {
+        // SAFETY: a plain C struct; zero is a valid value of each field.
+        let mut p: cudnn::cudnnConvolutionFwdAlgoPerf_t = unsafe { std::mem::zeroed() };
+        (p.algo, p.status, p.time, p.mathType, p.memory) = (algo, status, time, math, 64);
+        p
+    }
+
+    fn algos<A: Copy>(choices: &[Choice<A>]) -> Vec<A> {
+        choices.iter().map(|c| c.algo).collect()
+    }
+
+    #[test]
+    fn successes_fastest_first_and_f32_without_tensor_cores() {
+        let results = [
+            perf(
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+                S::CUDNN_STATUS_SUCCESS,
+                3.0,
+                M::CUDNN_FMA_MATH,
+            ),
+            perf(
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+                S::CUDNN_STATUS_NOT_SUPPORTED,
+                0.1,
+                M::CUDNN_FMA_MATH,
+            ),
+            perf(
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                S::CUDNN_STATUS_SUCCESS,
+                1.0,
+                M::CUDNN_TENSOR_OP_MATH,
+            ),
+            perf(
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                S::CUDNN_STATUS_SUCCESS,
+                2.0,
+                M::CUDNN_DEFAULT_MATH,
+            ),
+        ];
+        let bf16 = succeeded(&results, "find", DType::BF16).unwrap();
+        assert_eq!(
+            algos(&bf16),
+            [
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            ]
+        );
+        assert_eq!(bf16[0].math, M::CUDNN_TENSOR_OP_MATH);
+        assert_eq!(bf16[0].workspace, 64);
+        let f32 = succeeded(&results, "find", DType::F32).unwrap();
+        assert_eq!(
+            algos(&f32),
+            [
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM
+            ]
+        );
+        assert!(f32.iter().all(|c| c.math == M::CUDNN_FMA_MATH));
+    }
+
+    #[test]
+    fn no_success_names_every_result() {
+        let results = [perf(
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+            S::CUDNN_STATUS_NOT_SUPPORTED,
+            0.1,
+            M::CUDNN_FMA_MATH,
+        )];
+        let e = succeeded(
+            &results,
+            "cudnnFindConvolutionForwardAlgorithmEx",
+            DType::F32,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cudnnFindConvolutionForwardAlgorithmEx")
+                && e.contains("CUDNN_CONVOLUTION_FWD_ALGO_FFT CUDNN_STATUS_NOT_SUPPORTED"),
+            "{e}"
+        );
+    }
 }
