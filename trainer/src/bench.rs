@@ -189,9 +189,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rng = Rng::new(1);
     let shape = [bs, res, res, args.channels];
     let n = shape.iter().product();
+    // On the model's device from the start: the step is timed, not uploads
+    // (a training run's views are drawn on the GPU by the augmentation kernels).
     let (v1, v2) = (
-        Tensor::from_vec(rng.normal_vec(n, 1.0), shape)?,
-        Tensor::from_vec(rng.normal_vec(n, 1.0), shape)?,
+        Tensor::from_vec(rng.normal_vec(n, 1.0), shape)?.to_device(placement.device)?,
+        Tensor::from_vec(rng.normal_vec(n, 1.0), shape)?.to_device(placement.device)?,
     );
     let total = args.steps + 1;
     let mut times = Vec::new();
