@@ -210,12 +210,35 @@ impl Stamp {
 /// A timed section: its label and its start and end stamps.
 type Timed = (&'static str, Stamp, Stamp);
 
+/// Copies between host and device memory since the device was created:
+/// how many, and how many bytes, each way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub to_device: (u64, u64),
+    pub to_host: (u64, u64),
+}
+
+thread_local! {
+    static STANDING_IN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` as the emulator's host stand-in for a library it lacks (cuDNN,
+/// cuBLAS): the copies `f` makes on this thread are not counted in
+/// [`Gpu::transfers`], since on a real GPU the library reads device memory.
+pub fn stand_in<R>(f: impl FnOnce() -> R) -> R {
+    let outer = STANDING_IN.replace(true);
+    let r = f();
+    STANDING_IN.set(outer);
+    r
+}
+
 /// A device that runs the registry's kernels.
 pub struct Gpu {
     kind: Kind,
     /// When set, every launch and [`Gpu::timed`] section is timed by family.
     profiling: std::sync::atomic::AtomicBool,
     timings: Mutex<Vec<Timed>>,
+    transfers: Mutex<Transfers>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -282,6 +305,7 @@ impl Gpu {
             kind,
             profiling: false.into(),
             timings: Mutex::new(Vec::new()),
+            transfers: Mutex::new(Transfers::default()),
         }
     }
 
@@ -374,12 +398,31 @@ impl Gpu {
         Ok(b)
     }
 
+    /// The host-device copies so far (uploads, writes and reads).
+    pub fn transfers(&self) -> Transfers {
+        *self.transfers.lock().unwrap()
+    }
+
+    fn count_transfer(&self, to_device: bool, bytes: usize) {
+        if STANDING_IN.get() {
+            return;
+        }
+        let mut t = self.transfers.lock().unwrap();
+        let way = if to_device {
+            &mut t.to_device
+        } else {
+            &mut t.to_host
+        };
+        *way = (way.0 + 1, way.1 + bytes as u64);
+    }
+
     /// Copies `data` into `buffer` at byte `offset`.
     pub fn write(&self, buffer: &Buffer, offset: usize, data: &[u8]) -> Result<()> {
         buffer.check_range("write", offset, data.len())?;
         if data.is_empty() {
             return Ok(());
         }
+        self.count_transfer(true, data.len());
         match (&self.kind, &buffer.mem) {
             (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
                 c.ctx.bind_to_thread()?;
@@ -408,6 +451,7 @@ impl Gpu {
         if out.is_empty() {
             return Ok(());
         }
+        self.count_transfer(false, out.len());
         match (&self.kind, &buffer.mem) {
             (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
                 c.ctx.bind_to_thread()?;

@@ -39,7 +39,8 @@ pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Devic
 /// Runs a CPU op for the emulator, where cuDNN and cuBLAS do not exist:
 /// the inputs are copied to the host (16-bit ones widened to f32), `op` runs
 /// the CPU reference, and its outputs are rounded back to `dtype` and copied
-/// to `device`. Only the emulator takes this path.
+/// to `device`. Only the emulator takes this path; its copies are not
+/// counted as the program's transfers ([`kernels::stand_in`]).
 pub(crate) fn on_host<const N: usize, const M: usize>(
     device: Device,
     dtype: crate::DType,
@@ -47,6 +48,15 @@ pub(crate) fn on_host<const N: usize, const M: usize>(
     op: impl FnOnce([Tensor; N]) -> Result<[Option<Tensor>; M]>,
 ) -> Result<[Option<Tensor>; M]> {
     debug_assert_eq!(device, Device::Emulator);
+    kernels::stand_in(|| host_stand_in(device, dtype, inputs, op))
+}
+
+fn host_stand_in<const N: usize, const M: usize>(
+    device: Device,
+    dtype: crate::DType,
+    inputs: [&Tensor; N],
+    op: impl FnOnce([Tensor; N]) -> Result<[Option<Tensor>; M]>,
+) -> Result<[Option<Tensor>; M]> {
     let host = inputs.map(|t| {
         let h = t.to_device(Device::Cpu)?;
         match h.dtype() {

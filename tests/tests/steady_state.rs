@@ -1,0 +1,56 @@
+//! What a steady-state M2T step on the GPU path moves between host and
+//! device, counted on the emulator (its own process: the count is global to
+//! the device). Anything beyond the loss read is a hidden stall per step.
+
+use engine::optim::Sgd;
+use engine::{DType, Device, Rng, Tensor};
+use nets::m2t::{M2t, M2tConfig};
+use nets::resnet::{Arch, ResNetConfig, Stem};
+
+#[test]
+fn a_step_reads_back_only_the_loss() {
+    let device = Device::Emulator;
+    let backbone = ResNetConfig {
+        arch: Arch::ResNet18,
+        stem: Stem::Small,
+        in_channels: 3,
+        width: 4,
+    };
+    let config = M2tConfig {
+        proj_hidden: 16,
+        proj_out: 8,
+        pred_hidden: 16,
+        precision: DType::BF16,
+        ..M2tConfig::new(backbone)
+    };
+    let mut model = M2t::new(config, 1).unwrap().to_device(device).unwrap();
+    let mut sgd = Sgd::new(model.student(), 0.9, 1e-4).unwrap();
+    let mut rng = Rng::new(2);
+    let mut view = || {
+        Tensor::from_vec(rng.normal_vec(4 * 8 * 8 * 3, 1.0), [4, 8, 8, 3])
+            .unwrap()
+            .to_device(device)
+            .unwrap()
+    };
+    let (v1, v2) = (view(), view());
+    let gpu = engine::gpu_launcher(device).unwrap();
+    let mut step = |k| {
+        model.step(&v1, &v2, k, 10).unwrap();
+        sgd.step(model.student_mut(), 0.05).unwrap();
+    };
+    step(0);
+    let before = gpu.transfers();
+    step(1);
+    let after = gpu.transfers();
+    let moved = |(n1, b1): (u64, u64), (n0, b0): (u64, u64)| (n1 - n0, b1 - b0);
+    assert_eq!(
+        moved(after.to_device, before.to_device),
+        (0, 0),
+        "uploads in a step"
+    );
+    assert_eq!(
+        moved(after.to_host, before.to_host),
+        (1, 4),
+        "reads in a step: the f32 loss only"
+    );
+}
