@@ -62,3 +62,11 @@ extern "C" __global__ void selftest_shuffle_inactive_lanes(float* y) {
 extern "C" __global__ void selftest_write_past_end(float* y, int n) {
     if (threadIdx.x == 0) y[n] = 1.0f;
 }
+
+// Broken: every block reads what block 0 writes in the same launch, which
+// only works if block 0 happens to run first.
+extern "C" __global__ void selftest_reads_block_zero(float* flag, float* out) {
+    if (threadIdx.x != 0) return;
+    if (blockIdx.x == 0) *flag = 1.0f;
+    out[blockIdx.x] = *flag;
+}

@@ -245,9 +245,11 @@ extern "C" int emu_launch(const char* name, const unsigned grid[3], const unsign
     block = &b;
     block_dim = uint3{threads[0], threads[1], threads[2]};
     grid_dim = uint3{grid[0], grid[1], grid[2]};
-    for (unsigned z = 0; z < grid[2]; z++)
-        for (unsigned y = 0; y < grid[1]; y++)
-            for (unsigned x = 0; x < grid[0]; x++) {
+    // Blocks run one at a time, last first: a real GPU promises no order, and
+    // code that counts on blocks finishing in index order shows here.
+    for (unsigned z = grid[2]; z-- > 0;)
+        for (unsigned y = grid[1]; y-- > 0;)
+            for (unsigned x = grid[0]; x-- > 0;) {
                 block_idx = uint3{x, y, z};
                 run_block(b);
                 if (!b.error.empty()) {

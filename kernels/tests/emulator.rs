@@ -105,6 +105,22 @@ fn barrier_orders_a_shared_memory_exchange() {
     );
 }
 
+/// Blocks run last first, so a kernel that counts on block 0 having run
+/// before the others reads the value from before the launch.
+#[test]
+fn blocks_do_not_run_in_index_order() {
+    let gpu = Gpu::emulator();
+    let flag = upload(&gpu, &[0.0]);
+    let out = gpu.alloc(4 * 4).unwrap();
+    gpu.launch(
+        "selftest_reads_block_zero",
+        LaunchConfig::blocks(4, 32),
+        &[Arg::ptr(&flag), Arg::ptr(&out)],
+    )
+    .unwrap();
+    assert_eq!(download(&gpu, &out), [1.0, 0.0, 0.0, 0.0]);
+}
+
 #[test]
 fn partial_barrier_is_reported_with_the_kernel_name() {
     let gpu = Gpu::emulator();
