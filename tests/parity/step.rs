@@ -16,7 +16,7 @@ pub const CASES: &[Case] = &[
 ];
 
 /// `arch` with the small stem, width 4, heads `hidden`/`out` wide.
-fn tiny_with(arch: Arch, precision: DType, (hidden, out): (usize, usize)) -> M2t {
+pub fn tiny_with(arch: Arch, precision: DType, (hidden, out): (usize, usize)) -> M2t {
     let backbone = ResNetConfig {
         arch,
         stem: Stem::Small,

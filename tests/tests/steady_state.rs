@@ -4,26 +4,15 @@
 
 use engine::optim::Sgd;
 use engine::{DType, Device, Rng, Tensor};
-use nets::m2t::{M2t, M2tConfig};
-use nets::resnet::{Arch, ResNetConfig, Stem};
+use nets::resnet::Arch;
+use tests::parity::step::tiny_with;
 
 #[test]
 fn a_step_reads_back_only_the_loss() {
     let device = Device::Emulator;
-    let backbone = ResNetConfig {
-        arch: Arch::ResNet18,
-        stem: Stem::Small,
-        in_channels: 3,
-        width: 4,
-    };
-    let config = M2tConfig {
-        proj_hidden: 16,
-        proj_out: 8,
-        pred_hidden: 16,
-        precision: DType::BF16,
-        ..M2tConfig::new(backbone)
-    };
-    let mut model = M2t::new(config, 1).unwrap().to_device(device).unwrap();
+    let mut model = tiny_with(Arch::ResNet18, DType::BF16, (16, 8))
+        .to_device(device)
+        .unwrap();
     let mut sgd = Sgd::new(model.student(), 0.9, 1e-4).unwrap();
     let mut rng = Rng::new(2);
     let mut view = || {
