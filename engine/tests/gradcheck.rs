@@ -131,6 +131,15 @@ fn conv2d_3x3_no_padding() {
     conv_case([2, 6, 5, 2], 3, 3, 1, 0, 3);
 }
 
+/// At least 32 input channels and at most 64 output channels: the CPU
+/// computes dx as the transposed convolution (padding 1, 2 and 0 here).
+#[test]
+fn conv2d_3x3_as_transposed_for_dx() {
+    conv_case([1, 4, 5, 32], 3, 3, 1, 1, 8);
+    conv_case([1, 5, 4, 32], 2, 3, 1, 0, 9);
+    conv_case([1, 3, 4, 32], 2, 3, 1, 2, 10);
+}
+
 #[test]
 fn conv2d_1x1_pointwise() {
     conv_case([2, 4, 3, 6], 5, 1, 1, 0, 4);
