@@ -280,15 +280,13 @@ pub fn cudnn_files() -> String {
 
 /// Where a loaded library's file is, read from this process's memory map.
 fn loaded_path(stem: &str) -> Option<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            Path::new(p)
-                .file_name()
-                .is_some_and(|f| f.to_string_lossy().starts_with(&format!("{stem}.so")))
-        })
-        .map(PathBuf::from)
+    let main = format!("{stem}.so");
+    loaded_folders(stem).into_iter().find_map(|(dir, files)| {
+        files
+            .iter()
+            .find(|f| f.starts_with(&main))
+            .map(|f| dir.join(f))
+    })
 }
 
 /// Whether NVRTC can be loaded (after [`load_libraries`]).

@@ -270,7 +270,8 @@ impl M2t {
             .to_device(Device::Cpu)?)
     }
 
-    /// Student output for one view: `normalize(predictor(projector(backbone(x))))`.
+    /// Student output for one view (from [`Self::input`]):
+    /// `normalize(predictor(projector(backbone(x))))`.
     fn student_view(
         &self,
         tape: &mut Tape,
@@ -278,7 +279,7 @@ impl M2t {
         x: &Tensor,
     ) -> Result<(Var, Vec<Option<BatchStats>>)> {
         let mut f = Forward::new(tape, params, BnMode::Train, &self.student_bn);
-        let x = f.tape.constant(self.input(x)?);
+        let x = f.tape.constant(x.clone());
         let h = self.backbone.forward(&mut f, &x)?;
         let z = self.projector.forward(&mut f, &h)?;
         let p = self.predictor.forward(&mut f, &z)?;
@@ -287,7 +288,8 @@ impl M2t {
         Ok((tape.l2_normalize(&p)?, stats))
     }
 
-    /// Teacher target for one view, without gradient: `normalize(projector(backbone(x)))`.
+    /// Teacher target for one view (from [`Self::input`]), without gradient:
+    /// `normalize(projector(backbone(x)))`.
     /// `tape` is a no-grad tape holding the teacher's parameters, shared by
     /// both views so the weights are cast once per step.
     fn teacher_view(
@@ -298,7 +300,7 @@ impl M2t {
         x: &Tensor,
     ) -> Result<(Tensor, Vec<Option<BatchStats>>)> {
         let mut f = Forward::new(tape, params, mode, &self.teacher_bn);
-        let x = f.tape.constant(self.input(x)?);
+        let x = f.tape.constant(x.clone());
         let h = self.backbone.forward(&mut f, &x)?;
         let z = self.projector.forward(&mut f, &h)?;
         let stats = f.stats;
@@ -320,6 +322,8 @@ impl M2t {
         total: usize,
     ) -> Result<StepReport> {
         use engine::nvtx::phase;
+        // Each view is moved and cast once, for the teacher and the student.
+        let (view1, view2) = (&self.input(view1)?, &self.input(view2)?);
         let m = ema_momentum(k, total, self.config.ema_base);
         {
             let _r = phase("ema");

@@ -188,6 +188,20 @@ fn succeeded<P: AlgoPerf>(results: &[P], what: &str, dtype: DType) -> Result<Vec
         .collect())
 }
 
+/// Runs one `cudnnFind…Ex` call `find` (given the result count and array
+/// pointers) and returns the algorithms that succeeded, fastest first.
+fn measured<P: AlgoPerf>(
+    what: &str,
+    dtype: DType,
+    find: impl FnOnce(*mut i32, *mut P) -> cudnn::cudnnStatus_t,
+) -> Result<Vec<Choice<P::Algo>>> {
+    // SAFETY: plain C structs; zero is a valid value of each field.
+    let mut results: [P; MAX_ALGOS] = unsafe { std::mem::zeroed() };
+    let mut count = 0;
+    cudnn_ok(what, find(&mut count, results.as_mut_ptr()))?;
+    succeeded(&results[..count as usize], what, dtype)
+}
+
 const ONE: f32 = 1.0;
 const ZERO: f32 = 0.0;
 
@@ -300,31 +314,26 @@ pub(super) fn forward(
             (geo, dtype),
             |plan| &mut plan.forward,
             |plan, handle, ws, ws_len| {
-                let mut results =
-                    [unsafe { std::mem::zeroed::<cudnn::cudnnConvolutionFwdAlgoPerf_t>() };
-                        MAX_ALGOS];
-                let mut count = 0;
-                cudnn_ok("cudnnFindConvolutionForwardAlgorithmEx", unsafe {
-                    cudnn::cudnnFindConvolutionForwardAlgorithmEx(
-                        handle,
-                        plan.x,
-                        ptr(x),
-                        plan.w,
-                        ptr(w),
-                        plan.conv,
-                        plan.y,
-                        ptr(&y),
-                        MAX_ALGOS as i32,
-                        &mut count,
-                        results.as_mut_ptr(),
-                        ws,
-                        ws_len,
-                    )
-                })?;
-                succeeded(
-                    &results[..count as usize],
+                measured::<cudnn::cudnnConvolutionFwdAlgoPerf_t>(
                     "cudnnFindConvolutionForwardAlgorithmEx",
                     dtype,
+                    |count, results| unsafe {
+                        cudnn::cudnnFindConvolutionForwardAlgorithmEx(
+                            handle,
+                            plan.x,
+                            ptr(x),
+                            plan.w,
+                            ptr(w),
+                            plan.conv,
+                            plan.y,
+                            ptr(&y),
+                            MAX_ALGOS as i32,
+                            count,
+                            results,
+                            ws,
+                            ws_len,
+                        )
+                    },
                 )
             },
             |plan, handle, algo, ws, need| {
@@ -383,31 +392,26 @@ pub(super) fn backward(
                 (geo, dtype),
                 |plan| &mut plan.backward_data,
                 |plan, handle, ws, ws_len| {
-                    let mut results =
-                        [unsafe { std::mem::zeroed::<cudnn::cudnnConvolutionBwdDataAlgoPerf_t>() };
-                            MAX_ALGOS];
-                    let mut count = 0;
-                    cudnn_ok("cudnnFindConvolutionBackwardDataAlgorithmEx", unsafe {
-                        cudnn::cudnnFindConvolutionBackwardDataAlgorithmEx(
-                            handle,
-                            plan.w,
-                            ptr(w),
-                            plan.y,
-                            ptr(dy),
-                            plan.conv,
-                            plan.x,
-                            ptr(dx),
-                            MAX_ALGOS as i32,
-                            &mut count,
-                            results.as_mut_ptr(),
-                            ws,
-                            ws_len,
-                        )
-                    })?;
-                    succeeded(
-                        &results[..count as usize],
+                    measured::<cudnn::cudnnConvolutionBwdDataAlgoPerf_t>(
                         "cudnnFindConvolutionBackwardDataAlgorithmEx",
                         dtype,
+                        |count, results| unsafe {
+                            cudnn::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                                handle,
+                                plan.w,
+                                ptr(w),
+                                plan.y,
+                                ptr(dy),
+                                plan.conv,
+                                plan.x,
+                                ptr(dx),
+                                MAX_ALGOS as i32,
+                                count,
+                                results,
+                                ws,
+                                ws_len,
+                            )
+                        },
                     )
                 },
                 |plan, handle, algo, ws, need| {
@@ -438,31 +442,26 @@ pub(super) fn backward(
                 (geo, dtype),
                 |plan| &mut plan.backward_filter,
                 |plan, handle, ws, ws_len| {
-                    let mut results = [unsafe {
-                        std::mem::zeroed::<cudnn::cudnnConvolutionBwdFilterAlgoPerf_t>()
-                    }; MAX_ALGOS];
-                    let mut count = 0;
-                    cudnn_ok("cudnnFindConvolutionBackwardFilterAlgorithmEx", unsafe {
-                        cudnn::cudnnFindConvolutionBackwardFilterAlgorithmEx(
-                            handle,
-                            plan.x,
-                            ptr(x),
-                            plan.y,
-                            ptr(dy),
-                            plan.conv,
-                            plan.w,
-                            ptr(dw),
-                            MAX_ALGOS as i32,
-                            &mut count,
-                            results.as_mut_ptr(),
-                            ws,
-                            ws_len,
-                        )
-                    })?;
-                    succeeded(
-                        &results[..count as usize],
+                    measured::<cudnn::cudnnConvolutionBwdFilterAlgoPerf_t>(
                         "cudnnFindConvolutionBackwardFilterAlgorithmEx",
                         dtype,
+                        |count, results| unsafe {
+                            cudnn::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                                handle,
+                                plan.x,
+                                ptr(x),
+                                plan.y,
+                                ptr(dy),
+                                plan.conv,
+                                plan.w,
+                                ptr(dw),
+                                MAX_ALGOS as i32,
+                                count,
+                                results,
+                                ws,
+                                ws_len,
+                            )
+                        },
                     )
                 },
                 |plan, handle, algo, ws, need| {
