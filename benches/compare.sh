@@ -12,7 +12,8 @@
 #   --proj-hidden --proj-out --channels. --threads N is RAYON_NUM_THREADS for the
 #   engine and torch.set_num_threads for PyTorch (default 2 on the CPU, unset on
 #   a GPU). --channels-last and --compile go to PyTorch only (the engine is NHWC
-#   and has no compile mode).
+#   and has no compile mode); --cuda-graph to the engine only (its step
+#   captured as a CUDA graph and replayed).
 # Environment:
 #   TRAINER  engine binary [default: target/release/trainer of this repository]
 #   PYTHON   Python with torch and torchvision [default: python3; on the dev
@@ -32,7 +33,7 @@ RUNS=${RUNS:-3}
 die() { echo "compare.sh: $*" >&2; exit 1; }
 
 arch=resnet18 bs=32 res=32 stem="" device=cpu precision=fp32 threads=""
-common=() torch_only=()
+common=() torch_only=() engine_only=()
 while [ $# -gt 0 ]; do
     case $1 in
         -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
@@ -45,6 +46,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift ;;
         --steps|--width|--proj-hidden|--proj-out|--channels) common+=("$1" "$2"); shift ;;
         --channels-last|--compile) torch_only+=("$1") ;;
+        --cuda-graph) engine_only+=("$1") ;;
         *) die "unknown flag $1 (see --help)" ;;
     esac
     shift
@@ -77,9 +79,9 @@ run() {
     tail -n 1 "$tmp/out" | tee -a "$tmp/$name" | sed "s/^/$name: /"
 }
 
-echo "workload: ${common[*]}${torch_only[*]:+ (pytorch: ${torch_only[*]})}, threads ${threads:-default}, $RUNS runs each, alternating"
+echo "workload: ${common[*]}${engine_only[*]:+ (engine: ${engine_only[*]})}${torch_only[*]:+ (pytorch: ${torch_only[*]})}, threads ${threads:-default}, $RUNS runs each, alternating"
 for i in $(seq "$RUNS"); do
-    run engine env "${engine_env[@]}" "$TRAINER" bench "${common[@]}"
+    run engine env "${engine_env[@]}" "$TRAINER" bench "${common[@]}" "${engine_only[@]}"
     run pytorch "$PYTHON" "$root/benches/torch_baseline.py" "${common[@]}" "${torch_threads[@]}" "${torch_only[@]}"
 done
 
@@ -93,6 +95,8 @@ for name, path in zip(("engine", "pytorch"), sys.argv[1:3]):
     runs = [json.loads(line) for line in open(path)]
     first = runs[0]
     label = f"{first['framework']} {first['mode']}" if "framework" in first else "engine"
+    if first.get("cuda_graph"):
+        label += " CUDA graph"
     if first.get("channels_last"):
         label += " NHWC"
     rows[name] = {

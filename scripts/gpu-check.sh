@@ -14,7 +14,7 @@
 # 128, 224 px, bf16) next to the PyTorch baseline of the same step (eager AMP
 # channels_last, then torch.compile), a short Fashion-MNIST pretrain with kNN
 # (the dataset travels in gpu-bin/) and the op benchmark (`trainer bench
-# --ops`). Each step's time limit is cut to what is left of 470 s, in that
+# --ops`), and the same step captured as a CUDA graph. Each step's time limit is cut to what is left of 470 s, in that
 # order of priority. OUT/summary.json gathers the figures.
 # QUICK=1 measures each side of the benchmark once and stops there.
 set -uo pipefail
@@ -28,7 +28,7 @@ if [ "${1:-}" = "--prepare" ]; then
     cargo build --release -p trainer
     cp target/release/trainer "$bin/"
     # Test executables: cargo names them with a hash; take them from its JSON.
-    cargo test --no-run -p tests --test cuda_parity --message-format=json 2>/dev/null |
+    cargo test --no-run -p tests --test cuda_parity --test cuda_graph --message-format=json 2>/dev/null |
         python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -102,6 +102,8 @@ export M2T_KERNEL_CACHE=$out/kernel-cache
 step "GPU parity tests"
 timeout "$(limit 120)" "$bin/cuda_parity" --test-threads=1 --nocapture >"$out/parity.log" 2>&1
 echo "exit $?" >>"$out/parity.log"
+timeout "$(limit 60)" "$bin/cuda_graph" --test-threads=1 --nocapture >>"$out/parity.log" 2>&1
+echo "exit $?" >>"$out/parity.log"
 grep -E "^test |test result|panicked|skipped|rror|exceeds" "$out/parity.log" | cut -c1-400
 
 step "kernel JIT: cold then warm"
@@ -122,6 +124,12 @@ else
         bash "$root/benches/compare.sh" "${p1[@]}" --steps 10 >"$out/bench-eager.log" 2>&1
     echo "exit $?" >>"$out/bench-eager.log"
     tail -8 "$out/bench-eager.log"
+
+    step "M2T step: engine with its step as a CUDA graph vs PyTorch eager AMP channels_last, once each"
+    TRAINER=$bin/trainer PYTHON=$py RUNS=1 SUMMARY=$out/p1-graph.json timeout "$(limit 120)" \
+        bash "$root/benches/compare.sh" "${p1[@]}" --cuda-graph --steps 10 >"$out/bench-graph.log" 2>&1
+    echo "exit $?" >>"$out/bench-graph.log"
+    tail -6 "$out/bench-graph.log"
 
     if [ -d "$bin/fashion-mnist" ]; then
         step "Fashion-MNIST pretrain (about 2 minutes) with kNN"
@@ -158,7 +166,8 @@ def load(name):
         return json.loads(text(name).strip().splitlines()[-1])
     except (IndexError, ValueError):
         return None
-parity = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text("parity.log"))
+results = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text("parity.log"))
+parity = [tuple(sum(int(r[i]) for r in results) for i in (0, 1))] if results else []
 # A test that found no GPU passes and says "skipped"; it is not counted as run.
 skipped = len(re.findall(r"^test \S+ \.\.\. skipped", text("parity.log"), re.M))
 knn = re.findall(r"kNN accuracy \(teacher, k=200\): ([0-9.]+)%", text("pretrain.log"))
@@ -169,6 +178,7 @@ summary = {
     "jit_cold": load("jit-cold.json"),
     "jit_warm": load("jit-warm.json"),
     "p1_eager": load("p1-eager.json"),
+    "p1_graph": load("p1-graph.json"),
     "p1_compile": load("p1-compile.json"),
     "fashion_mnist_knn_percent": float(knn[-1]) if knn else None,
     "seconds": int(sys.argv[2]),

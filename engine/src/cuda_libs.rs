@@ -101,6 +101,9 @@ pub(crate) struct CudaLibs {
     pub cudnn: cudnn::cudnnHandle_t,
     pub cublas: cublas::cublasHandle_t,
     workspace: Option<Buffer>,
+    /// cuBLAS's own workspace, set once: without it cuBLAS would allocate
+    /// as it goes, which a graph capture cannot hold.
+    cublas_workspace: Option<Buffer>,
     pub plans: HashMap<ConvKey, ConvPlan>,
 }
 
@@ -121,6 +124,9 @@ impl Drop for CudaLibs {
         }
     }
 }
+
+/// cuBLAS's workspace: NVIDIA's recommended size for Hopper (32 MiB).
+const CUBLAS_WORKSPACE: usize = 32 << 20;
 
 /// The most memory an algorithm search may use as workspace.
 pub(crate) const FIND_WORKSPACE: usize = 256 << 20;
@@ -162,8 +168,10 @@ impl CudaLibs {
             cudnn: std::ptr::null_mut(),
             cublas: std::ptr::null_mut(),
             workspace: None,
+            cublas_workspace: None,
             plans: HashMap::new(),
         };
+        let cublas_workspace = libs.gpu.alloc(CUBLAS_WORKSPACE)?;
         // SAFETY: creating handles and binding them to the device's stream;
         // on an error, `Drop` destroys whichever handles were created.
         unsafe {
@@ -186,7 +194,16 @@ impl CudaLibs {
                     cublas::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION,
                 ),
             )?;
+            cublas_ok(
+                "cublasSetWorkspace",
+                cublas::cublasSetWorkspace_v2(
+                    libs.cublas,
+                    cublas_workspace.device_ptr().unwrap_or(0) as *mut std::ffi::c_void,
+                    CUBLAS_WORKSPACE,
+                ),
+            )?;
         }
+        libs.cublas_workspace = Some(cublas_workspace);
         Ok(libs)
     }
 
@@ -197,6 +214,14 @@ impl CudaLibs {
             .as_ref()
             .is_none_or(|w| w.len_bytes() < bytes)
         {
+            if self.gpu.capturing() {
+                return Err(lib_failure(
+                    "cuDNN workspace",
+                    format!(
+                        "{bytes} bytes needed during a graph capture, more than the workspace has: run the step once before capturing it"
+                    ),
+                ));
+            }
             self.workspace = None; // free the old one first
             self.workspace = Some(self.gpu.alloc(bytes.max(1))?);
         }

@@ -8,8 +8,12 @@
 //!   with gradients in a second buffer at the same offsets.
 //! - [`optim`]: SGD, LARS and the EMA teacher update over the flat buffers.
 //! - [`scaler`]: the dynamic loss scaler of fp16 training.
+//! - [`Scalar`], [`StepScalars`]: per-step numbers (learning rate, EMA
+//!   momentum, Momentum-BN β) in device cells, so a captured step replays.
 //! - [`schedule`]: learning rate, EMA momentum and Momentum-BN β per iteration.
 //! - [`ops`]: op parameters, and the running/Momentum-BN statistics updates.
+//! - [`graph`]: capture of a whole step's device work as a CUDA graph, replayed
+//!   in one launch.
 //! - [`Rng`]: a seedable generator with saveable state, for initialisation and data.
 //!
 //! The CPU backend is the reference every other backend is tested against.
@@ -33,12 +37,14 @@ mod cuda_libs;
 mod device;
 mod dtype;
 mod error;
+pub mod graph;
 pub mod nvtx;
 pub mod ops;
 pub mod optim;
 mod params;
 pub mod profile;
 mod rng;
+mod scalar;
 pub mod scaler;
 pub mod schedule;
 mod shape;
@@ -50,6 +56,7 @@ pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use params::{ParamId, ParamInfo, ParamKind, ParamStore, ParamStoreBuilder, ParamVars};
 pub use rng::Rng;
+pub use scalar::{Scalar, StepScalars};
 pub use shape::Shape;
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::Tensor;

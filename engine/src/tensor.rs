@@ -41,6 +41,17 @@ impl CpuBuffer {
         }
     }
 
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            CpuBuffer::F32(v) => bytemuck::cast_slice_mut(v),
+            CpuBuffer::F64(v) => bytemuck::cast_slice_mut(v),
+            CpuBuffer::F16(v) => bytemuck::cast_slice_mut(v),
+            CpuBuffer::BF16(v) => bytemuck::cast_slice_mut(v),
+            CpuBuffer::U8(v) => v,
+            CpuBuffer::I64(v) => bytemuck::cast_slice_mut(v),
+        }
+    }
+
     fn from_bytes(dtype: DType, bytes: &[u8]) -> Self {
         fn cast<T: bytemuck::Pod>(b: &[u8]) -> Vec<T> {
             bytemuck::pod_collect_to_vec(b)
@@ -250,6 +261,45 @@ impl Tensor {
         }
     }
 
+    /// Overwrites this tensor's elements with `src`'s (same shape, dtype and
+    /// device; on a GPU, a device copy queued on the stream). Fails while
+    /// other references to this tensor's storage are alive.
+    pub fn copy_from(&mut self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape()
+            || src.dtype() != self.dtype()
+            || src.device() != self.device()
+        {
+            return Err(Error::Shape {
+                op: "copy_from",
+                detail: format!(
+                    "{} {} on {} into {} {} on {}",
+                    src.shape(),
+                    src.dtype(),
+                    src.device(),
+                    self.shape(),
+                    self.dtype(),
+                    self.device()
+                ),
+            });
+        }
+        let size = self.dtype().size_in_bytes();
+        let (offset, bytes) = (self.offset * size, self.numel() * size);
+        if let Some(dst) = self.gpu_mut()? {
+            let (from, from_offset, _) = src.gpu_range().expect("on the same GPU");
+            dst.gpu.copy(from, from_offset, &dst.buf, offset, bytes)?;
+            return Ok(());
+        }
+        let data = src.host_bytes().expect("on the host").to_vec();
+        let Some(Storage::Cpu(b)) = Arc::get_mut(&mut self.storage) else {
+            return Err(Error::BufferInUse {
+                what: "tensor storage",
+                count: Arc::strong_count(&self.storage) - 1,
+            });
+        };
+        b.bytes_mut()[offset..offset + bytes].copy_from_slice(&data);
+        Ok(())
+    }
+
     /// A copy on `device` (the same tensor if it is already there). Copies
     /// from a GPU wait for the work queued before them.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
@@ -272,6 +322,32 @@ impl Tensor {
             buf,
             host.shape.clone(),
         ))
+    }
+
+    /// A host tensor of `dtype` from its little-endian bytes.
+    pub(crate) fn from_host_bytes(dtype: DType, shape: Shape, bytes: &[u8]) -> Tensor {
+        debug_assert_eq!(bytes.len(), shape.numel() * dtype.size_in_bytes());
+        Tensor {
+            storage: Arc::new(Storage::Cpu(CpuBuffer::from_bytes(dtype, bytes))),
+            offset: 0,
+            shape,
+        }
+    }
+
+    /// The bytes of a host tensor's elements, `None` for a GPU tensor.
+    pub(crate) fn host_bytes(&self) -> Option<&[u8]> {
+        let Storage::Cpu(b) = &*self.storage else {
+            return None;
+        };
+        let size = self.dtype().size_in_bytes();
+        Some(&b.bytes()[self.offset * size..(self.offset + self.numel()) * size])
+    }
+
+    /// The device buffer and byte range of a GPU tensor's elements.
+    pub(crate) fn gpu_range(&self) -> Option<(&kernels::Buffer, usize, usize)> {
+        let g = self.gpu()?;
+        let size = g.dtype.size_in_bytes();
+        Some((&g.buf, self.offset * size, self.numel() * size))
     }
 
     /// This tensor in host memory (downloaded from a GPU if need be).

@@ -232,7 +232,7 @@ fn batch_norm_momentum_both_corrections() {
                 let norm = BnNorm::Momentum {
                     mean: &mean,
                     var: &var,
-                    beta: 0.7,
+                    beta: &0.7.into(),
                     correction,
                 };
                 Ok(t.batch_norm(&v[0], &v[1], &v[2], norm, 1e-5)?.0)

@@ -129,7 +129,7 @@ fn check_momentum_bn(
             let norm = BnNorm::Momentum {
                 mean: &hist_mean,
                 var: &hist_var,
-                beta,
+                beta: &beta.into(),
                 correction,
             };
             let (y, stats) = forward(&x, dims, &gamma, &shift, norm).unwrap();
@@ -259,7 +259,7 @@ fn one_value_per_channel_is_an_error_not_a_panic() {
         let momentum = BnNorm::Momentum {
             mean: &mean,
             var: &var,
-            beta: 0.5,
+            beta: &0.5.into(),
             correction: BesselCorrection::Double,
         };
         for norm in [BnNorm::Batch, momentum] {

@@ -383,13 +383,17 @@ extern "C" __global__ void __launch_bounds__(1024) bn_batch_finalize(const float
                              0.0f, eps, table);
 }
 
-// Momentum BN: normalise with the batch statistics blended into the history.
+// Momentum BN: normalise with the batch statistics blended into the history,
+// with weight β (read from device memory: it changes every step) for the
+// batch mean and β·var_factor for its biased variance, 1 − β for the history.
 extern "C" __global__ void __launch_bounds__(1024) bn_momentum_finalize(const float* partial, int64_t chunks, int64_t rows_per_chunk,
                                                 int64_t rows, int c, const float* gamma, const float* beta,
-                                                const float* hist_mean, const float* hist_var, float batch_weight,
-                                                float var_weight, float history_weight, float eps, float* table) {
-    bn_stats_finalize<true>(partial, chunks, rows_per_chunk, rows, c, gamma, beta, hist_mean, hist_var,
-                            batch_weight, var_weight, history_weight, eps, table);
+                                                const float* hist_mean, const float* hist_var,
+                                                const float* batch_weight, float var_factor, float eps,
+                                                float* table) {
+    const float b = *batch_weight;
+    bn_stats_finalize<true>(partial, chunks, rows_per_chunk, rows, c, gamma, beta, hist_mean, hist_var, b,
+                            b * var_factor, 1.0f - b, eps, table);
 }
 
 // Evaluation mode: the table from fixed statistics. There is no batch: its
@@ -537,10 +541,12 @@ extern "C" __global__ void bn_running_stats_update(float* mean, float* var, cons
 }
 
 // Momentum BN's lazy history update from both views' statistics:
-// μ_h ← β·(μ₁+μ₂)/2 + (1−β)·μ_h, σ²_h ← β·corr·(s²₁+s²₂)/2 + (1−β)·σ²_h.
+// μ_h ← β·(μ₁+μ₂)/2 + (1−β)·μ_h, σ²_h ← β·corr·(s²₁+s²₂)/2 + (1−β)·σ²_h,
+// β read from device memory.
 extern "C" __global__ void momentum_bn_history_update(float* mean, float* var, const float* mean1, const float* var1,
-                                                      const float* mean2, const float* var2, float beta,
-                                                      float correction, int c) {
+                                                      const float* mean2, const float* var2,
+                                                      const float* beta_cell, float correction, int c) {
+    const float beta = *beta_cell;
     FOR_EACH(ch, c) {
         mean[ch] = beta * 0.5f * (mean1[ch] + mean2[ch]) + (1.0f - beta) * mean[ch];
         var[ch] = beta * correction * 0.5f * (var1[ch] + var2[ch]) + (1.0f - beta) * var[ch];

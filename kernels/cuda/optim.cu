@@ -15,9 +15,12 @@ extern "C" __global__ void accumulate_grad_bf16(float* acc, const bf16* g, int64
 extern "C" __global__ void accumulate_grad_f16(float* acc, const f16* g, int64_t n) { accumulate_grad(acc, g, n); }
 
 // PyTorch's SGD: v ← μ·v + (g + wd·w), w ← w − lr·v, over the whole buffer
-// (padding is zero in w, g and v, and stays zero).
+// (padding is zero in w, g and v, and stays zero). The learning rate, which
+// changes every step, is read from device memory so a captured step replays.
 extern "C" __global__ void sgd_momentum_step(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ v,
-                                             int64_t n, float lr, float momentum, float weight_decay) {
+                                             int64_t n, const float* __restrict__ lr_cell, float momentum,
+                                             float weight_decay) {
+    const float lr = *lr_cell;
     FOR_EACH(i, n) {
         float vi = momentum * v[i] + (g[i] + weight_decay * w[i]);
         v[i] = vi;
@@ -63,9 +66,11 @@ extern "C" __global__ void lars_chunk_norms(const float* __restrict__ w, const f
 // and updates its chunk: v ← μ·v + lr·local·(g + wd·w), w ← w − v.
 extern "C" __global__ void lars_momentum_step(float* __restrict__ w, const float* __restrict__ g,
                                               float* __restrict__ v, const int64_t* __restrict__ chunks,
-                                              int64_t n_chunks, const float* __restrict__ partials, float lr,
-                                              float eta, float momentum, float weight_decay) {
+                                              int64_t n_chunks, const float* __restrict__ partials,
+                                              const float* __restrict__ lr_cell, float eta, float momentum,
+                                              float weight_decay) {
     __shared__ float scratch[32];
+    const float lr = *lr_cell;
     for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
         const int64_t* row = chunks + c * LARS_CHUNK_FIELDS;
         const bool adapted = row[4] != 0;
@@ -89,10 +94,11 @@ extern "C" __global__ void lars_momentum_step(float* __restrict__ w, const float
     }
 }
 
-// The EMA teacher: t ← m·t + (1 − m)·s over the teacher's (prefix) length.
+// The EMA teacher: t ← m·t + (1 − m)·s over the teacher's (prefix) length,
+// m read from device memory (it changes every step).
 extern "C" __global__ void ema_teacher_update(float* __restrict__ teacher, const float* __restrict__ student,
-                                              int64_t n, float momentum) {
-    const float keep = momentum, take = 1.0f - momentum;
+                                              int64_t n, const float* __restrict__ momentum) {
+    const float keep = *momentum, take = 1.0f - keep;
     FOR_EACH(i, n) { teacher[i] = keep * teacher[i] + take * student[i]; }
 }
 

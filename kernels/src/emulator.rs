@@ -33,6 +33,11 @@ pub(crate) struct Memory {
     bytes: usize,
 }
 
+// SAFETY: the bytes are only touched under the emulator's lock (see
+// `all_bytes`), so a recorded step may hold memory on any thread.
+unsafe impl Send for Memory {}
+unsafe impl Sync for Memory {}
+
 impl Memory {
     pub(crate) fn new(bytes: usize) -> Memory {
         let words = (2 * GUARD + bytes).div_ceil(16);

@@ -16,6 +16,10 @@ pub enum Error {
         /// NVRTC's log.
         log: String,
     },
+    /// A capture broke a rule of CUDA graphs (a host copy or a wait during
+    /// it, a buffer outliving it, a buffer freed during it).
+    #[error("graph capture: {0}")]
+    Capture(String),
     /// A CUDA driver call failed.
     #[error("CUDA driver: {0}")]
     Driver(String),

@@ -106,6 +106,10 @@ pub enum Word {
 pub struct Buffer {
     bytes: usize,
     mem: Mem,
+    /// The device's capture book, and the capture this buffer was made in
+    /// (0: none), so a free during a capture can be checked.
+    book: Arc<CaptureBook>,
+    made_in: u64,
 }
 
 #[derive(Debug)]
@@ -114,7 +118,58 @@ enum Mem {
         ptr: sys::CUdeviceptr,
         stream: Arc<CudaStream>,
     },
-    Emulated(Memory),
+    Emulated(Arc<Memory>),
+}
+
+/// Work the emulator has recorded during a capture, replayed in order.
+type Recorded = Box<dyn Fn() -> Result<()> + Send>;
+
+/// What a device knows of its capture in progress, shared with its buffers.
+#[derive(Default)]
+struct CaptureBook {
+    state: Mutex<CaptureState>,
+}
+
+impl std::fmt::Debug for CaptureBook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CaptureBook")
+    }
+}
+
+#[derive(Default)]
+struct CaptureState {
+    /// The capture in progress (0: none); captures are numbered from 1.
+    active: u64,
+    last: u64,
+    /// The emulator's recorded work (CUDA records in the driver).
+    recorded: Vec<Recorded>,
+    /// Buffers made during the capture and still live: (count, bytes).
+    live: (usize, usize),
+    /// Buffers made before the capture and freed during it: (count, bytes).
+    freed_early: (usize, usize),
+    /// Their CUDA memory, freed once the capture ends: the graph may use it.
+    deferred: Vec<(sys::CUdeviceptr, Arc<CudaStream>)>,
+}
+
+/// A captured sequence of device work — a CUDA graph, or the emulator's
+/// recording — replayed with [`Gpu::launch_graph`]. Replays read and write
+/// the same buffers as the capture, with whatever they hold at the time.
+pub struct Graph {
+    kind: GraphKind,
+}
+
+enum GraphKind {
+    Cuda(cudarc::driver::CudaGraph),
+    Emulated(Vec<Recorded>),
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            GraphKind::Cuda(_) => f.write_str("Graph(cuda)"),
+            GraphKind::Emulated(work) => write!(f, "Graph(emulated, {} steps)", work.len()),
+        }
+    }
 }
 
 // SAFETY: a CUDA pointer is a plain address valid in any thread of the
@@ -124,6 +179,26 @@ unsafe impl Sync for Buffer {}
 
 impl Drop for Buffer {
     fn drop(&mut self) {
+        {
+            let mut state = self.book.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.active != 0 {
+                if self.made_in == state.active {
+                    state.live.0 -= 1;
+                    state.live.1 -= self.bytes;
+                } else {
+                    // The captured work may use this memory: keep it until the
+                    // capture ends, which then fails, naming the cause.
+                    state.freed_early.0 += 1;
+                    state.freed_early.1 += self.bytes;
+                    if let Mem::Cuda { ptr, stream } = &self.mem {
+                        if *ptr != 0 {
+                            state.deferred.push((*ptr, stream.clone()));
+                        }
+                    }
+                    return;
+                }
+            }
+        }
         if let Mem::Cuda { ptr, stream } = &self.mem {
             if *ptr != 0 {
                 // Stream-ordered: the pool reuses the memory after pending
@@ -218,20 +293,6 @@ pub struct Transfers {
     pub to_host: (u64, u64),
 }
 
-thread_local! {
-    static STANDING_IN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` as the emulator's host stand-in for a library it lacks (cuDNN,
-/// cuBLAS): the copies `f` makes on this thread are not counted in
-/// [`Gpu::transfers`], since on a real GPU the library reads device memory.
-pub fn stand_in<R>(f: impl FnOnce() -> R) -> R {
-    let outer = STANDING_IN.replace(true);
-    let r = f();
-    STANDING_IN.set(outer);
-    r
-}
-
 /// A device that runs the registry's kernels.
 pub struct Gpu {
     kind: Kind,
@@ -239,6 +300,7 @@ pub struct Gpu {
     profiling: std::sync::atomic::AtomicBool,
     timings: Mutex<Vec<Timed>>,
     transfers: Mutex<Transfers>,
+    book: Arc<CaptureBook>,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -306,6 +368,7 @@ impl Gpu {
             profiling: false.into(),
             timings: Mutex::new(Vec::new()),
             transfers: Mutex::new(Transfers::default()),
+            book: Arc::default(),
         }
     }
 
@@ -329,7 +392,8 @@ impl Gpu {
     /// Runs `f` (work queued on this device), timed under `label` when
     /// profiling is on — e.g. a cuDNN or cuBLAS call.
     pub fn timed<R>(&self, label: &'static str, f: impl FnOnce() -> R) -> Result<R> {
-        if !self.profiling.load(std::sync::atomic::Ordering::Relaxed) {
+        // Work being captured does not run now; there is nothing to time.
+        if !self.profiling.load(std::sync::atomic::Ordering::Relaxed) || self.capturing() {
             return Ok(f());
         }
         let start = self.stamp()?;
@@ -360,6 +424,15 @@ impl Gpu {
     /// `bytes` of uninitialised memory (the emulator fills it with 0xFF, so
     /// reads before writes show up as NaN).
     pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        let made_in = {
+            let mut state = self.book.state.lock().unwrap();
+            if state.active != 0 {
+                state.live.0 += 1;
+                state.live.1 += bytes;
+            }
+            state.active
+        };
+        let (book, made_in) = (self.book.clone(), made_in);
         match &self.kind {
             Kind::Cuda(c) => {
                 c.ctx.bind_to_thread()?;
@@ -375,11 +448,15 @@ impl Gpu {
                         ptr,
                         stream: c.stream.clone(),
                     },
+                    book,
+                    made_in,
                 })
             }
             Kind::Emulator(_) => Ok(Buffer {
                 bytes,
-                mem: Mem::Emulated(Memory::new(bytes)),
+                mem: Mem::Emulated(Arc::new(Memory::new(bytes))),
+                book,
+                made_in,
             }),
         }
     }
@@ -404,9 +481,6 @@ impl Gpu {
     }
 
     fn count_transfer(&self, to_device: bool, bytes: usize) {
-        if STANDING_IN.get() {
-            return;
-        }
         let mut t = self.transfers.lock().unwrap();
         let way = if to_device {
             &mut t.to_device
@@ -422,6 +496,7 @@ impl Gpu {
         if data.is_empty() {
             return Ok(());
         }
+        self.refuse_while_capturing("a copy from the host")?;
         self.count_transfer(true, data.len());
         match (&self.kind, &buffer.mem) {
             (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
@@ -451,6 +526,7 @@ impl Gpu {
         if out.is_empty() {
             return Ok(());
         }
+        self.refuse_while_capturing("a copy to the host")?;
         self.count_transfer(false, out.len());
         match (&self.kind, &buffer.mem) {
             (Kind::Cuda(c), Mem::Cuda { ptr, .. }) => {
@@ -501,12 +577,15 @@ impl Gpu {
                 };
                 Ok(())
             }
-            (Kind::Emulator(lock), Mem::Emulated(s), Mem::Emulated(d)) => {
-                let _g = lock.lock().unwrap();
-                // SAFETY: under the emulator's lock; one slice live at a time.
-                let tmp = (unsafe { s.bytes_mut() })[src_offset..src_offset + bytes].to_vec();
-                (unsafe { d.bytes_mut() })[dst_offset..dst_offset + bytes].copy_from_slice(&tmp);
-                Ok(())
+            (Kind::Emulator(_), Mem::Emulated(s), Mem::Emulated(d)) => {
+                let (s, d) = (s.clone(), d.clone());
+                self.emulate(Box::new(move || {
+                    // SAFETY: under the emulator's lock; one slice live at a time.
+                    let tmp = (unsafe { s.bytes_mut() })[src_offset..src_offset + bytes].to_vec();
+                    (unsafe { d.bytes_mut() })[dst_offset..dst_offset + bytes]
+                        .copy_from_slice(&tmp);
+                    Ok(())
+                }))
             }
             _ => Err(foreign()),
         }
@@ -538,18 +617,20 @@ impl Gpu {
                 };
                 Ok(())
             }
-            (Kind::Emulator(lock), Mem::Emulated(m)) => {
-                let _g = lock.lock().unwrap();
-                // SAFETY: under the emulator's lock.
-                (unsafe { m.bytes_mut() })[offset..offset + bytes].fill(value);
-                Ok(())
+            (Kind::Emulator(_), Mem::Emulated(m)) => {
+                let m = m.clone();
+                self.emulate(Box::new(move || {
+                    // SAFETY: under the emulator's lock.
+                    (unsafe { m.bytes_mut() })[offset..offset + bytes].fill(value);
+                    Ok(())
+                }))
             }
             _ => Err(foreign()),
         }
     }
 
-    /// The most device memory the stream-ordered pool has held at once
-    /// (CUDA only; `None` for the emulator).
+    /// The most device memory the stream-ordered pool and graphs' allocations
+    /// have each held at once, summed (CUDA only; `None` for the emulator).
     pub fn pool_high_water(&self) -> Result<Option<u64>> {
         let Kind::Cuda(c) = &self.kind else {
             return Ok(None);
@@ -566,7 +647,17 @@ impl Gpu {
             )
             .result()?;
         }
-        Ok(Some(high))
+        let mut graphs = 0u64;
+        // SAFETY: reads one attribute of the device's graph memory.
+        unsafe {
+            sys::cuDeviceGetGraphMemAttribute(
+                c.ctx.cu_device(),
+                sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
+                (&mut graphs as *mut u64).cast(),
+            )
+            .result()?;
+        }
+        Ok(Some(high + graphs))
     }
 
     /// Sets `count` 2- or 4-byte words of `buffer` from byte `offset` to
@@ -600,19 +691,21 @@ impl Gpu {
                 }
                 Ok(())
             }
-            (Kind::Emulator(lock), Mem::Emulated(m)) => {
-                let _g = lock.lock().unwrap();
-                // SAFETY: under the emulator's lock.
-                let bytes = &mut (unsafe { m.bytes_mut() })[offset..offset + count * size];
-                match value {
-                    Word::U16(v) => bytes
-                        .chunks_exact_mut(2)
-                        .for_each(|w| w.copy_from_slice(&v.to_le_bytes())),
-                    Word::U32(v) => bytes
-                        .chunks_exact_mut(4)
-                        .for_each(|w| w.copy_from_slice(&v.to_le_bytes())),
-                }
-                Ok(())
+            (Kind::Emulator(_), Mem::Emulated(m)) => {
+                let m = m.clone();
+                self.emulate(Box::new(move || {
+                    // SAFETY: under the emulator's lock.
+                    let bytes = &mut (unsafe { m.bytes_mut() })[offset..offset + count * size];
+                    match value {
+                        Word::U16(v) => bytes
+                            .chunks_exact_mut(2)
+                            .for_each(|w| w.copy_from_slice(&v.to_le_bytes())),
+                        Word::U32(v) => bytes
+                            .chunks_exact_mut(4)
+                            .for_each(|w| w.copy_from_slice(&v.to_le_bytes())),
+                    }
+                    Ok(())
+                }))
             }
             _ => Err(foreign()),
         }
@@ -620,6 +713,7 @@ impl Gpu {
 
     /// Waits for all queued work.
     pub fn synchronize(&self) -> Result<()> {
+        self.refuse_while_capturing("waiting for the device")?;
         if let Kind::Cuda(c) = &self.kind {
             c.stream.synchronize()?;
         }
@@ -703,22 +797,179 @@ impl Gpu {
                 }
                 Ok(())
             }
-            Kind::Emulator(lock) => {
-                let _g = lock.lock().unwrap();
-                let buffers: Vec<(usize, &Memory)> = args
+            Kind::Emulator(_) => {
+                let buffers: Vec<(usize, Arc<Memory>)> = args
                     .iter()
                     .enumerate()
                     .filter_map(|(i, a)| match a {
                         Arg::Ptr(b, _) => match &b.mem {
-                            Mem::Emulated(m) => Some((i, m)),
+                            Mem::Emulated(m) => Some((i, m.clone())),
                             Mem::Cuda { .. } => None,
                         },
                         _ => None,
                     })
                     .collect();
-                emulator::launch(kernel, cfg, params, &buffers)
+                // SAFETY: each parameter points at its 8-byte slot.
+                let slots: Vec<u64> = params
+                    .iter()
+                    .map(|&p| unsafe { *p.cast::<u64>() })
+                    .collect();
+                self.emulate(Box::new(move || {
+                    let mut slots = slots.clone();
+                    let mut params: Vec<*mut c_void> =
+                        slots.iter_mut().map(|s| (s as *mut u64).cast()).collect();
+                    let buffers: Vec<(usize, &Memory)> =
+                        buffers.iter().map(|(i, m)| (*i, &**m)).collect();
+                    emulator::launch(kernel, cfg, &mut params, &buffers)
+                }))
             }
         }
+    }
+
+    /// Runs one piece of emulated work under the emulator's lock, or records
+    /// it when a capture is in progress.
+    fn emulate(&self, work: Recorded) -> Result<()> {
+        let Kind::Emulator(lock) = &self.kind else {
+            unreachable!("emulated work on a CUDA device")
+        };
+        let mut state = self.book.state.lock().unwrap();
+        if state.active != 0 {
+            state.recorded.push(work);
+            return Ok(());
+        }
+        drop(state);
+        let _g = lock.lock().unwrap();
+        work()
+    }
+
+    /// Whether a capture is in progress.
+    pub fn capturing(&self) -> bool {
+        self.book.state.lock().unwrap().active != 0
+    }
+
+    fn refuse_while_capturing(&self, what: &str) -> Result<()> {
+        if self.capturing() {
+            return Err(Error::Capture(format!(
+                "{what} during a CUDA-graph capture: a captured step may only queue device work"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts capturing: until [`Gpu::end_capture`], device work (launches,
+    /// device copies and fills, allocations and frees) is recorded instead of
+    /// run, and copies to or from the host and waits are refused.
+    pub fn begin_capture(&self) -> Result<()> {
+        let mut state = self.book.state.lock().unwrap();
+        if state.active != 0 {
+            return Err(Error::Capture("a capture is already in progress".into()));
+        }
+        if let Kind::Cuda(c) = &self.kind {
+            // Thread-local: the loader's threads may use the driver meanwhile.
+            c.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        }
+        state.last += 1;
+        state.active = state.last;
+        state.live = (0, 0);
+        state.freed_early = (0, 0);
+        Ok(())
+    }
+
+    /// Ends the capture and returns its graph. Fails, and discards what was
+    /// captured, when a buffer made during the capture is still live (its
+    /// memory belongs to the graph, which rewrites it on every replay) or a
+    /// buffer made before it was freed during it (the graph may still use
+    /// its memory).
+    pub fn end_capture(&self) -> Result<Graph> {
+        let mut state = self.book.state.lock().unwrap();
+        if state.active == 0 {
+            return Err(Error::Capture("no capture is in progress".into()));
+        }
+        state.active = 0;
+        let recorded = std::mem::take(&mut state.recorded);
+        let (live, freed_early) = (state.live, state.freed_early);
+        let deferred = std::mem::take(&mut state.deferred);
+        drop(state);
+        let graph = match &self.kind {
+            Kind::Cuda(c) => c
+                .stream
+                .end_capture(sys::CUgraphInstantiate_flags(0))
+                .map(|g| g.map(GraphKind::Cuda)),
+            Kind::Emulator(_) => Ok(Some(GraphKind::Emulated(recorded))),
+        };
+        for (ptr, stream) in deferred {
+            // SAFETY: as in `Buffer::drop`, whose free this is.
+            unsafe {
+                let _ = sys::cuCtxSetCurrent(stream.context().cu_ctx());
+                let _ = result::free_async(ptr, stream.cu_stream());
+            }
+        }
+        if live.0 > 0 {
+            return Err(Error::Capture(format!(
+                "{} buffers ({} bytes) made during the capture outlive it; a captured step must leave its results in buffers made before the capture",
+                live.0, live.1
+            )));
+        }
+        if freed_early.0 > 0 {
+            return Err(Error::Capture(format!(
+                "{} buffers ({} bytes) made before the capture were freed during it; the graph could still use their memory",
+                freed_early.0, freed_early.1
+            )));
+        }
+        let kind = graph?.ok_or_else(|| Error::Capture("the capture recorded nothing".into()))?;
+        if let GraphKind::Cuda(g) = &kind {
+            g.upload()?;
+        }
+        Ok(Graph { kind })
+    }
+
+    /// Queues one replay of `graph`, a capture of this device.
+    pub fn launch_graph(&self, graph: &Graph) -> Result<()> {
+        self.refuse_while_capturing("replaying a graph")?;
+        match (&self.kind, &graph.kind) {
+            (Kind::Cuda(_), GraphKind::Cuda(g)) => Ok(g.launch()?),
+            (Kind::Emulator(lock), GraphKind::Emulated(work)) => {
+                let _g = lock.lock().unwrap();
+                work.iter().try_for_each(|w| w())
+            }
+            _ => Err(foreign()),
+        }
+    }
+
+    /// The emulator's stand-in for a library it lacks (cuDNN, cuBLAS), in
+    /// stream order like a launch (and recorded like one during a capture):
+    /// `op` gets copies of the `inputs` byte ranges (buffer, offset, length)
+    /// and returns the bytes of each of `outputs`. Its copies are not counted
+    /// in [`Gpu::transfers`]: on a GPU the library reads device memory.
+    pub fn host_op(
+        &self,
+        inputs: &[(&Buffer, usize, usize)],
+        outputs: &[(&Buffer, usize, usize)],
+        op: impl Fn(Vec<Vec<u8>>) -> std::result::Result<Vec<Vec<u8>>, String> + Send + 'static,
+    ) -> Result<()> {
+        let (inputs, outputs) = (emulated_ranges(inputs)?, emulated_ranges(outputs)?);
+        self.emulate(Box::new(move || {
+            // SAFETY (both): under the emulator's lock, one slice at a time.
+            let copies = inputs
+                .iter()
+                .map(|(m, offset, len)| (unsafe { m.bytes_mut() })[*offset..offset + len].to_vec())
+                .collect();
+            let results = op(copies).map_err(|detail| Error::Emulator {
+                kernel: "host stand-in".into(),
+                detail,
+            })?;
+            for ((m, offset, len), bytes) in outputs.iter().zip(results) {
+                if bytes.len() != *len {
+                    return Err(Error::Emulator {
+                        kernel: "host stand-in".into(),
+                        detail: format!("{} bytes for an output of {len}", bytes.len()),
+                    });
+                }
+                (unsafe { m.bytes_mut() })[*offset..offset + len].copy_from_slice(&bytes);
+            }
+            Ok(())
+        }))
     }
 
     /// Compiles (or loads from the cache) and loads every kernel family;
@@ -736,6 +987,22 @@ impl Gpu {
             })
             .collect()
     }
+}
+
+/// The emulated memory behind byte ranges of buffers, checked.
+fn emulated_ranges(list: &[(&Buffer, usize, usize)]) -> Result<Vec<(Arc<Memory>, usize, usize)>> {
+    list.iter()
+        .map(|&(b, offset, len)| {
+            b.check_range("host stand-in", offset, len)?;
+            match &b.mem {
+                Mem::Emulated(m) => Ok((m.clone(), offset, len)),
+                Mem::Cuda { .. } => Err(Error::Launch {
+                    kernel: "host stand-in".into(),
+                    detail: "host stand-ins run on the emulator only".into(),
+                }),
+            }
+        })
+        .collect()
 }
 
 fn foreign() -> Error {
@@ -845,6 +1112,113 @@ mod tests {
             &[Arg::ptr(&x), Arg::ptr(&x), Arg::I64(4)],
         );
         assert!(err.unwrap_err().to_string().contains("1 to 1024 threads"));
+    }
+
+    fn floats(gpu: &Gpu, b: &Buffer) -> Vec<f32> {
+        let mut out = vec![0u8; b.len_bytes()];
+        gpu.read(b, 0, &mut out).unwrap();
+        bytemuck::cast_slice(&out).to_vec()
+    }
+
+    #[test]
+    fn a_capture_records_and_each_replay_reads_the_buffers_anew() {
+        let gpu = Gpu::emulator();
+        let x = gpu
+            .upload(bytemuck::cast_slice(&[-1.0f32, 2.0, -3.0, 4.0]))
+            .unwrap();
+        let y = gpu.alloc_zeroed(16).unwrap();
+        gpu.begin_capture().unwrap();
+        let relu = |dst: &Buffer| {
+            gpu.launch(
+                "relu_forward_f32",
+                LaunchConfig::for_elements(4, 32),
+                &[Arg::ptr(&x), Arg::ptr(dst), Arg::I64(4)],
+            )
+        };
+        // A temporary made and freed inside the capture belongs to the graph.
+        let scratch = gpu.alloc(16).unwrap();
+        relu(&scratch).unwrap();
+        gpu.copy(&scratch, 0, &y, 0, 16).unwrap();
+        drop(scratch);
+        let graph = gpu.end_capture().unwrap();
+        assert_eq!(floats(&gpu, &y), [0.0; 4], "capturing ran the work");
+        gpu.launch_graph(&graph).unwrap();
+        assert_eq!(floats(&gpu, &y), [0.0, 2.0, 0.0, 4.0]);
+        gpu.write(&x, 0, bytemuck::cast_slice(&[5.0f32, -6.0, 7.0, -8.0]))
+            .unwrap();
+        gpu.launch_graph(&graph).unwrap();
+        assert_eq!(floats(&gpu, &y), [5.0, 0.0, 7.0, 0.0]);
+    }
+
+    #[test]
+    fn a_capture_refuses_what_a_cuda_graph_cannot_hold() {
+        let gpu = Gpu::emulator();
+        let before = gpu.alloc(8).unwrap();
+        gpu.begin_capture().unwrap();
+        let refused = |e: Error, what: &str| {
+            let text = e.to_string();
+            assert!(text.contains(what), "{text}");
+        };
+        refused(
+            gpu.write(&before, 0, &[1]).unwrap_err(),
+            "a copy from the host",
+        );
+        refused(
+            gpu.read(&before, 0, &mut [0]).unwrap_err(),
+            "a copy to the host",
+        );
+        refused(gpu.synchronize().unwrap_err(), "waiting for the device");
+        refused(gpu.begin_capture().unwrap_err(), "already in progress");
+        let kept = gpu.alloc(8).unwrap();
+        refused(
+            gpu.end_capture().unwrap_err(),
+            "1 buffers (8 bytes) made during the capture outlive it",
+        );
+        drop(kept);
+
+        gpu.begin_capture().unwrap();
+        drop(before);
+        refused(
+            gpu.end_capture().unwrap_err(),
+            "made before the capture were freed during it",
+        );
+        refused(gpu.end_capture().unwrap_err(), "no capture is in progress");
+        // Outside a capture everything works again.
+        let b = gpu.upload(&[7]).unwrap();
+        let mut out = [0u8];
+        gpu.read(&b, 0, &mut out).unwrap();
+        assert_eq!(out, [7]);
+    }
+
+    #[test]
+    fn host_stand_ins_run_in_order_and_are_recorded() {
+        let gpu = Gpu::emulator();
+        let x = gpu.upload(&[1, 2, 3]).unwrap();
+        let y = gpu.alloc(3).unwrap();
+        let double = |b: Vec<Vec<u8>>| Ok(vec![b[0].iter().map(|v| v * 2).collect()]);
+        gpu.host_op(&[(&x, 0, 3)], &[(&y, 0, 3)], double).unwrap();
+        let mut out = [0u8; 3];
+        gpu.read(&y, 0, &mut out).unwrap();
+        assert_eq!(out, [2, 4, 6]);
+        assert_eq!(
+            gpu.transfers().to_host,
+            (1, 3),
+            "the stand-in's copies are not transfers"
+        );
+        gpu.begin_capture().unwrap();
+        gpu.host_op(&[(&x, 1, 2)], &[(&y, 0, 2)], double).unwrap();
+        let graph = gpu.end_capture().unwrap();
+        gpu.write(&x, 0, &[0, 10, 20]).unwrap();
+        gpu.launch_graph(&graph).unwrap();
+        gpu.read(&y, 0, &mut out).unwrap();
+        assert_eq!(out, [20, 40, 6]);
+        let wrong = gpu.host_op(&[(&x, 0, 3)], &[(&y, 0, 2)], double);
+        assert!(
+            wrong
+                .unwrap_err()
+                .to_string()
+                .contains("3 bytes for an output of 2")
+        );
     }
 
     #[test]

@@ -21,4 +21,4 @@ pub mod registry;
 
 pub use emulator::take_launch_log;
 pub use error::{Error, Result};
-pub use gpu::{Arg, Buffer, CudaParts, Gpu, LaunchConfig, Stamp, Transfers, Word, stand_in};
+pub use gpu::{Arg, Buffer, CudaParts, Gpu, Graph, LaunchConfig, Stamp, Transfers, Word};

@@ -5,7 +5,9 @@ use crate::{Error, Result};
 use engine::ops::{
     BatchStats, BesselCorrection, BnNorm, Conv2dParams, momentum_bn_update, update_running_stats,
 };
-use engine::{DType, ParamId, ParamKind, ParamStoreBuilder, ParamVars, Rng, Tape, Tensor, Var};
+use engine::{
+    DType, ParamId, ParamKind, ParamStoreBuilder, ParamVars, Rng, Scalar, Tape, Tensor, Var,
+};
 
 /// Batch-norm ε, PyTorch's default and the method's.
 pub const BN_EPS: f64 = 1e-5;
@@ -34,8 +36,8 @@ impl NetBuilder {
 }
 
 /// How batch-norm layers normalise in one forward pass.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum BnMode {
+#[derive(Clone, Copy, Debug)]
+pub enum BnMode<'a> {
     /// Batch statistics (training); each layer reports them for the running update.
     Train,
     /// The buffers' statistics (evaluation).
@@ -44,7 +46,7 @@ pub enum BnMode {
     /// them for the lazy history update.
     Momentum {
         /// Weight of the batch statistics, 1 → 0 over training.
-        beta: f64,
+        beta: &'a Scalar,
         /// Extra Bessel correction (the release's double correction by default).
         correction: BesselCorrection,
     },
@@ -147,7 +149,7 @@ impl BnBuffers {
         &mut self,
         view1: &[Option<BatchStats>],
         view2: &[Option<BatchStats>],
-        beta: f64,
+        beta: &Scalar,
         correction: BesselCorrection,
     ) -> Result<()> {
         for (i, (a, b)) in view1.iter().zip(view2).enumerate() {
@@ -167,7 +169,7 @@ pub struct Forward<'a> {
     /// The network's parameters on `tape`.
     pub params: &'a ParamVars,
     /// How batch norm normalises.
-    pub mode: BnMode,
+    pub mode: BnMode<'a>,
     /// Running statistics or Momentum-BN history.
     pub buffers: &'a BnBuffers,
     /// Batch statistics per BN layer, filled in as the forward runs.
@@ -179,7 +181,7 @@ impl<'a> Forward<'a> {
     pub fn new(
         tape: &'a mut Tape,
         params: &'a ParamVars,
-        mode: BnMode,
+        mode: BnMode<'a>,
         buffers: &'a BnBuffers,
     ) -> Self {
         Forward {

@@ -6,11 +6,12 @@ use crate::heads::Mlp;
 use crate::layers::{BN_MOMENTUM, BnBuffers, BnMode, Forward, NetBuilder};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::{Error, Result};
+use engine::graph::StepGraph;
 use engine::ops::{BatchStats, BesselCorrection};
 use engine::optim::ema_update;
 use engine::scaler::LossScaler;
 use engine::schedule::{ema_momentum, mbn_beta};
-use engine::{DType, Device, ParamStore, ParamVars, Tape, Tensor, Var};
+use engine::{DType, Device, ParamStore, ParamVars, Scalar, StepScalars, Tape, Tensor, Var};
 use std::fmt;
 use std::str::FromStr;
 
@@ -120,6 +121,19 @@ pub struct M2t {
     teacher_bn: BnBuffers,
     /// The dynamic loss scale of fp16 training.
     scaler: Option<LossScaler>,
+    /// Where the per-step numbers live: EMA momentum, β, learning rate.
+    cells: StepScalars,
+}
+
+/// The numbers of one step, from [`M2t::schedule`].
+#[derive(Clone, Debug)]
+pub struct StepSchedule {
+    /// The EMA momentum m.
+    pub ema_momentum: Scalar,
+    /// Momentum BN's β.
+    pub mbn_beta: Scalar,
+    /// The optimiser's learning rate.
+    pub lr: Scalar,
 }
 
 impl M2t {
@@ -167,6 +181,7 @@ impl M2t {
             student_bn,
             teacher_bn,
             scaler: (config.precision == DType::F16).then(LossScaler::new),
+            cells: StepScalars::new(Device::Cpu, 3)?,
         })
     }
 
@@ -187,6 +202,7 @@ impl M2t {
             teacher: self.teacher.to_device(device)?,
             student_bn: self.student_bn.to_device(device)?,
             teacher_bn: self.teacher_bn.to_device(device)?,
+            cells: StepScalars::new(device, 3)?,
             ..self
         })
     }
@@ -308,29 +324,76 @@ impl M2t {
         Ok((tape.l2_normalize(&z)?.value().clone(), stats))
     }
 
-    /// One M2T iteration `k` of `total` on two views of a batch (NHWC f32,
-    /// on any device: they are moved to the model's):
-    /// the EMA update, the teacher's two forwards on the crossed views with the
+    /// The per-step numbers of iteration `k` of `total` — EMA momentum and
+    /// Momentum-BN β from the method's schedules, and the learning rate `lr`
+    /// — written to this model's step cells (one 12-byte copy on a GPU),
+    /// where the step's kernels, and a captured step's replays, read them.
+    pub fn schedule(&self, k: usize, total: usize, lr: f64) -> Result<StepSchedule> {
+        let m = ema_momentum(k, total, self.config.ema_base);
+        let beta = mbn_beta(k, total);
+        let [ema_momentum, mbn_beta, lr]: [Scalar; 3] = self
+            .cells
+            .set(&[m, beta, lr])?
+            .try_into()
+            .expect("three cells");
+        Ok(StepSchedule {
+            ema_momentum,
+            mbn_beta,
+            lr,
+        })
+    }
+
+    /// One M2T iteration on two views of a batch (NHWC f32, on any device:
+    /// they are moved to the model's) with the numbers of `schedule`: the
+    /// EMA update, the teacher's two forwards on the crossed views with the
     /// lazy Momentum-BN history update, the student's two forwards and the
     /// backward pass. The student's gradient buffer then holds this step's
-    /// gradients; the caller applies the optimiser.
+    /// gradients; the caller applies the optimiser with `schedule.lr`.
     pub fn step(
         &mut self,
         view1: &Tensor,
         view2: &Tensor,
-        k: usize,
-        total: usize,
+        schedule: &StepSchedule,
     ) -> Result<StepReport> {
-        use engine::nvtx::phase;
         // Each view is moved and cast once, for the teacher and the student.
         let (view1, view2) = (&self.input(view1)?, &self.input(view2)?);
-        let m = ema_momentum(k, total, self.config.ema_base);
+        let loss = self.queue_step(view1, view2, schedule)?;
+        let skip_update = match &mut self.scaler {
+            Some(scaler) => {
+                let found_inf = scaler.unscale_and_check(&mut self.student)?;
+                scaler.update(found_inf)
+            }
+            None => false,
+        };
+        // Read last: on a GPU this waits for the queue, which is now full.
+        let loss = loss.to_f64_vec()?[0];
+        Ok(StepReport {
+            loss,
+            ema_momentum: schedule.ema_momentum.value(),
+            mbn_beta: schedule.mbn_beta.value(),
+            skip_update,
+        })
+    }
+
+    /// [`Self::step`]'s device work, queued without reading anything back,
+    /// on views already in the model's device and precision; returns the
+    /// loss (f32 `[1]`, on the device).
+    fn queue_step(
+        &mut self,
+        view1: &Tensor,
+        view2: &Tensor,
+        schedule: &StepSchedule,
+    ) -> Result<Tensor> {
+        use engine::nvtx::phase;
         {
             let _r = phase("ema");
-            ema_update(&mut self.teacher, &self.student, m as f32)?;
+            ema_update(
+                &mut self.teacher,
+                &self.student,
+                schedule.ema_momentum.clone(),
+            )?;
         }
-
-        let beta = mbn_beta(k, total);
+        let beta = &schedule.mbn_beta;
         let mode = match self.config.teacher_bn {
             TeacherBn::Momentum => BnMode::Momentum {
                 beta,
@@ -394,22 +457,92 @@ impl M2t {
         self.student.zero_grad()?;
         self.student.accumulate_grads(params, &grads)?;
         drop(backward);
-        let skip_update = match &mut self.scaler {
-            Some(scaler) => {
-                let found_inf = scaler.unscale_and_check(&mut self.student)?;
-                scaler.update(found_inf)
-            }
-            None => false,
-        };
         self.student_bn.update_running(&stats1, BN_MOMENTUM)?;
         self.student_bn.update_running(&stats2, BN_MOMENTUM)?;
-        // Read last: on a GPU this waits for the queue, which is now full.
-        let loss_value = loss_tensor.to_f64_vec()?[0];
+        Ok(loss_tensor)
+    }
+}
+
+/// A whole training step — [`M2t::step`] and the optimiser's update —
+/// captured once as a CUDA graph and replayed: one launch per step instead
+/// of thousands. Results are the eager step's, bit for bit.
+pub struct CapturedStep {
+    graph: StepGraph,
+    /// The graph's inputs, in the model's device and precision.
+    views: [Tensor; 2],
+    /// The graph's result, f32 `[1]`.
+    loss: Tensor,
+}
+
+impl CapturedStep {
+    /// Captures a step on views shaped like `view1` and `view2`, then
+    /// `update` (the optimiser, given the student's parameters and the
+    /// learning rate's cell), with the cells of `schedule` (from
+    /// [`M2t::schedule`] on this model). Runs nothing: [`CapturedStep::run`]
+    /// does.
+    ///
+    /// The model must have run an eager step with these shapes first: cuDNN's
+    /// algorithm searches and workspace growth cannot be captured. fp16 is
+    /// refused: its loss scaler decides on the host whether to skip an update.
+    pub fn capture(
+        model: &mut M2t,
+        view1: &Tensor,
+        view2: &Tensor,
+        schedule: &StepSchedule,
+        update: impl FnOnce(&mut ParamStore, &Scalar) -> Result<()>,
+    ) -> Result<Self> {
+        if model.scaler.is_some() {
+            return Err(Error::Config(
+                "a CUDA-graph step needs bf16 or fp32: fp16's loss scaler decides on the host whether to skip each update".into(),
+            ));
+        }
+        let device = model.device();
+        let mut views = Vec::with_capacity(2);
+        for v in [view1, view2] {
+            let v = model.input(v)?;
+            let mut own = Tensor::zeros(v.shape().clone(), v.dtype(), device)?;
+            own.copy_from(&v)?;
+            views.push(own);
+        }
+        let views: [Tensor; 2] = views.try_into().expect("two views");
+        let mut loss = Tensor::zeros([1], DType::F32, device)?;
+        let ((), graph) = engine::graph::capture(device, || {
+            let step_loss = model.queue_step(&views[0], &views[1], schedule)?;
+            update(&mut model.student, &schedule.lr)?;
+            Ok::<(), Error>(loss.copy_from(&step_loss.reshape([1])?)?)
+        })?;
+        Ok(CapturedStep { graph, views, loss })
+    }
+
+    /// Iteration `k` of `total` with learning rate `lr` on two new views
+    /// (shaped as at the capture): writes the step's numbers, copies the
+    /// views into the graph's inputs, replays it and reads the loss. The
+    /// optimiser's update is part of the replay.
+    pub fn run(
+        &mut self,
+        model: &mut M2t,
+        (view1, view2): (&Tensor, &Tensor),
+        (k, total): (usize, usize),
+        lr: f64,
+    ) -> Result<StepReport> {
+        let schedule = model.schedule(k, total, lr)?;
+        for (own, v) in self.views.iter_mut().zip([view1, view2]) {
+            let v = model.input(v)?;
+            if v.shape() != own.shape() {
+                return Err(Error::Config(format!(
+                    "the captured step takes views of {}, not {}",
+                    own.shape(),
+                    v.shape()
+                )));
+            }
+            own.copy_from(&v)?;
+        }
+        self.graph.launch()?;
         Ok(StepReport {
-            loss: loss_value,
-            ema_momentum: m,
-            mbn_beta: beta,
-            skip_update,
+            loss: self.loss.to_f64_vec()?[0],
+            ema_momentum: schedule.ema_momentum.value(),
+            mbn_beta: schedule.mbn_beta.value(),
+            skip_update: false,
         })
     }
 }

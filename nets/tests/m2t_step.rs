@@ -87,7 +87,9 @@ fn one_step_moves_teacher_by_ema_and_history_by_the_lazy_rule() {
     let total = 5;
     // A first step and an SGD update make student and teacher differ.
     let (a, b) = views(1);
-    let first = model.step(&a, &b, 0, total).unwrap();
+    let first = model
+        .step(&a, &b, &model.schedule(0, total, 0.5).unwrap())
+        .unwrap();
     assert!(first.loss.is_finite() && (0.0..=8.0).contains(&first.loss));
     let mut sgd = Sgd::new(model.student(), 0.9, 1e-4).unwrap();
     sgd.step(model.student_mut(), 0.5).unwrap();
@@ -105,7 +107,8 @@ fn one_step_moves_teacher_by_ema_and_history_by_the_lazy_rule() {
     };
     assert_ne!(old_student[..old_teacher.len()], old_teacher[..]);
 
-    let report = model.step(&x1, &x2, k, total).unwrap();
+    let numbers = model.schedule(k, total, 0.5).unwrap();
+    let report = model.step(&x1, &x2, &numbers).unwrap();
     let beta = mbn_beta(k, total);
     assert_eq!(
         (report.ema_momentum, report.mbn_beta),
@@ -168,7 +171,9 @@ fn one_step_moves_teacher_by_ema_and_history_by_the_lazy_rule() {
 fn plain_teacher_bn_keeps_running_statistics_instead() {
     let mut model = tiny(TeacherBn::Plain);
     let (x1, x2) = views(3);
-    let report = model.step(&x1, &x2, 0, 4).unwrap();
+    let report = model
+        .step(&x1, &x2, &model.schedule(0, 4, 0.5).unwrap())
+        .unwrap();
     assert!(report.loss.is_finite());
     let (m1, v1) = stem_stats(&model, &x1);
     let (m2, v2) = stem_stats(&model, &x2);

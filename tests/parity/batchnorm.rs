@@ -4,7 +4,7 @@
 
 use super::*;
 use engine::ops::{BatchStats, BesselCorrection, BnNorm, momentum_bn_update, update_running_stats};
-use engine::{Error, Tape};
+use engine::{Error, Scalar, Tape};
 
 pub const CASES: &[Case] = &[
     ("batch_mode", batch_mode),
@@ -36,6 +36,16 @@ enum Mode {
     Batch,
     Running,
     Momentum(f64, BesselCorrection),
+}
+
+impl Mode {
+    /// Momentum BN's β as the ops take it (unused by the other modes).
+    fn beta(self) -> Scalar {
+        match self {
+            Mode::Momentum(beta, _) => beta.into(),
+            _ => 0.0.into(),
+        }
+    }
 }
 
 const MOMENTUM_MODES: [Mode; 2] = [
@@ -92,11 +102,11 @@ impl Problem {
     }
 }
 
-fn norm<'a>(mode: Mode, mean: &'a Tensor, var: &'a Tensor) -> BnNorm<'a> {
+fn norm<'a>(mode: Mode, mean: &'a Tensor, var: &'a Tensor, beta: &'a Scalar) -> BnNorm<'a> {
     match mode {
         Mode::Batch => BnNorm::Batch,
         Mode::Running => BnNorm::Running { mean, var },
-        Mode::Momentum(beta, correction) => BnNorm::Momentum {
+        Mode::Momentum(_, correction) => BnNorm::Momentum {
             mean,
             var,
             beta,
@@ -126,8 +136,15 @@ fn reference(p: &Problem, mode: Mode, fused: Fused) -> Results {
     let x = tape.param(f32(&p.x));
     let residual = tape.param(f32(&p.residual));
     let (gamma, beta) = (tape.param(p.gamma.clone()), tape.param(p.beta.clone()));
+    let beta_mbn = mode.beta();
     let (h, stats) = tape
-        .batch_norm(&x, &gamma, &beta, norm(mode, &p.mean, &p.var), EPS)
+        .batch_norm(
+            &x,
+            &gamma,
+            &beta,
+            norm(mode, &p.mean, &p.var, &beta_mbn),
+            EPS,
+        )
         .unwrap();
     let y = match fused {
         Fused::No => h,
@@ -152,7 +169,8 @@ fn reference(p: &Problem, mode: Mode, fused: Fused) -> Results {
 /// The same on `device` in the problem's dtype, through the fused tape ops.
 fn on_device(device: Device, p: &Problem, mode: Mode, fused: Fused) -> Results {
     let (mean, var) = (to(device, &p.mean), to(device, &p.var));
-    let norm = norm(mode, &mean, &var);
+    let beta_mbn = mode.beta();
+    let norm = norm(mode, &mean, &var, &beta_mbn);
     let mut tape = Tape::new();
     let x = tape.param(to(device, &p.x));
     let residual = tape.param(to(device, &p.residual));
@@ -307,14 +325,21 @@ fn running_mode(device: Device) {
         tape.constant(to(device, &p.beta)),
     );
     for mode in [Mode::Batch, MOMENTUM_MODES[0]] {
+        let beta_mbn = mode.beta();
         let err = tape
-            .batch_norm(&x, &gamma, &beta, norm(mode, &mean, &var), EPS)
+            .batch_norm(&x, &gamma, &beta, norm(mode, &mean, &var, &beta_mbn), EPS)
             .unwrap_err();
         assert!(matches!(err, Error::Shape { .. }), "{mode:?}: {err}");
     }
     let gamma16 = tape.constant(to(device, &rounded(&p.gamma, DType::BF16)));
     let err = tape
-        .batch_norm(&x, &gamma16, &beta, norm(Mode::Running, &mean, &var), EPS)
+        .batch_norm(
+            &x,
+            &gamma16,
+            &beta,
+            norm(Mode::Running, &mean, &var, &0.0.into()),
+            EPS,
+        )
         .unwrap_err();
     assert!(matches!(err, Error::DType { .. }), "{err}");
 }

@@ -45,8 +45,9 @@ fn run(mut model: M2t, steps: usize) -> (M2t, Vec<f64>) {
     for k in 0..steps {
         let v1 = uniform(&[4, 9, 7, 3], 500 + k as u64, -1.0, 1.0);
         let v2 = uniform(&[4, 9, 7, 3], 600 + k as u64, -1.0, 1.0);
-        losses.push(model.step(&v1, &v2, k, 4).unwrap().loss);
-        sgd.step(model.student_mut(), 0.05).unwrap();
+        let numbers = model.schedule(k, 4, 0.05).unwrap();
+        losses.push(model.step(&v1, &v2, &numbers).unwrap().loss);
+        sgd.step(model.student_mut(), numbers.lr).unwrap();
     }
     (model, losses)
 }
@@ -127,8 +128,10 @@ fn step_bf16(device: Device) {
         .to_device(device)
         .unwrap();
     let (w, g) = (
-        want.step(&v1, &v2, 0, 4).unwrap(),
-        got.step(&v1, &v2, 0, 4).unwrap(),
+        want.step(&v1, &v2, &want.schedule(0, 4, 0.05).unwrap())
+            .unwrap(),
+        got.step(&v1, &v2, &got.schedule(0, 4, 0.05).unwrap())
+            .unwrap(),
     );
     assert!(
         (g.loss - w.loss).abs() <= 1e-2 * w.loss,

@@ -1,6 +1,7 @@
 //! What a steady-state M2T step on the GPU path moves between host and
 //! device, counted on the emulator (its own process: the count is global to
-//! the device). Anything beyond the loss read is a hidden stall per step.
+//! the device). Anything beyond the step's three numbers and the loss read
+//! is a hidden stall per step.
 
 use engine::optim::Sgd;
 use engine::{DType, Device, Rng, Tensor};
@@ -24,8 +25,9 @@ fn a_step_reads_back_only_the_loss() {
     let (v1, v2) = (view(), view());
     let gpu = engine::gpu_launcher(device).unwrap();
     let mut step = |k| {
-        model.step(&v1, &v2, k, 10).unwrap();
-        sgd.step(model.student_mut(), 0.05).unwrap();
+        let numbers = model.schedule(k, 10, 0.05).unwrap();
+        model.step(&v1, &v2, &numbers).unwrap();
+        sgd.step(model.student_mut(), numbers.lr).unwrap();
     };
     step(0);
     let before = gpu.transfers();
@@ -34,8 +36,8 @@ fn a_step_reads_back_only_the_loss() {
     let moved = |(n1, b1): (u64, u64), (n0, b0): (u64, u64)| (n1 - n0, b1 - b0);
     assert_eq!(
         moved(after.to_device, before.to_device),
-        (0, 0),
-        "uploads in a step"
+        (1, 12),
+        "uploads in a step: EMA momentum, β and the learning rate, in one copy"
     );
     assert_eq!(
         moved(after.to_host, before.to_host),

@@ -268,7 +268,8 @@ fn one_m2t_step_matches_pytorch() {
         features.check_tensor(&expected, name, &f);
     }
 
-    let report = model.step(&x1, &x2, k, total).unwrap();
+    let numbers = model.schedule(k, total, 0.05).unwrap();
+    let report = model.step(&x1, &x2, &numbers).unwrap();
     for (what, got, name) in [
         ("EMA momentum", report.ema_momentum, "step.ema_momentum"),
         ("Momentum-BN beta", report.mbn_beta, "step.mbn_beta"),

@@ -7,7 +7,7 @@ use crate::{Error, Result};
 use clap::Args;
 use engine::optim::Sgd;
 use engine::{Device, Rng, Tensor};
-use nets::m2t::{M2t, M2tConfig};
+use nets::m2t::{CapturedStep, M2t, M2tConfig};
 use nets::resnet::{Arch, ResNetConfig, Stem};
 use serde_json::json;
 use std::time::Instant;
@@ -63,6 +63,11 @@ pub struct BenchArgs {
     /// of the timing shows in the step times.
     #[arg(long)]
     pub profile: bool,
+    /// Capture the step (M2T step and SGD update) as a CUDA graph after the
+    /// warm-up step and time its replays: one launch per step instead of
+    /// thousands. GPU (or emulator) only; bf16 or fp32.
+    #[arg(long)]
+    pub cuda_graph: bool,
     /// Instead of steps, time compiling and loading every CUDA kernel family
     /// on the GPU (NVRTC, or the disk cache when warm).
     #[arg(long)]
@@ -170,6 +175,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
             return Err(Error::Usage(format!("{flag} {value}: at least {least}")));
         }
     }
+    if args.cuda_graph && placement.device == Device::Cpu {
+        return Err(Error::Usage(
+            "--cuda-graph needs a GPU (--device cuda) or the emulator (--device emulator)".into(),
+        ));
+    }
+    if args.cuda_graph && args.profile {
+        return Err(Error::Usage(
+            "--profile times each launch, and a replayed graph is one launch: profile without --cuda-graph".into(),
+        ));
+    }
     let stem = args.stem.unwrap_or(Stem::for_res(res));
     let backbone = ResNetConfig {
         arch,
@@ -196,7 +211,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Tensor::from_vec(rng.normal_vec(n, 1.0), shape)?.to_device(placement.device)?,
     );
     let total = args.steps + 1;
+    let lr = 0.01;
     let mut times = Vec::new();
+    let mut captured: Option<CapturedStep> = None;
     for k in 0..total {
         // The first step (cuDNN searches, kernel loading) is not profiled.
         if args.profile && k == 1 {
@@ -204,14 +221,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let t = Instant::now();
         let _step = engine::nvtx::open(engine::profile::Kind::Step, || format!("step {k}"));
-        model.step(&v1, &v2, k, total)?;
-        {
-            let _r = engine::nvtx::phase("optimizer");
-            sgd.step(model.student_mut(), 0.01)?;
+        match &mut captured {
+            Some(graph) => {
+                graph.run(&mut model, (&v1, &v2), (k, total), lr)?;
+            }
+            None => {
+                let numbers = model.schedule(k, total, lr)?;
+                model.step(&v1, &v2, &numbers)?;
+                let _r = engine::nvtx::phase("optimizer");
+                sgd.step(model.student_mut(), numbers.lr)?;
+            }
         }
         engine::synchronize(placement.device)?;
         if k > 0 {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        // Captured after the warm-up step, which made the cuDNN choices.
+        if args.cuda_graph && k == 0 {
+            let numbers = model.schedule(1, total, lr)?;
+            captured = Some(CapturedStep::capture(
+                &mut model,
+                &v1,
+                &v2,
+                &numbers,
+                |store, lr| Ok(sgd.step(store, lr.clone())?),
+            )?);
         }
     }
     if args.profile {
@@ -248,12 +282,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let line = json!({
             "arch": arch.to_string(), "bs": bs, "res": res, "stem": stem.to_string(),
             "precision": precision, "device": device, "steps": args.steps,
+            "cuda_graph": args.cuda_graph,
             "step_ms_median": median, "pairs_per_s": pairs_per_s, "peak_mem_mb": peak_mb,
         });
         println!("{line}");
     } else {
+        let graph = if args.cuda_graph { ", CUDA graph" } else { "" };
         println!(
-            "{} {stem} stem, width {}, bs {}, {} px, {precision} on {device}: {median:.1} ms/step (median of {}), {pairs_per_s:.1} pairs/s, peak memory {peak_mb:.0} MiB",
+            "{} {stem} stem, width {}, bs {}, {} px, {precision}{graph} on {device}: {median:.1} ms/step (median of {}), {pairs_per_s:.1} pairs/s, peak memory {peak_mb:.0} MiB",
             arch, args.width, bs, res, args.steps,
         );
     }

@@ -13,7 +13,7 @@ use engine::ops::BesselCorrection;
 use engine::optim::{Lars, Sgd};
 use engine::schedule::LrSchedule;
 use engine::{DType, Device};
-use engine::{ParamStore, Tensor};
+use engine::{ParamStore, Scalar, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use nets::m2t::{M2t, M2tConfig, Which};
 use nets::resnet::{ResNetConfig, Stem};
@@ -46,10 +46,10 @@ impl Optimizer {
     }
 
     /// One update with learning rate `lr`.
-    pub fn step(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+    pub fn step(&mut self, store: &mut ParamStore, lr: &Scalar) -> Result<()> {
         match self {
-            Optimizer::Sgd(o) => o.step(store, lr as f32)?,
-            Optimizer::Lars(o) => o.step(store, lr as f32)?,
+            Optimizer::Sgd(o) => o.step(store, lr.clone())?,
+            Optimizer::Lars(o) => o.step(store, lr.clone())?,
         }
         Ok(())
     }
@@ -665,7 +665,9 @@ fn train(
             let _r = engine::nvtx::phase("augment");
             batch.views(gpu_augmenter.as_ref())?
         };
-        let report = model.step(&view1, &view2, step, cfg.steps)?;
+        let lr = schedule.at(step);
+        let numbers = model.schedule(step, cfg.steps, lr)?;
+        let report = model.step(&view1, &view2, &numbers)?;
         if !report.loss.is_finite() {
             let kept = describe(&last_checkpoint);
             return Err(Error::Diverged(format!(
@@ -682,10 +684,9 @@ fn train(
                 describe(&last_checkpoint)
             )));
         }
-        let lr = schedule.at(step);
         if !report.skip_update {
             let _r = engine::nvtx::phase("optimizer");
-            optimizer.step(model.student_mut(), lr)?;
+            optimizer.step(model.student_mut(), &numbers.lr)?;
         }
         drop(step_range);
         if profile && (step + 1) % cfg.log_every == 0 {

@@ -694,3 +694,39 @@ fn op_benchmark_runs_on_the_emulator() {
     let o = run(&["bench", "--ops", "--device", "cpu"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// `bench --cuda-graph` captures the step after the warm-up step and times
+/// its replays on the emulated GPU path; the CPU and `--profile` are refused
+/// with the reason.
+#[test]
+fn graph_benchmark_runs_on_the_emulator() {
+    let net = "--arch resnet18 --bs 2 --res 16 --width 4 --proj-hidden 16 --proj-out 8";
+    let flags = |text: String| {
+        text.split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let a = flags(format!(
+        "bench --device emulator {net} --steps 2 --cuda-graph --json"
+    ));
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(line["cuda_graph"], true, "{line}");
+    assert!(line["step_ms_median"].as_f64().unwrap() > 0.0, "{line}");
+    for (device, extra, reason) in [
+        ("cpu", None, "--cuda-graph needs a GPU"),
+        (
+            "emulator",
+            Some("--profile"),
+            "profile without --cuda-graph",
+        ),
+    ] {
+        let mut a = flags(format!("bench --device {device} {net} --cuda-graph"));
+        a.extend(extra.map(String::from));
+        let o = run(&args(&a));
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(reason), "{}", stderr(&o));
+    }
+}

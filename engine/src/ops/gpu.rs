@@ -2,7 +2,8 @@
 //! drives a CUDA GPU and the SIMT emulator ([`crate::Device::Emulator`]).
 
 use crate::error::{Error, Result};
-use crate::{Device, Tensor};
+use crate::tensor::GpuBuffer;
+use crate::{DType, Device, Shape, Tensor};
 
 /// Threads per block of the elementwise kernels.
 pub(crate) const BLOCK: u32 = 256;
@@ -36,45 +37,59 @@ pub(crate) fn same_device(op: &'static str, tensors: &[&Tensor]) -> Result<Devic
     }
 }
 
-/// Runs a CPU op for the emulator, where cuDNN and cuBLAS do not exist:
-/// the inputs are copied to the host (16-bit ones widened to f32), `op` runs
-/// the CPU reference, and its outputs are rounded back to `dtype` and copied
-/// to `device`. Only the emulator takes this path; its copies are not
-/// counted as the program's transfers ([`kernels::stand_in`]).
+/// Runs a CPU op for the emulator, where cuDNN and cuBLAS do not exist,
+/// in stream order like a library call (and recorded like one during a graph
+/// capture): the op gets the inputs as host tensors (16-bit ones widened to
+/// f32) and its outputs, of the shapes asked for (`None`: not wanted), are
+/// rounded to `dtype` and land in device tensors returned at once. Only the
+/// emulator takes this path; its copies are not the program's transfers.
 pub(crate) fn on_host<const N: usize, const M: usize>(
-    device: Device,
-    dtype: crate::DType,
+    g: &GpuBuffer,
+    dtype: DType,
     inputs: [&Tensor; N],
-    op: impl FnOnce([Tensor; N]) -> Result<[Option<Tensor>; M]>,
+    outputs: [Option<Shape>; M],
+    op: impl Fn([Tensor; N]) -> Result<[Option<Tensor>; M]> + Send + 'static,
 ) -> Result<[Option<Tensor>; M]> {
-    debug_assert_eq!(device, Device::Emulator);
-    kernels::stand_in(|| host_stand_in(device, dtype, inputs, op))
+    debug_assert_eq!(g.device, Device::Emulator);
+    let layouts = inputs.map(|t| (t.dtype(), t.shape().clone()));
+    let wanted: Vec<bool> = outputs.iter().map(Option::is_some).collect();
+    let made = outputs.map(|s| s.map(|s| Tensor::gpu_empty(g, s, dtype)).transpose());
+    let mut tensors = Vec::with_capacity(M);
+    for t in made {
+        tensors.push(t?);
+    }
+    let reads: Vec<_> = inputs.iter().map(|t| emulated(t)).collect();
+    let writes: Vec<_> = tensors.iter().flatten().map(emulated).collect();
+    let run = move |bytes: Vec<Vec<u8>>| -> Result<Vec<Vec<u8>>> {
+        let mut host = Vec::with_capacity(N);
+        for ((dt, shape), b) in layouts.iter().zip(&bytes) {
+            let t = Tensor::from_host_bytes(*dt, shape.clone(), b);
+            host.push(match dt {
+                DType::BF16 | DType::F16 => t.to_dtype(DType::F32)?,
+                _ => t,
+            });
+        }
+        let results = op(host.try_into().expect("N inputs"))?;
+        let mut out = Vec::new();
+        for (result, want) in results.into_iter().zip(&wanted) {
+            match (result, want) {
+                (Some(t), true) => out.push(
+                    t.to_dtype(dtype)?
+                        .host_bytes()
+                        .expect("a CPU op's output")
+                        .to_vec(),
+                ),
+                (None, false) => {}
+                _ => unreachable!("the CPU op gives exactly the outputs asked for"),
+            }
+        }
+        Ok(out)
+    };
+    g.gpu
+        .host_op(&reads, &writes, move |b| run(b).map_err(|e| e.to_string()))?;
+    Ok(tensors.try_into().expect("M outputs"))
 }
 
-fn host_stand_in<const N: usize, const M: usize>(
-    device: Device,
-    dtype: crate::DType,
-    inputs: [&Tensor; N],
-    op: impl FnOnce([Tensor; N]) -> Result<[Option<Tensor>; M]>,
-) -> Result<[Option<Tensor>; M]> {
-    let host = inputs.map(|t| {
-        let h = t.to_device(Device::Cpu)?;
-        match h.dtype() {
-            crate::DType::BF16 | crate::DType::F16 => h.to_dtype(crate::DType::F32),
-            _ => Ok(h),
-        }
-    });
-    let mut ready = Vec::with_capacity(N);
-    for h in host {
-        ready.push(h?);
-    }
-    let outputs = op(ready.try_into().expect("N inputs"))?;
-    let mut moved = Vec::with_capacity(M);
-    for o in outputs {
-        moved.push(
-            o.map(|t| t.to_dtype(dtype)?.to_device(device))
-                .transpose()?,
-        );
-    }
-    Ok(moved.try_into().expect("M outputs"))
+fn emulated(t: &Tensor) -> (&kernels::Buffer, usize, usize) {
+    t.gpu_range().expect("emulator tensors live on the device")
 }

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::ops::gpu::{BLOCK, kernel_for, same_device};
 use crate::params::ParamStore;
 use crate::tensor::GpuBuffer;
-use crate::{DType, Tensor};
+use crate::{DType, Scalar, Tensor};
 use kernels::{Arg, LaunchConfig};
 
 /// The GPU memory of a tensor the caller already knows is on a GPU.
@@ -39,11 +39,12 @@ pub(crate) fn sgd_step(
     w: &Tensor,
     g: &Tensor,
     v: &Tensor,
-    lr: f32,
+    lr: &Scalar,
     momentum: f32,
     weight_decay: f32,
 ) -> Result<()> {
     let n = w.numel();
+    let lr = lr.cell(gpu_of(w)?)?;
     gpu_of(w)?.gpu.launch(
         "sgd_momentum_step",
         LaunchConfig::for_elements(n, BLOCK),
@@ -52,7 +53,7 @@ pub(crate) fn sgd_step(
             g.arg(),
             v.arg(),
             Arg::I64(n as i64),
-            Arg::F32(lr),
+            lr.arg(),
             Arg::F32(momentum),
             Arg::F32(weight_decay),
         ],
@@ -135,7 +136,7 @@ impl LarsTable {
         w: &Tensor,
         g: &Tensor,
         v: &Tensor,
-        lr: f32,
+        lr: &Scalar,
         eta: f32,
         momentum: f32,
         weight_decay: f32,
@@ -145,6 +146,7 @@ impl LarsTable {
             return Ok(());
         }
         let gpu = &gpu_of(w)?.gpu;
+        let lr = lr.cell(gpu_of(w)?)?;
         // Both kernels grid-stride over chunks, so the grid may be capped.
         let blocks = LaunchConfig::blocks(self.n_chunks.min(MAX_BLOCKS) as u32, BLOCK);
         let n_chunks = Arg::I64(self.n_chunks as i64);
@@ -169,7 +171,7 @@ impl LarsTable {
                 self.chunks.arg(),
                 n_chunks,
                 self.partials.arg(),
-                Arg::F32(lr),
+                lr.arg(),
                 Arg::F32(eta),
                 Arg::F32(momentum),
                 Arg::F32(weight_decay),
@@ -181,11 +183,11 @@ impl LarsTable {
 
 /// `t ← m·t + (1 − m)·s` over the first `t.numel()` elements of `s`; an exact
 /// device copy when `m = 0`.
-pub(crate) fn ema_update(t: &Tensor, s: &Tensor, m: f32) -> Result<()> {
+pub(crate) fn ema_update(t: &Tensor, s: &Tensor, m: &Scalar) -> Result<()> {
     same_device("ema_update", &[t, s])?;
     let (tg, sg) = (gpu_of(t)?, gpu_of(s)?);
     let n = t.numel();
-    if m == 0.0 {
+    if m.value() == 0.0 && !m.is_per_step() {
         // Bit-exact, even over a teacher holding non-finite values.
         tg.gpu.copy(&sg.buf, 0, &tg.buf, 0, n * 4)?;
         return Ok(());
@@ -193,7 +195,7 @@ pub(crate) fn ema_update(t: &Tensor, s: &Tensor, m: f32) -> Result<()> {
     tg.gpu.launch(
         "ema_teacher_update",
         LaunchConfig::for_elements(n, BLOCK),
-        &[t.arg(), s.arg(), Arg::I64(n as i64), Arg::F32(m)],
+        &[t.arg(), s.arg(), Arg::I64(n as i64), m.cell(tg)?.arg()],
     )?;
     Ok(())
 }

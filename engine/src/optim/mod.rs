@@ -5,7 +5,7 @@ pub(crate) mod cuda;
 
 use crate::error::{Error, Result};
 use crate::params::{ParamStore, write_f32};
-use crate::{DType, Tensor};
+use crate::{DType, Scalar, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task in the flat-buffer loops.
@@ -80,14 +80,16 @@ impl Sgd {
     }
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
-    pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
+    pub fn step(&mut self, store: &mut ParamStore, lr: impl Into<Scalar>) -> Result<()> {
         check_matches(&self.velocity, store)?;
         let (mu, wd) = (self.momentum, self.weight_decay);
+        let lr = lr.into();
         if store.device().is_gpu() {
             let (w, g) = store.gpu_values_and_grads()?;
             self.velocity.gpu_mut()?;
-            return cuda::sgd_step(w, g, &self.velocity, lr, mu, wd);
+            return cuda::sgd_step(w, g, &self.velocity, &lr, mu, wd);
         }
+        let lr = lr.value() as f32;
         let (w, g) = store.values_and_grads_mut()?;
         let v = self.velocity.slice_mut::<f32>()?;
         w.par_chunks_mut(GRAIN)
@@ -148,15 +150,17 @@ impl Lars {
     }
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
-    pub fn step(&mut self, store: &mut ParamStore, lr: f32) -> Result<()> {
+    pub fn step(&mut self, store: &mut ParamStore, lr: impl Into<Scalar>) -> Result<()> {
         check_matches(&self.velocity, store)?;
+        let lr = lr.into();
         if let Some(table) = &self.table {
             table.check_layout(store)?;
             let (w, g) = store.gpu_values_and_grads()?;
             self.velocity.gpu_mut()?;
             let (eta, mu, wd) = (self.eta, self.momentum, self.weight_decay);
-            return table.step(w, g, &self.velocity, lr, eta, mu, wd);
+            return table.step(w, g, &self.velocity, &lr, eta, mu, wd);
         }
+        let lr = lr.value() as f32;
         let (eta, mu, wd) = (self.eta as f64, self.momentum, self.weight_decay);
         let ranges: Vec<_> = store
             .infos()
@@ -191,12 +195,18 @@ impl Lars {
 /// The EMA teacher update `t ← m·t + (1 − m)·s` over the teacher's parameters,
 /// which must be a layout prefix of the student's (the predictor comes last in
 /// the student and has no twin). `m = 0` copies the student exactly.
-pub fn ema_update(teacher: &mut ParamStore, student: &ParamStore, m: f32) -> Result<()> {
+pub fn ema_update(
+    teacher: &mut ParamStore,
+    student: &ParamStore,
+    m: impl Into<Scalar>,
+) -> Result<()> {
     teacher.check_prefix_of(student)?;
+    let m = m.into();
     if teacher.device().is_gpu() {
         let t = teacher.gpu_values_and_grads()?.0;
-        return cuda::ema_update(t, student.values(), m);
+        return cuda::ema_update(t, student.values(), &m);
     }
+    let m = m.value() as f32;
     let n = teacher.flat_len();
     let s = &student.values().as_slice::<f32>()?[..n];
     let t = teacher.values_mut()?;

@@ -8,7 +8,7 @@ use super::{BatchStats, BnGrads, BnNorm, BnSaved, Coefficients, Epilogue, Gate, 
 use crate::error::Result;
 use crate::ops::gpu::{BLOCK, kernel_for, same_device};
 use crate::tensor::GpuBuffer;
-use crate::{DType, Tensor};
+use crate::{DType, Scalar, Tensor};
 use kernels::{Arg, Gpu, LaunchConfig};
 
 /// Rows of the per-channel table: batch mean, unbiased batch variance, scale,
@@ -168,14 +168,18 @@ pub(super) fn forward(
         ];
         match norm {
             BnNorm::Momentum {
-                mean, var, beta, ..
+                mean,
+                var,
+                beta,
+                correction,
             } => {
+                let beta = beta.cell(g)?;
+                let var_factor = super::momentum_var_factor(correction, split.rows);
                 let tail = [
                     mean.arg(),
                     var.arg(),
-                    Arg::F32(a as f32),
-                    Arg::F32(b as f32),
-                    Arg::F32((1.0 - beta) as f32),
+                    beta.arg(),
+                    Arg::F32(var_factor as f32),
                     eps,
                     table.arg(),
                 ];
@@ -347,7 +351,7 @@ pub(super) fn momentum_bn_update(
     mean: &mut Tensor,
     var: &mut Tensor,
     [view1, view2]: [&BatchStats; 2],
-    beta: f64,
+    beta: &Scalar,
     correction: f64,
 ) -> Result<()> {
     const OP: &str = "momentum_bn_update";
@@ -357,6 +361,7 @@ pub(super) fn momentum_bn_update(
     )?;
     check_exclusive(mean, var)?;
     let c = mean.numel();
+    let beta = beta.cell(mean.gpu().expect("checked to be on a GPU"))?;
     gpu.launch(
         "momentum_bn_history_update",
         LaunchConfig::for_elements(c, BLOCK),
@@ -367,7 +372,7 @@ pub(super) fn momentum_bn_update(
             view1.var.arg(),
             view2.mean.arg(),
             view2.var.arg(),
-            Arg::F32(beta as f32),
+            beta.arg(),
             Arg::F32(correction as f32),
             Arg::I32(c as i32),
         ],

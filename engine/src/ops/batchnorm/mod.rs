@@ -12,7 +12,7 @@ mod cuda;
 
 use super::{elementwise, with_float};
 use crate::error::{Error, Result, same_shape, shape_err};
-use crate::{DType, Tensor};
+use crate::{DType, Scalar, Tensor};
 
 /// Which Bessel correction Momentum BN applies to a view's batch variance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -54,8 +54,9 @@ pub enum BnNorm<'a> {
         mean: &'a Tensor,
         /// History variance, f32 `[c]`.
         var: &'a Tensor,
-        /// Weight of the batch statistics, 1 → 0 over training.
-        beta: f64,
+        /// Weight of the batch statistics, 1 → 0 over training (read from
+        /// device memory on a GPU: it changes every step).
+        beta: &'a Scalar,
         /// Extra Bessel correction of the batch variance.
         correction: BesselCorrection,
     },
@@ -160,11 +161,16 @@ fn mode_weights(norm: &BnNorm, n: usize) -> (f64, f64) {
         BnNorm::Running { .. } => (0.0, 0.0),
         BnNorm::Momentum {
             beta, correction, ..
-        } => {
-            let unbiased = n as f64 / (n as f64 - 1.0);
-            (beta, beta * (unbiased * correction.extra_factor(n)))
-        }
+        } => (
+            beta.value(),
+            beta.value() * momentum_var_factor(correction, n),
+        ),
     }
+}
+
+/// Momentum BN's factor on the biased batch variance, besides β: `n/(n−1)·corr`.
+fn momentum_var_factor(correction: BesselCorrection, n: usize) -> f64 {
+    n as f64 / (n as f64 - 1.0) * correction.extra_factor(n)
 }
 
 /// Normalises `x`, then applies `epilogue`; returns the output, the batch
@@ -242,6 +248,7 @@ pub(crate) fn forward(
             BnNorm::Batch => (batch_mean.clone(), biased_var.clone()),
             BnNorm::Running { mean, var } => (f32_stats(OP, mean, c)?, f32_stats(OP, var, c)?),
             BnNorm::Momentum { mean, var, beta, .. } => {
+                let beta = beta.value();
                 let (hm, hv) = (f32_stats(OP, mean, c)?, f32_stats(OP, var, c)?);
                 let mh = (0..c).map(|j| a * batch_mean[j] + (1.0 - beta) * hm[j]).collect();
                 let vh = (0..c).map(|j| b * biased_var[j] + (1.0 - beta) * hv[j]).collect();
@@ -398,10 +405,11 @@ pub fn momentum_bn_update(
     var: &mut Tensor,
     view1: &BatchStats,
     view2: &BatchStats,
-    beta: f64,
+    beta: impl Into<Scalar>,
     correction: BesselCorrection,
 ) -> Result<()> {
     const OP: &str = "momentum_bn_update";
+    let beta = &beta.into();
     let c = view1.mean.numel();
     if view1.count < 2 {
         return Err(shape_err(
@@ -442,5 +450,5 @@ pub fn momentum_bn_update(
         .iter()
         .map(|v| v * corr)
         .collect();
-    blend_into([mean, var], [batch_mean, batch_var], beta)
+    blend_into([mean, var], [batch_mean, batch_var], beta.value())
 }

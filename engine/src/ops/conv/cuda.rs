@@ -232,6 +232,12 @@ fn find_then_run<A: Copy + std::fmt::Debug>(
 ) -> Result<()> {
     let handle = libs.cudnn;
     if slot(plan(libs, geo, dtype)?).is_none() {
+        if libs.gpu.capturing() {
+            return Err(crate::cuda_libs::lib_failure(
+                label,
+                "no algorithm chosen yet for this shape, and the search cannot run during a graph capture: run the step once before capturing it",
+            ));
+        }
         let (ws, ws_len) = libs.workspace(FIND_WORKSPACE)?;
         let p = plan(libs, geo, dtype)?;
         // Each search starts from the dtype's math type, not the one the
@@ -299,7 +305,8 @@ pub(super) fn forward(
 ) -> Result<Tensor> {
     let dtype = x.dtype();
     if g.device == Device::Emulator {
-        let [y] = on_host(g.device, dtype, [x, w], |[x, w]| {
+        let out = Some([geo.n, geo.oh, geo.ow, geo.k].into());
+        let [y] = on_host(g, dtype, [x, w], [out], move |[x, w]| {
             Ok([Some(super::forward(&x, &w, p)?)])
         })?;
         return Ok(y.expect("forward output"));
@@ -371,7 +378,11 @@ pub(super) fn backward(
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let dtype = x.dtype();
     if g.device == Device::Emulator {
-        let [dx, dw] = on_host(g.device, dtype, [x, w, dy], |[x, w, dy]| {
+        let shapes = [
+            want_dx.then(|| x.shape().clone()),
+            want_dw.then(|| w.shape().clone()),
+        ];
+        let [dx, dw] = on_host(g, dtype, [x, w, dy], shapes, move |[x, w, dy]| {
             let (dx, dw) = super::backward(&x, &w, &dy, p, (want_dx, want_dw))?;
             Ok([dx, dw])
         })?;

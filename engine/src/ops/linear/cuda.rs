@@ -98,7 +98,7 @@ pub(super) fn forward(
 ) -> Result<Tensor> {
     let dtype = x.dtype();
     let y = if g.device == Device::Emulator {
-        let [y] = on_host(g.device, dtype, [x, w], |[x, w]| {
+        let [y] = on_host(g, dtype, [x, w], [Some([n, fout].into())], |[x, w]| {
             Ok([Some(super::forward(&x, &w, None)?)])
         })?;
         y.expect("forward output")
@@ -131,7 +131,11 @@ pub(super) fn backward(
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let dtype = x.dtype();
     let (dx, dw) = if g.device == Device::Emulator {
-        let [dx, dw] = on_host(g.device, dtype, [x, w, dy], |[x, w, dy]| {
+        let shapes = [
+            want_dx.then(|| [n, fin].into()),
+            want_dw.then(|| [fout, fin].into()),
+        ];
+        let [dx, dw] = on_host(g, dtype, [x, w, dy], shapes, move |[x, w, dy]| {
             let (dx, dw, _) = super::backward(&x, &w, &dy, (want_dx, want_dw, false))?;
             Ok([dx, dw])
         })?;
