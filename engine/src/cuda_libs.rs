@@ -244,6 +244,12 @@ pub(crate) fn with_libs<R>(
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let libs = match all.entry(device) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(_) if gpu.capturing() => {
+            return Err(lib_failure(
+                "cuDNN and cuBLAS set-up",
+                "the libraries are first used during a graph capture: run the step once before capturing it",
+            ));
+        }
         std::collections::hash_map::Entry::Vacant(e) => e.insert(CudaLibs::new(gpu.clone())?),
     };
     // The calling thread may have another device's context current.

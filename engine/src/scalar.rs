@@ -62,8 +62,9 @@ impl From<f32> for Scalar {
 }
 
 /// The device cells of one step's numbers, written together in one copy.
-/// On the CPU there are no cells: the scalars are plain values.
-#[derive(Debug)]
+/// On the CPU there are no cells: the scalars are plain values. Clones
+/// share the cells.
+#[derive(Clone, Debug)]
 pub struct StepScalars {
     cells: Option<Tensor>,
     count: usize,
@@ -79,9 +80,16 @@ impl StepScalars {
         Ok(StepScalars { cells, count })
     }
 
+    /// Whether `other` is (a clone of) these device cells.
+    pub fn same_cells(&self, other: &StepScalars) -> bool {
+        matches!((&self.cells, &other.cells), (Some(a), Some(b)) if a.shares_storage(b))
+    }
+
     /// Writes this step's values (one host-to-device copy on a GPU) and
     /// returns them as scalars, in order. The cells keep their addresses, so
-    /// a graph captured with earlier scalars reads these values.
+    /// a graph captured with earlier scalars reads these values — and so do
+    /// scalars kept from an earlier call, whose [`Scalar::value`] is then
+    /// out of date: use a step's scalars for that step only.
     pub fn set(&self, values: &[f64]) -> Result<Vec<Scalar>> {
         if values.len() != self.count {
             return Err(Error::Param(format!(

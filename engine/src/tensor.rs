@@ -343,6 +343,11 @@ impl Tensor {
         Some(&b.bytes()[self.offset * size..(self.offset + self.numel()) * size])
     }
 
+    /// Whether this tensor and `other` are views of the same storage.
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.storage, &other.storage)
+    }
+
     /// The device buffer and byte range of a GPU tensor's elements.
     pub(crate) fn gpu_range(&self) -> Option<(&kernels::Buffer, usize, usize)> {
         let g = self.gpu()?;

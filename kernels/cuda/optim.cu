@@ -95,11 +95,12 @@ extern "C" __global__ void lars_momentum_step(float* __restrict__ w, const float
 }
 
 // The EMA teacher: t ← m·t + (1 − m)·s over the teacher's (prefix) length,
-// m read from device memory (it changes every step).
+// m read from device memory (it changes every step); m = 0 copies exactly,
+// even over non-finite teacher values.
 extern "C" __global__ void ema_teacher_update(float* __restrict__ teacher, const float* __restrict__ student,
                                               int64_t n, const float* __restrict__ momentum) {
     const float keep = *momentum, take = 1.0f - keep;
-    FOR_EACH(i, n) { teacher[i] = keep * teacher[i] + take * student[i]; }
+    FOR_EACH(i, n) { teacher[i] = keep == 0.0f ? student[i] : keep * teacher[i] + take * student[i]; }
 }
 
 // Dynamic loss scaling: g ← g·(1/scale), and *found_inf = 1 if any unscaled

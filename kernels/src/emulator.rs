@@ -72,6 +72,12 @@ impl Memory {
         unsafe { &mut self.all_bytes()[GUARD..GUARD + self.bytes] }
     }
 
+    /// Fills the usable bytes with poison, as on allocation (under the lock).
+    pub(crate) fn poison(&self) {
+        // SAFETY: called under the emulator's lock, by a replay.
+        unsafe { self.bytes_mut() }.fill(POISON);
+    }
+
     pub(crate) fn address(&self) -> u64 {
         // SAFETY: only the address is taken.
         unsafe { (*self.words.get()).as_ptr() as u64 + GUARD as u64 }

@@ -374,6 +374,9 @@ impl Gpu {
 
     /// A stamp on this device's timeline, after all queued work.
     pub fn stamp(&self) -> Result<Stamp> {
+        // Captured work does not run now: an event recorded with it would
+        // never fire.
+        self.refuse_while_capturing("a timing stamp")?;
         match &self.kind {
             Kind::Cuda(c) => {
                 let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
@@ -424,16 +427,7 @@ impl Gpu {
     /// `bytes` of uninitialised memory (the emulator fills it with 0xFF, so
     /// reads before writes show up as NaN).
     pub fn alloc(&self, bytes: usize) -> Result<Buffer> {
-        let made_in = {
-            let mut state = self.book.state.lock().unwrap();
-            if state.active != 0 {
-                state.live.0 += 1;
-                state.live.1 += bytes;
-            }
-            state.active
-        };
-        let (book, made_in) = (self.book.clone(), made_in);
-        match &self.kind {
+        let mem = match &self.kind {
             Kind::Cuda(c) => {
                 c.ctx.bind_to_thread()?;
                 // SAFETY: a stream-ordered allocation, freed in `Drop`.
@@ -442,23 +436,35 @@ impl Gpu {
                 } else {
                     unsafe { result::malloc_async(c.stream.cu_stream(), bytes)? }
                 };
-                Ok(Buffer {
-                    bytes,
-                    mem: Mem::Cuda {
-                        ptr,
-                        stream: c.stream.clone(),
-                    },
-                    book,
-                    made_in,
-                })
+                Mem::Cuda {
+                    ptr,
+                    stream: c.stream.clone(),
+                }
             }
-            Kind::Emulator(_) => Ok(Buffer {
-                bytes,
-                mem: Mem::Emulated(Arc::new(Memory::new(bytes))),
-                book,
-                made_in,
-            }),
+            Kind::Emulator(_) => Mem::Emulated(Arc::new(Memory::new(bytes))),
+        };
+        let mut state = self.book.state.lock().unwrap();
+        let made_in = state.active;
+        if made_in != 0 {
+            state.live.0 += 1;
+            state.live.1 += bytes;
+            // Memory made in a capture holds what the last replay left there:
+            // each replay poisons it again, so a read before a write still shows.
+            if let Mem::Emulated(m) = &mem {
+                let m = m.clone();
+                state.recorded.push(Box::new(move || {
+                    m.poison();
+                    Ok(())
+                }));
+            }
         }
+        drop(state);
+        Ok(Buffer {
+            bytes,
+            mem,
+            book: self.book.clone(),
+            made_in,
+        })
     }
 
     /// `bytes` of zeroed memory.
@@ -865,7 +871,8 @@ impl Gpu {
             return Err(Error::Capture("a capture is already in progress".into()));
         }
         if let Kind::Cuda(c) = &self.kind {
-            // Thread-local: the loader's threads may use the driver meanwhile.
+            // Thread-local: other threads may make driver calls meanwhile,
+            // but not use this device: a capture takes its one stream.
             c.stream
                 .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         }

@@ -465,9 +465,13 @@ impl M2t {
 
 /// A whole training step — [`M2t::step`] and the optimiser's update —
 /// captured once as a CUDA graph and replayed: one launch per step instead
-/// of thousands. Results are the eager step's, bit for bit.
+/// of thousands. Results are the eager step's: bit for bit on the emulator,
+/// and on a GPU up to cuDNN algorithms that sum in no fixed order.
 pub struct CapturedStep {
     graph: StepGraph,
+    /// The captured model's step cells, which identify it: the graph
+    /// reads and writes that model's buffers by address.
+    cells: StepScalars,
     /// The graph's inputs, in the model's device and precision.
     views: [Tensor; 2],
     /// The graph's result, f32 `[1]`.
@@ -511,7 +515,12 @@ impl CapturedStep {
             update(&mut model.student, &schedule.lr)?;
             Ok::<(), Error>(loss.copy_from(&step_loss.reshape([1])?)?)
         })?;
-        Ok(CapturedStep { graph, views, loss })
+        Ok(CapturedStep {
+            graph,
+            cells: model.cells.clone(),
+            views,
+            loss,
+        })
     }
 
     /// Iteration `k` of `total` with learning rate `lr` on two new views
@@ -525,6 +534,11 @@ impl CapturedStep {
         (k, total): (usize, usize),
         lr: f64,
     ) -> Result<StepReport> {
+        if !self.cells.same_cells(&model.cells) {
+            return Err(Error::Config(
+                "this captured step belongs to another model (or to this one before it moved device)".into(),
+            ));
+        }
         let schedule = model.schedule(k, total, lr)?;
         for (own, v) in self.views.iter_mut().zip([view1, view2]) {
             let v = model.input(v)?;

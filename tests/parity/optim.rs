@@ -5,7 +5,7 @@
 use super::*;
 use engine::optim::{Lars, Sgd, ema_update};
 use engine::scaler::LossScaler;
-use engine::{Error, ParamId, ParamKind, ParamStore, ParamStoreBuilder, Tape};
+use engine::{Error, ParamId, ParamKind, ParamStore, ParamStoreBuilder, StepScalars, Tape};
 
 pub const CASES: &[Case] = &[
     ("gradients", gradients),
@@ -317,6 +317,12 @@ fn ema(device: Device) {
     let want = student.values().to_vec::<f32>().unwrap()[..n].to_vec();
     let want = Tensor::from_vec(want, [n]).unwrap();
     assert_bits_equal("ema m=0", dev_teacher.values(), &want);
+    // So does m = 0 read from a step cell (the kernel, not a copy), even over
+    // a teacher that m = NaN has filled with NaN.
+    ema_update(&mut dev_teacher, &dev_student, f32::NAN).unwrap();
+    let zero = StepScalars::new(device, 1).unwrap().set(&[0.0]).unwrap();
+    ema_update(&mut dev_teacher, &dev_student, &zero[0]).unwrap();
+    assert_bits_equal("ema m=0 from a cell", dev_teacher.values(), &want);
 
     // A live view of the teacher blocks the update; a non-prefix is refused.
     let view = dev_teacher.value(dev_teacher.ids().next().unwrap());

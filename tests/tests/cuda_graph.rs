@@ -202,7 +202,7 @@ fn a_replay_reads_back_only_the_loss() {
 }
 
 #[test]
-fn fp16_and_mismatched_views_are_refused_with_the_reason() {
+fn fp16_another_model_and_mismatched_views_are_refused_with_the_reason() {
     let _device = take_device();
     let (mut model, mut sgd) = pair(Device::Emulator, DType::F16);
     let (v1, v2) = views(0);
@@ -220,6 +220,14 @@ fn fp16_and_mismatched_views_are_refused_with_the_reason() {
         Ok(sgd.step(store, lr.clone())?)
     })
     .unwrap();
+    let (mut other, _) = pair(Device::Emulator, DType::F32);
+    let err = captured
+        .run(&mut other, (&v1, &v2), (0, TOTAL), lr(0))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("belongs to another model"),
+        "{err}"
+    );
     let small = Tensor::zeros([2, 8, 8, 3], DType::F32, Device::Cpu).unwrap();
     let err = captured
         .run(&mut model, (&small, &small), (0, TOTAL), lr(0))

@@ -222,6 +222,7 @@ pub(super) fn forward(
         gate,
         a,
         b,
+        per_step: matches!(norm, BnNorm::Momentum { beta, .. } if beta.is_per_step()),
     };
     Ok((y, stats, saved))
 }
@@ -230,6 +231,12 @@ pub(super) fn forward(
 pub(super) fn backward(g: &GpuBuffer, s: &BnSaved, table: &Tensor, dy: &Tensor) -> Result<BnGrads> {
     const OP: &str = "batch_norm backward";
     same_device(OP, &[&s.x, dy])?;
+    if s.per_step && g.gpu.capturing() {
+        return Err(kernels::Error::Capture(
+            "the backward of Momentum BN takes its per-step β as a launch argument, which a graph would freeze".into(),
+        )
+        .into());
+    }
     let dt = s.x.expect_same_dtype(OP, dy)?;
     let (x, numel, c) = (&s.x, s.x.numel(), s.gamma.numel());
     let split = Split::new(numel / c, c);

@@ -119,6 +119,9 @@ pub(crate) struct BnSaved {
     a: f64,
     /// `∂σ̂²/∂v_b` (v_b the biased batch variance).
     b: f64,
+    /// Whether `a` and `b` come from a per-step β (in a device cell) that
+    /// the backward takes as launch arguments, so a graph cannot replay it.
+    per_step: bool,
 }
 
 /// Gradients of a batch norm.
@@ -293,6 +296,7 @@ pub(crate) fn forward(
         gate,
         a,
         b,
+        per_step: false,
     };
     Ok((y, stats, saved))
 }

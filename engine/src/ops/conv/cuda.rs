@@ -275,6 +275,9 @@ fn find_then_run<A: Copy + std::fmt::Debug>(
             run(plan, handle, choice.algo, ws as *mut c_void, need)
         })? {
             Ok(()) => return Ok(()),
+            // A failure during a capture may be the capture's, not the
+            // algorithm's: keep the plan.
+            Err(e) if gpu.capturing() => return Err(e),
             Err(e) => {
                 failures.push(format!("{:?}: {e}", choice.algo));
                 slot(plan).as_mut().expect("searched above").remove(0);
