@@ -130,6 +130,13 @@ struct CaptureBook {
     state: Mutex<CaptureState>,
 }
 
+impl CaptureBook {
+    /// The state, also after a panic elsewhere: every update leaves it whole.
+    fn state(&self) -> std::sync::MutexGuard<'_, CaptureState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl std::fmt::Debug for CaptureBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("CaptureBook")
@@ -180,7 +187,7 @@ unsafe impl Sync for Buffer {}
 impl Drop for Buffer {
     fn drop(&mut self) {
         {
-            let mut state = self.book.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.book.state();
             if state.active != 0 {
                 if self.made_in == state.active {
                     state.live.0 -= 1;
@@ -443,7 +450,7 @@ impl Gpu {
             }
             Kind::Emulator(_) => Mem::Emulated(Arc::new(Memory::new(bytes))),
         };
-        let mut state = self.book.state.lock().unwrap();
+        let mut state = self.book.state();
         let made_in = state.active;
         if made_in != 0 {
             state.live.0 += 1;
@@ -838,7 +845,7 @@ impl Gpu {
         let Kind::Emulator(lock) = &self.kind else {
             unreachable!("emulated work on a CUDA device")
         };
-        let mut state = self.book.state.lock().unwrap();
+        let mut state = self.book.state();
         if state.active != 0 {
             state.recorded.push(work);
             return Ok(());
@@ -850,7 +857,7 @@ impl Gpu {
 
     /// Whether a capture is in progress.
     pub fn capturing(&self) -> bool {
-        self.book.state.lock().unwrap().active != 0
+        self.book.state().active != 0
     }
 
     fn refuse_while_capturing(&self, what: &str) -> Result<()> {
@@ -866,7 +873,7 @@ impl Gpu {
     /// device copies and fills, allocations and frees) is recorded instead of
     /// run, and copies to or from the host and waits are refused.
     pub fn begin_capture(&self) -> Result<()> {
-        let mut state = self.book.state.lock().unwrap();
+        let mut state = self.book.state();
         if state.active != 0 {
             return Err(Error::Capture("a capture is already in progress".into()));
         }
@@ -889,7 +896,7 @@ impl Gpu {
     /// buffer made before it was freed during it (the graph may still use
     /// its memory).
     pub fn end_capture(&self) -> Result<Graph> {
-        let mut state = self.book.state.lock().unwrap();
+        let mut state = self.book.state();
         if state.active == 0 {
             return Err(Error::Capture("no capture is in progress".into()));
         }

@@ -186,19 +186,13 @@ fn a_replay_reads_back_only_the_loss() {
         Ok(sgd.step(store, lr.clone())?)
     })
     .unwrap();
-    let gpu = engine::gpu_launcher(Device::Emulator).unwrap();
-    let before = gpu.transfers();
-    captured
-        .run(&mut model, (&v1, &v2), (1, TOTAL), lr(1))
-        .unwrap();
-    let after = gpu.transfers();
-    let moved = |(n1, b1): (u64, u64), (n0, b0): (u64, u64)| (n1 - n0, b1 - b0);
-    assert_eq!(
-        moved(after.to_device, before.to_device),
-        (1, 12),
-        "the step's three numbers"
-    );
-    assert_eq!(moved(after.to_host, before.to_host), (1, 4), "the loss");
+    let (up, down) = tests::transfers_during(Device::Emulator, || {
+        captured
+            .run(&mut model, (&v1, &v2), (1, TOTAL), lr(1))
+            .unwrap();
+    });
+    assert_eq!(up, (1, 12), "the step's three numbers");
+    assert_eq!(down, (1, 4), "the loss");
 }
 
 #[test]

@@ -23,25 +23,17 @@ fn a_step_reads_back_only_the_loss() {
             .unwrap()
     };
     let (v1, v2) = (view(), view());
-    let gpu = engine::gpu_launcher(device).unwrap();
     let mut step = |k| {
         let numbers = model.schedule(k, 10, 0.05).unwrap();
         model.step(&v1, &v2, &numbers).unwrap();
         sgd.step(model.student_mut(), numbers.lr).unwrap();
     };
     step(0);
-    let before = gpu.transfers();
-    step(1);
-    let after = gpu.transfers();
-    let moved = |(n1, b1): (u64, u64), (n0, b0): (u64, u64)| (n1 - n0, b1 - b0);
+    let (up, down) = tests::transfers_during(device, || step(1));
     assert_eq!(
-        moved(after.to_device, before.to_device),
+        up,
         (1, 12),
         "uploads in a step: EMA momentum, β and the learning rate, in one copy"
     );
-    assert_eq!(
-        moved(after.to_host, before.to_host),
-        (1, 4),
-        "reads in a step: the f32 loss only"
-    );
+    assert_eq!(down, (1, 4), "reads in a step: the f32 loss only");
 }
