@@ -12,8 +12,9 @@
 #   --proj-hidden --proj-out --channels. --threads N is RAYON_NUM_THREADS for the
 #   engine and torch.set_num_threads for PyTorch (default 2 on the CPU, unset on
 #   a GPU). --channels-last and --compile go to PyTorch only (the engine is NHWC
-#   and has no compile mode); --cuda-graph to the engine only (its step
-#   captured as a CUDA graph and replayed).
+#   and has no compile mode); --cuda-graph (its step captured as a CUDA graph
+#   and replayed) and --deterministic (cuDNN's deterministic algorithms only)
+#   to the engine only.
 # Environment:
 #   TRAINER  engine binary [default: target/release/trainer of this repository]
 #   PYTHON   Python with torch and torchvision [default: python3; on the dev
@@ -46,7 +47,7 @@ while [ $# -gt 0 ]; do
         --threads) threads=$2; shift ;;
         --steps|--width|--proj-hidden|--proj-out|--channels) common+=("$1" "$2"); shift ;;
         --channels-last|--compile) torch_only+=("$1") ;;
-        --cuda-graph) engine_only+=("$1") ;;
+        --cuda-graph|--deterministic) engine_only+=("$1") ;;
         *) die "unknown flag $1 (see --help)" ;;
     esac
     shift

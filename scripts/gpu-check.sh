@@ -1,27 +1,44 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine (no Rust toolchain, no network there).
 #
-#   scripts/gpu-check.sh --prepare   here: builds the trainer and the GPU test
-#                                    executables into gpu-bin/ (git-ignored,
-#                                    stripped, carried with the working tree)
-#   scripts/gpu-check.sh OUT         on the GPU machine: writes logs and JSON
-#                                    results into OUT, in under 8 minutes
+#   scripts/gpu-check.sh --prepare    here: builds the trainer and the GPU test
+#                                     executables into gpu-bin/ (git-ignored,
+#                                     stripped, carried with the working tree)
+#   scripts/gpu-check.sh OUT          on the GPU machine: runs the checks and
+#                                     writes OUT/summary.json and OUT/logs.tgz
+#   scripts/gpu-check.sh --self-test  here: the summariser on canned logs (a
+#                                     crash, a time-out, a failing test, a run
+#                                     cut short, every CUDA test skipped)
 #
-# On the GPU machine it prints nvidia-smi, finds the CUDA libraries (cuDNN and
-# cuBLAS inside PyTorch's site-packages/nvidia/*/lib, NVRTC there or in the
-# CUDA toolkit) and passes them as M2T_CUDA_LIBS, runs every GPU parity test,
-# measures the kernel JIT cold and warm, runs `trainer bench` (resnet50, bs
-# 128, 224 px, bf16) next to the PyTorch baseline of the same step (eager AMP
-# channels_last, then torch.compile), a short Fashion-MNIST pretrain with kNN
-# (the dataset travels in gpu-bin/) and the op benchmark (`trainer bench
-# --ops`), and the same step captured as a CUDA graph. Each step's time limit is cut to what is left of 470 s, in that
-# order of priority. OUT/summary.json gathers the figures.
+# The run, in order of priority, each step under `timeout -k 10` and cut to
+# what is left of DEADLINE seconds (default 420; set it below a wrapper's own
+# limit): nvidia-smi; a one-line PyTorch convolution as a control (a broken
+# machine image is then told apart from a broken loader); `trainer info
+# --check` (the CPU, the emulator and each GPU: convolutions, cuBLAS, every
+# kernel family); the CUDA parity tests and the GPU graph tests; the kernel
+# JIT cold and warm; `trainer bench` (resnet50, bs 128, 224 px, bf16) beside
+# PyTorch eager AMP channels_last, eager, as a CUDA graph and with
+# --deterministic; two --deterministic runs compared bit for bit; a short
+# Fashion-MNIST pretrain with kNN; the op benchmark;
+# torch.compile.
+#
+# OUT receives summary.json, logs.tgz and check.txt only (the device machine
+# returns at most 8 files): kernel caches, run folders and logs live in a
+# temporary folder. summary.json is written by an EXIT trap, so a run cut
+# short still says what it measured and which steps it did not reach; a test
+# executable that crashed, timed out or printed no result counts as failed
+# (scripts/gpu_summary.py holds the rules). Exit status: 0 when every step
+# passed, 1 otherwise.
 # QUICK=1 measures each side of the benchmark once and stops there.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bin=$root/gpu-bin
 
-if [ "${1:-}" = "--prepare" ]; then
+case "${1:-}" in
+--self-test)
+    exec python3 "$root/scripts/gpu_summary.py" --self-test
+    ;;
+--prepare)
     set -e
     cd "$root"
     rm -rf "$bin" && mkdir -p "$bin"
@@ -43,146 +60,140 @@ for line in sys.stdin:
     ls -la "$bin"
     du -sh "$bin"
     exit 0
-fi
+    ;;
+"" | -*)
+    echo "usage: scripts/gpu-check.sh --prepare | --self-test | OUT_DIR" >&2
+    exit 2
+    ;;
+esac
 
-out=${1:?usage: scripts/gpu-check.sh --prepare | OUT_DIR}
+out=$1
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 [ -x "$bin/trainer" ] || { echo "gpu-bin/ is missing: run scripts/gpu-check.sh --prepare first" >&2; exit 2; }
 start=$(date +%s)
-deadline=470
-step() { echo "== [$(( $(date +%s) - start )) s] $*"; }
-# A step's time limit: its own, or what is left before the deadline.
-limit() {
+deadline=${DEADLINE:-420}
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
+logs=$work/logs
+mkdir -p "$logs"
+export M2T_KERNEL_CACHE=$work/kernel-cache
+
+# The steps in order; a step missing from steps.tsv at the end was not reached.
+plan=(nvidia-smi torch-control check test-cuda_graph test-cuda_parity jit-cold jit-warm p1-eager)
+[ -n "${QUICK:-}" ] || plan+=(p1-graph p1-deterministic deterministic-repeat pretrain ops p1-compile)
+printf '%s\n' "${plan[@]}" >"$logs/plan.txt"
+printf 'deadline\t%s\n' "$deadline" >"$logs/meta.tsv"
+: >"$logs/steps.tsv"
+
+finish() {
+    trap - EXIT INT TERM
+    printf 'seconds\t%s\n' "$(( $(date +%s) - start ))" >>"$logs/meta.tsv"
+    python3 "$root/scripts/gpu_summary.py" "$logs" "$out/summary.json" >/dev/null
+    cp "$logs/check.log" "$out/check.txt" 2>/dev/null
+    tar czf "$out/logs.tgz" -C "$work" logs
+    rm -rf "$work"
+    echo "== summary ($out/summary.json; logs in $out/logs.tgz)"
+    python3 - "$out/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(s["card"])
+print(s["verdict"])
+sys.exit(0 if all(v["status"] == "ok" for v in s["steps"].values()) and not s["not_reached"] else 1)
+PY
+    local verdict=$?
+    exit "${interrupted:-$verdict}"
+}
+trap finish EXIT
+trap 'interrupted=143; exit' TERM
+trap 'interrupted=130; exit' INT
+
+# step NAME LIMIT COMMAND...: runs COMMAND under `timeout -k 10`, its limit cut
+# to what is left before the deadline, output in NAME.log; records its exit
+# code. With under 5 s left it is not started (and so reported not reached).
+step() {
+    local name=$1 limit=$2
+    shift 2
     local left=$(( deadline - ($(date +%s) - start) ))
-    [ "$left" -lt "$1" ] && echo $(( left > 1 ? left : 1 )) || echo "$1"
+    if [ "$left" -lt 5 ]; then
+        echo "== [$(( $(date +%s) - start )) s] $name: not started, the deadline is reached"
+        return 1
+    fi
+    [ "$left" -lt "$limit" ] && limit=$left
+    echo "== [$(( $(date +%s) - start )) s] $name (at most $limit s)"
+    local t0=$(date +%s)
+    timeout -k 10 "$limit" "$@" >"$logs/$name.log" 2>&1
+    local code=$?
+    printf '%s\t%s\t%s\n' "$name" "$code" "$(( $(date +%s) - t0 ))" >>"$logs/steps.tsv"
+    tail -n "${TAIL:-4}" "$logs/$name.log" | cut -c1-200
+    [ "$code" -eq 0 ] || echo "   exit $code"
+    return "$code"
 }
 
-step "nvidia-smi"
-nvidia-smi >"$out/nvidia-smi.txt" 2>&1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt"
+step nvidia-smi 20 nvidia-smi
+printf 'card\t%s\n' "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)" >>"$logs/meta.tsv"
 
-step "CUDA libraries"
 # The Python that holds PyTorch: $PYTHON, else python3 (on the GPU machines).
-py=
+py=python3
 for candidate in ${PYTHON:-} python3 /opt/torch/.venv/bin/python3; do
-    if "$candidate" -c "import torch" 2>/dev/null; then py=$candidate; break; fi
+    if timeout 60 "$candidate" -c "import torch" 2>/dev/null; then py=$candidate; break; fi
 done
-[ -n "$py" ] || { py=python3; echo "no Python with PyTorch found: the PyTorch baselines will fail"; }
-libs=$("$py" - <<'PY' 2>/dev/null
-import glob, os, site, sys
-roots = site.getsitepackages() + [site.getusersitepackages()]
-try:
-    import torch
-    roots.insert(0, os.path.dirname(os.path.dirname(torch.__file__)))
-except Exception:
-    pass
-dirs = []
-for r in roots:
-    dirs += sorted(glob.glob(os.path.join(r, "nvidia", "*", "lib")))
-dirs += [d for d in ("/usr/local/cuda/lib64",) if os.path.isdir(d)]
-print(":".join(dict.fromkeys(dirs)))
-PY
-)
-export M2T_CUDA_LIBS=$libs
-{
-    echo "M2T_CUDA_LIBS=$M2T_CUDA_LIBS"
-    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
-    echo "-- the dynamic loader's own CUDA libraries (ldconfig -p):"
-    ldconfig -p 2>/dev/null | grep -E "libcudnn|libcublas|libnvrtc" || echo "none"
-    echo "-- cuDNN files in each folder searched:"
-    for d in ${M2T_CUDA_LIBS//:/ }; do
-        files=$(cd "$d" && ls libcudnn*.so* 2>/dev/null | tr '\n' ' ')
-        [ -n "$files" ] && echo "$d: $files"
-    done
-} | tee "$out/libs.txt"
-export M2T_KERNEL_CACHE=$out/kernel-cache
-"$bin/trainer" info 2>&1 | tee "$out/info.txt"
+step torch-control 60 "$py" -c '
+import json, torch
+x = torch.randn(8, 16, 32, 32, device="cuda")
+w = torch.randn(32, 16, 3, 3, device="cuda")
+y = torch.nn.functional.conv2d(x, w, padding=1)
+yb = torch.nn.functional.conv2d(x.bfloat16(), w.bfloat16(), padding=1)
+err = ((yb.float() - y).abs().max() / y.abs().max()).item()
+print(json.dumps({"torch": torch.__version__, "cudnn": torch.backends.cudnn.version(), "conv_f32_sum": y.sum().item(), "conv_bf16_rel_err": err}))
+'
 
-step "GPU parity tests"
-timeout "$(limit 120)" "$bin/cuda_parity" --test-threads=1 --nocapture >"$out/parity.log" 2>&1
-echo "exit $?" >>"$out/parity.log"
-timeout "$(limit 60)" "$bin/cuda_graph" --test-threads=1 --nocapture >>"$out/parity.log" 2>&1
-echo "exit $?" >>"$out/parity.log"
-grep -E "^test |test result|panicked|skipped|rror|exceeds" "$out/parity.log" | cut -c1-400
+TAIL=40 step check 90 "$bin/trainer" info --check
+# The test executables are embedders, not the trainer: they get the library
+# path the trainer would re-execute itself with.
+library_path=$("$bin/trainer" info --library-path 2>/dev/null)
+[ -n "$library_path" ] && export LD_LIBRARY_PATH=$library_path
+step test-cuda_graph 90 "$bin/cuda_graph" on_cuda_ --test-threads=1 --nocapture
+step test-cuda_parity 150 "$bin/cuda_parity" --skip every_family_has_a_test --test-threads=1 --nocapture
+unset LD_LIBRARY_PATH
 
-step "kernel JIT: cold then warm"
 rm -rf "$M2T_KERNEL_CACHE"
-"$bin/trainer" bench --jit --json >"$out/jit-cold.json" 2>"$out/jit-cold.log"; cat "$out/jit-cold.json"
-"$bin/trainer" bench --jit --json >"$out/jit-warm.json" 2>"$out/jit-warm.log"; cat "$out/jit-warm.json"
+step jit-cold 60 "$bin/trainer" bench --jit --json
+step jit-warm 30 "$bin/trainer" bench --jit --json
 
 p1=(--arch resnet50 --bs 128 --res 224 --precision bf16 --device cuda --channels-last)
-if [ -n "${QUICK:-}" ]; then
-    step "M2T step, engine vs PyTorch eager AMP channels_last, once each (QUICK)"
-    TRAINER=$bin/trainer PYTHON=$py RUNS=1 SUMMARY=$out/p1-eager.json timeout "$(limit 150)" \
-        bash "$root/benches/compare.sh" "${p1[@]}" --steps 5 >"$out/bench-eager.log" 2>&1
-    echo "exit $?" >>"$out/bench-eager.log"
-    tail -6 "$out/bench-eager.log"
-else
-    step "M2T step: engine vs PyTorch eager AMP channels_last (resnet50, bs 128, 224 px, bf16)"
-    TRAINER=$bin/trainer PYTHON=$py RUNS=${RUNS:-2} SUMMARY=$out/p1-eager.json timeout "$(limit 200)" \
-        bash "$root/benches/compare.sh" "${p1[@]}" --steps 10 >"$out/bench-eager.log" 2>&1
-    echo "exit $?" >>"$out/bench-eager.log"
-    tail -8 "$out/bench-eager.log"
-
-    step "M2T step: engine with its step as a CUDA graph vs PyTorch eager AMP channels_last, once each"
-    TRAINER=$bin/trainer PYTHON=$py RUNS=1 SUMMARY=$out/p1-graph.json timeout "$(limit 120)" \
-        bash "$root/benches/compare.sh" "${p1[@]}" --cuda-graph --steps 10 >"$out/bench-graph.log" 2>&1
-    echo "exit $?" >>"$out/bench-graph.log"
-    tail -6 "$out/bench-graph.log"
-
-    if [ -d "$bin/fashion-mnist" ]; then
-        step "Fashion-MNIST pretrain (about 2 minutes) with kNN"
-        timeout "$(limit 150)" "$bin/trainer" pretrain --data "$bin/fashion-mnist" --arch resnet18 --width 32 \
-            --device cuda --precision bf16 --bs 256 --res 32 --steps 1000 --lr 0.1 --crop-min 0.2 \
-            --out "$out/fashion-run" >"$out/pretrain.log" 2>&1
-        echo "exit $?" >>"$out/pretrain.log"
-        tail -8 "$out/pretrain.log"
-    fi
-
-    step "op benchmark: resnet50 convolutions (cuDNN algorithm, TFLOP/s) and fused batch norm (GB/s)"
-    timeout "$(limit 90)" "$bin/trainer" bench --ops --device cuda --precision bf16 --steps 5 >"$out/ops.txt" 2>"$out/ops.log"
-    echo "exit $?" >>"$out/ops.log"
-    cut -c1-160 "$out/ops.txt" | head -40
-
-    step "M2T step: engine vs torch.compile of the same step, once each"
-    TRAINER=$bin/trainer PYTHON=$py RUNS=1 SUMMARY=$out/p1-compile.json timeout "$(limit 180)" \
-        bash "$root/benches/compare.sh" "${p1[@]}" --compile --steps 10 >"$out/bench-compile.log" 2>&1
-    echo "exit $?" >>"$out/bench-compile.log"
-    tail -6 "$out/bench-compile.log"
-fi
-
-step "summary"
-python3 - "$out" "$(( $(date +%s) - start ))" <<'PY' | tee "$out/summary.json"
-import json, os, re, sys
-out = sys.argv[1]
-def text(name):
-    try:
-        return open(os.path.join(out, name)).read()
-    except OSError:
-        return ""
-def load(name):
-    try:
-        return json.loads(text(name).strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return None
-results = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", text("parity.log"))
-parity = [tuple(sum(int(r[i]) for r in results) for i in (0, 1))] if results else []
-# A test that found no GPU passes and says "skipped"; it is not counted as run.
-skipped = len(re.findall(r"^test \S+ \.\.\. skipped", text("parity.log"), re.M))
-knn = re.findall(r"kNN accuracy \(teacher, k=200\): ([0-9.]+)%", text("pretrain.log"))
-summary = {
-    "card": (text("gpu.txt").splitlines() or ["unknown"])[0],
-    "parity": {"passed": int(parity[-1][0]) - skipped, "failed": int(parity[-1][1]), "skipped": skipped} if parity else None,
-    "failed_tests": re.findall(r"^test (\S+) \.\.\. FAILED", text("parity.log"), re.M),
-    "jit_cold": load("jit-cold.json"),
-    "jit_warm": load("jit-warm.json"),
-    "p1_eager": load("p1-eager.json"),
-    "p1_graph": load("p1-graph.json"),
-    "p1_compile": load("p1-compile.json"),
-    "fashion_mnist_knn_percent": float(knn[-1]) if knn else None,
-    "seconds": int(sys.argv[2]),
+compare() { # compare NAME LIMIT RUNS FLAGS...
+    local name=$1 limit=$2 runs=$3
+    shift 3
+    TRAINER=$bin/trainer PYTHON=$py RUNS=$runs SUMMARY=$logs/$name.json \
+        step "$name" "$limit" bash "$root/benches/compare.sh" "${p1[@]}" "$@"
 }
-print(json.dumps(summary, indent=1))
+if [ -n "${QUICK:-}" ]; then
+    compare p1-eager 150 1 --steps 5
+    exit
+fi
+compare p1-eager 150 2 --steps 10
+compare p1-graph 90 1 --cuda-graph --steps 10
+compare p1-deterministic 90 1 --deterministic --steps 10
+# Two runs of one --deterministic command must log the same losses, bit for bit.
+repeat_deterministic() {
+    local a
+    for a in one two; do
+        "$bin/trainer" pretrain --dataset synthetic --arch resnet18 --width 16 --res 32 --bs 64 \
+            --device cuda --precision bf16 --steps 20 --log-every 1 --knn-every 0 --knn-memory 256 \
+            --knn-queries 128 --deterministic --out "$work/deterministic-$a" || return 1
+    done
+    python3 - "$work/deterministic-one/metrics.jsonl" "$work/deterministic-two/metrics.jsonl" <<'PY'
+import json, sys
+a, b = ([json.loads(l)["loss"] for l in open(f)] for f in sys.argv[1:])
+print(json.dumps({"steps": len(a), "identical": a == b, "losses_one": a[-3:], "losses_two": b[-3:]}))
+sys.exit(0 if a == b and a else 1)
 PY
-step "done"
+}
+export -f repeat_deterministic
+export bin work
+step deterministic-repeat 60 bash -c repeat_deterministic
+step pretrain 120 "$bin/trainer" pretrain --data "$bin/fashion-mnist" --arch resnet18 --width 32 \
+    --device cuda --precision bf16 --bs 256 --res 32 --steps 1000 --lr 0.1 --crop-min 0.2 \
+    --out "$work/fashion-run"
+step ops 60 "$bin/trainer" bench --ops --device cuda --precision bf16 --steps 5
+compare p1-compile 150 1 --compile --steps 10

@@ -9,6 +9,8 @@ bash scripts/install-fashion-mnist.sh
 # The kernel compile test runs NVRTC on every CUDA kernel (no GPU needed).
 bash scripts/install-nvrtc.sh
 
+echo "== gpu-check summariser on canned logs (crash, time-out, failure, cut short, all skipped)"
+bash scripts/gpu-check.sh --self-test
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -58,6 +58,8 @@ pub(crate) struct ConvKey {
     pub stride: usize,
     pub padding: usize,
     pub dtype: DType,
+    /// Whether only deterministic algorithms may be chosen.
+    pub deterministic: bool,
 }
 
 /// One algorithm `cudnnFind…Ex` measured for one direction: the algorithm,
@@ -151,16 +153,17 @@ impl CudaLibs {
                 missing.join(" and ")
             ))));
         }
-        // The bindings are cuDNN 9's; another major version's status codes and
-        // enums would not fit them (cuDNN 8 numbers its version major·1000).
-        // SAFETY: present, checked above; reads the version only.
-        let version = unsafe { cudnn::cudnnGetVersion() };
-        if version / 10000 != 9 {
-            return Err(Error::Gpu(kernels::Error::Unavailable(format!(
-                "cuDNN version {version} is loaded ({}); the engine needs cuDNN 9",
+        // The bindings are cuDNN 9's, and its engines must use the CUDA 13
+        // libraries this process loads: another build would not fit them.
+        // SAFETY: present, checked above; reads the versions only.
+        let (version, cudart) =
+            unsafe { (cudnn::cudnnGetVersion(), cudnn::cudnnGetCudartVersion()) };
+        kernels::probe::check_cudnn_versions(version, cudart).map_err(|why| {
+            Error::Gpu(kernels::Error::Unavailable(format!(
+                "{why} ({})",
                 kernels::probe::cudnn_files()
-            ))));
-        }
+            )))
+        })?;
         parts.ctx.bind_to_thread().map_err(kernels::Error::from)?;
         let stream = parts.stream.cu_stream();
         let mut libs = CudaLibs {
@@ -184,6 +187,15 @@ impl CudaLibs {
             cublas_ok(
                 "cublasSetStream",
                 cublas::cublasSetStream_v2(libs.cublas, stream as _),
+            )?;
+            // A fixed reduction order: no atomics (cuBLAS's default, made
+            // explicit), one stream and the fixed workspace below.
+            cublas_ok(
+                "cublasSetAtomicsMode",
+                cublas::cublasSetAtomicsMode(
+                    libs.cublas,
+                    cublas::cublasAtomicsMode_t::CUBLAS_ATOMICS_NOT_ALLOWED,
+                ),
             )?;
             // Parity needs true f32 products: no TF32 behind our back, and
             // split-K partial sums kept in f32 for 16-bit inputs too.
@@ -275,6 +287,7 @@ mod tests {
             stride: 1,
             padding: 1,
             dtype: DType::F32,
+            deterministic: false,
         };
         let variants = [
             ConvKey {
@@ -293,6 +306,10 @@ mod tests {
             ConvKey { padding: 0, ..base },
             ConvKey {
                 dtype: DType::BF16,
+                ..base
+            },
+            ConvKey {
+                deterministic: true,
                 ..base
             },
         ];

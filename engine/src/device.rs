@@ -41,6 +41,24 @@ impl fmt::Display for Device {
     }
 }
 
+static DETERMINISTIC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks for bit-reproducible results on every device, as PyTorch's
+/// `use_deterministic_algorithms` does: cuDNN convolutions choose only among
+/// the algorithms cuDNN reports as deterministic (from the next shape
+/// searched on). cuBLAS runs without atomics on one stream with a fixed
+/// workspace, and the engine's kernels and the CPU backend reduce in a fixed
+/// order, in either mode. Off by default: the fastest algorithm of some
+/// shapes sums in no fixed order.
+pub fn set_deterministic(on: bool) {
+    DETERMINISTIC.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`set_deterministic`] is on.
+pub fn deterministic() -> bool {
+    DETERMINISTIC.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The kernel launcher of a GPU `device`, the one the engine's ops use, for
 /// crates that launch kernels of their own (the trainer's GPU augmentation);
 /// wrap the buffers they fill with [`crate::Tensor::from_gpu_buffer`].

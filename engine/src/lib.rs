@@ -51,7 +51,9 @@ mod shape;
 mod tape;
 mod tensor;
 
-pub use device::{Device, gpu_launcher, memory_high_water, synchronize};
+pub use device::{
+    Device, deterministic, gpu_launcher, memory_high_water, set_deterministic, synchronize,
+};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use params::{ParamId, ParamInfo, ParamKind, ParamStore, ParamStoreBuilder, ParamVars};

@@ -2,14 +2,24 @@
 //!
 //! cudarc loads each library by name on first use and panics if it is absent,
 //! so nothing here calls into a library before checking it with
-//! `is_culib_present()`. Before that check, [`load_libraries`] looks for the
-//! libraries where CUDA 13 installs put them — `$M2T_CUDA_LIBS`, the CUDA
-//! toolkit, the project's `.deps` folder and Python environments'
+//! `is_culib_present()`. The libraries are looked for where CUDA 13 installs
+//! put them — `$M2T_CUDA_LIBS`, `$LD_LIBRARY_PATH`, the CUDA toolkit, the
+//! project's `.deps` folder and every Python environment's
 //! `site-packages/nvidia/*/lib` (PyTorch ships cuDNN and cuBLAS there) — and
-//! loads each by full path. The dynamic loader then resolves cudarc's
-//! by-name loads to the copy already loaded (same soname), so no
-//! `LD_LIBRARY_PATH` is needed.
+//! one folder is chosen per library ([`library_folders`]).
+//!
+//! cuDNN opens its sub-libraries by bare name while it runs, some only when
+//! an engine first needs them. For those loads to find the chosen folder and
+//! no other copy, the folder must be on the dynamic loader's search path from
+//! the process's start: [`reexec_with_library_path`] re-executes the program
+//! once with the chosen folders first on `LD_LIBRARY_PATH` (the trainer does
+//! this first thing in `main`). A program that embeds the engine and cannot
+//! re-execute gets [`load_libraries`]' fallback instead: each library's main
+//! file and its required companions loaded by full path, so cudarc's by-name
+//! loads resolve to them; cuDNN's optional engines then load only from the
+//! search path.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -80,39 +90,87 @@ impl Report {
     }
 }
 
-/// Each library loaded from a folder: its main file, and the files it needs
-/// beside it (a `*` matches any run of characters). cuDNN opens its
-/// sub-libraries by name at run time and the set changes between releases
-/// (9.20 added one), so every `libcudnn_*` of the folder goes with it.
-const GROUPS: &[(&str, &str, &[&str])] = &[
-    ("nvrtc", "libnvrtc.so.13", &["libnvrtc-builtins.so.13.0"]),
-    ("cublas", "libcublas.so.13", &["libcublasLt.so.13"]),
-    ("cudnn", "libcudnn.so.9", &["libcudnn_*.so.9"]),
+/// A library the engine loads from one folder: its main file, the files it
+/// opens by name beside it, and files it may open that some installs lack.
+pub struct Group {
+    /// `nvrtc`, `nvjitlink`, `cublas` or `cudnn`.
+    pub name: &'static str,
+    /// The file cudarc opens (by its soname).
+    pub main: &'static str,
+    /// Companions the library cannot work without.
+    pub required: &'static [&'static str],
+    /// Companions loaded only when needed, missing from some installs (cuDNN
+    /// 9 wheels without `libcudnn_engines_tensor_ir`): a folder that has them
+    /// is preferred.
+    pub optional: &'static [&'static str],
+}
+
+/// The libraries to place, in loading order. nvJitLink is not called by
+/// the engine; cuDNN's runtime-compiled engines and NVRTC may open it by
+/// name, so it goes from the same install.
+pub const GROUPS: &[Group] = &[
+    Group {
+        name: "nvrtc",
+        main: "libnvrtc.so.13",
+        required: &["libnvrtc-builtins.so.13.0"],
+        optional: &[],
+    },
+    Group {
+        name: "nvjitlink",
+        main: "libnvJitLink.so.13",
+        required: &[],
+        optional: &[],
+    },
+    Group {
+        name: "cublas",
+        main: "libcublas.so.13",
+        required: &["libcublasLt.so.13"],
+        optional: &[],
+    },
+    Group {
+        name: "cudnn",
+        main: "libcudnn.so.9",
+        // Dependency order: the graph library first, engines last.
+        required: &[
+            "libcudnn_graph.so.9",
+            "libcudnn_ops.so.9",
+            "libcudnn_cnn.so.9",
+            "libcudnn_adv.so.9",
+            "libcudnn_heuristic.so.9",
+            "libcudnn_engines_precompiled.so.9",
+            "libcudnn_engines_runtime_compiled.so.9",
+        ],
+        optional: &["libcudnn_engines_tensor_ir.so.9"],
+    },
 ];
 
-/// Whether file name `name` matches `pattern` (at most one `*`).
-fn matches(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        Some((head, tail)) => {
-            name.len() >= head.len() + tail.len() && name.starts_with(head) && name.ends_with(tail)
-        }
-        None => name == pattern,
+impl Group {
+    /// The companions of `self` that `dir` lacks: required ones, then optional.
+    pub fn missing_in(&self, dir: &Path) -> (Vec<&'static str>, Vec<&'static str>) {
+        let absent = |names: &[&'static str]| {
+            names
+                .iter()
+                .copied()
+                .filter(|n| !dir.join(n).exists())
+                .collect::<Vec<_>>()
+        };
+        (absent(self.required), absent(self.optional))
     }
 }
 
-/// The files of `dir` to load for a library: the companions matching
-/// `beside` (sorted), then `main`.
-fn group_files(dir: &Path, main: &str, beside: &[&str]) -> Vec<PathBuf> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| beside.iter().any(|p| matches(p, n)))
-        .collect();
-    names.sort();
-    names.push(main.to_string());
-    names.into_iter().map(|n| dir.join(n)).collect()
+/// The folder of `dirs` to load `group` from: of those holding its main
+/// file, the first with every required companion and the most optional
+/// ones; failing that, the first holding the main file.
+pub fn choose_folder(dirs: &[PathBuf], group: &Group) -> Option<PathBuf> {
+    let mut best: Option<(&PathBuf, (bool, usize))> = None;
+    for dir in dirs.iter().filter(|d| d.join(group.main).exists()) {
+        let (required, optional) = group.missing_in(dir);
+        let score = (required.is_empty(), group.optional.len() - optional.len());
+        if best.is_none_or(|(_, s)| score > s) {
+            best = Some((dir, score));
+        }
+    }
+    best.map(|(d, _)| d.clone())
 }
 
 /// Folders that may hold CUDA libraries, most specific first.
@@ -138,88 +196,181 @@ pub fn search_dirs() -> Vec<PathBuf> {
     }
     dirs.push("/usr/local/cuda/lib64".into());
     dirs.push("/usr/local/cuda/targets/x86_64-linux/lib".into());
-    // Python environments: the project's own NVRTC install, virtualenvs, conda, system.
-    let mut roots: Vec<PathBuf> = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps")];
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    for root in python_roots(Path::new("/opt"), home.as_deref()) {
+        dirs.extend(nvidia_lib_dirs(&root));
+    }
+    dirs
+}
+
+/// Python environments, active or not: the project's own NVRTC install, the
+/// active virtualenv or conda environment, every environment under `opt`
+/// (`/opt/X`, `/opt/X/.venv`, `/opt/X/venv`, `/opt/conda/envs/X`), the
+/// system's, and the user's.
+pub fn python_roots(opt: &Path, home: Option<&Path>) -> Vec<PathBuf> {
+    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps");
+    let mut roots: Vec<PathBuf> = vec![deps.canonicalize().unwrap_or(deps)];
     for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
-        if let Ok(v) = std::env::var(var) {
+        if let Some(v) = std::env::var_os(var) {
             roots.push(PathBuf::from(v));
         }
     }
-    roots.extend(
-        [
-            "/usr/local",
-            "/usr",
-            "/opt/conda",
-            "/opt/torchenv",
-            "/opt/venv",
-        ]
-        .map(PathBuf::from),
-    );
-    if let Ok(home) = std::env::var("HOME") {
-        roots.push(Path::new(&home).join(".local"));
+    let subfolders = |dir: &Path| {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        found.sort();
+        found
+    };
+    for env in subfolders(opt) {
+        roots.push(env.clone());
+        roots.extend([".venv", "venv"].map(|v| env.join(v)));
+        roots.extend(subfolders(&env.join("envs")));
     }
-    for root in roots {
-        for site in site_packages(&root) {
-            if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
-                let mut libs: Vec<PathBuf> = entries
-                    .flatten()
-                    .map(|e| e.path().join("lib"))
-                    .filter(|p| p.is_dir())
-                    .collect();
-                libs.sort();
-                dirs.extend(libs);
-            }
+    roots.extend(["/usr/local", "/usr"].map(PathBuf::from));
+    if let Some(home) = home {
+        roots.extend([".local", ".venv", "venv", "miniconda3", "anaconda3"].map(|v| home.join(v)));
+    }
+    roots.retain(|r| r.is_dir());
+    roots
+}
+
+/// The `nvidia/*/lib` folders of the environment at `root`.
+fn nvidia_lib_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for site in site_packages(root) {
+        if let Ok(entries) = std::fs::read_dir(site.join("nvidia")) {
+            let mut libs: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path().join("lib"))
+                .filter(|p| p.is_dir())
+                .collect();
+            libs.sort();
+            dirs.extend(libs);
         }
     }
     dirs
 }
 
-/// `root` itself (a `pip --target` folder) and `root/lib/python3.*/{site,dist}-packages`.
+/// `root` itself (a `pip --target` folder) and `root/lib/python3*/{site,dist}-packages`.
 fn site_packages(root: &Path) -> Vec<PathBuf> {
     let mut found = vec![root.to_path_buf()];
     if let Ok(entries) = std::fs::read_dir(root.join("lib")) {
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("python3") {
-                found.push(e.path().join("site-packages"));
-                found.push(e.path().join("dist-packages"));
-            }
+        let mut pythons: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+            .map(|e| e.path())
+            .collect();
+        pythons.sort();
+        for p in pythons {
+            found.push(p.join("site-packages"));
+            found.push(p.join("dist-packages"));
         }
     }
     found
 }
 
-/// Whether cudarc's own by-name load of library `name` would succeed.
-fn loadable_by_name(name: &str) -> bool {
-    // SAFETY: each check only tries to dlopen the library.
-    unsafe {
-        match name {
-            "nvrtc" => cudarc::nvrtc::sys::is_culib_present(),
-            "cublas" => cudarc::cublas::sys::is_culib_present(),
-            _ => cudarc::cudnn::sys::is_culib_present(),
+/// Whether the dynamic loader finds `soname` by name, as cudarc will ask.
+fn loadable_by_name(soname: &str) -> bool {
+    // SAFETY: only tries to dlopen the library, which runs its initialisers.
+    unsafe { libloading::Library::new(soname) }.is_ok()
+}
+
+/// Each library the dynamic loader does not find by name, with the folder
+/// chosen for it. A library the loader finds is left to it: its by-name
+/// loads of companions then resolve the same way.
+pub fn library_folders() -> Vec<(&'static str, PathBuf)> {
+    let dirs = search_dirs();
+    GROUPS
+        .iter()
+        .filter_map(|g| {
+            let dir = choose_folder(&dirs, g)?;
+            (!loadable_by_name(g.main)).then_some((g.name, dir))
+        })
+        .collect()
+}
+
+/// Set in the environment of a re-executed program, so it does not loop.
+const REEXECUTED: &str = "M2T_LIBRARY_PATH_SET";
+
+/// `LD_LIBRARY_PATH` with `folders` first (each once), then `current`'s.
+pub fn library_path_with(folders: &[PathBuf], current: Option<&str>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let rest = current.unwrap_or("").split(':').filter(|s| !s.is_empty());
+    for p in folders
+        .iter()
+        .map(|f| f.display().to_string())
+        .chain(rest.map(String::from))
+    {
+        if !parts.contains(&p) {
+            parts.push(p);
         }
     }
+    parts.join(":")
+}
+
+/// The `LD_LIBRARY_PATH` the CUDA libraries need: the chosen folders first.
+/// `None` when no folder has to be added.
+pub fn library_path() -> Option<String> {
+    let folders: Vec<PathBuf> = library_folders().into_iter().map(|(_, d)| d).collect();
+    let current = std::env::var("LD_LIBRARY_PATH").ok();
+    let wanted = library_path_with(&folders, current.as_deref());
+    (!folders.is_empty() && Some(&wanted) != current.as_ref()).then_some(wanted)
+}
+
+/// Re-executes this program once with [`library_path`] as `LD_LIBRARY_PATH`,
+/// so that cuDNN's own by-name loads of its sub-libraries find the chosen
+/// folder. Returns (doing nothing) when no folder is missing from the path,
+/// when this process is already the re-executed one, or when `exec` fails;
+/// [`load_libraries`] then falls back to loading by full path. Call it first
+/// thing in `main`, before other threads exist.
+pub fn reexec_with_library_path() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(REEXECUTED).is_some() {
+        return;
+    }
+    let Some(path) = library_path() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| OsString::from("trainer"));
+    // `exec` only returns on failure.
+    let _failed = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env("LD_LIBRARY_PATH", path)
+        .env(REEXECUTED, "1")
+        .exec();
 }
 
 /// Loads, once per process, each CUDA library that the dynamic loader cannot
-/// find by name, from the first folder of [`search_dirs`] holding it: all
-/// files of one library from that one folder, so a library and its
-/// sub-libraries are of one version (cuDNN refuses a mix). A library the
-/// loader finds by itself is left to it, for the same reason. Missing
+/// find by name: from its chosen folder, its required companions then its
+/// main file, each by full path, so cudarc's by-name loads resolve to them
+/// (same soname) and a library and its companions are of one version. The
+/// optional companions are left for the library to load when it needs them:
+/// loaded ahead of cuDNN they would be initialised wrongly. Missing
 /// libraries are skipped; [`probe`] reports them.
 pub fn load_libraries() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
-        let dirs = search_dirs();
-        for (name, main, beside) in GROUPS {
-            if loadable_by_name(name) {
-                continue;
-            }
-            let Some(dir) = dirs.iter().find(|d| d.join(main).exists()) else {
+        let folders = library_folders();
+        for group in GROUPS {
+            let Some((_, dir)) = folders.iter().find(|(n, _)| *n == group.name) else {
                 continue;
             };
             // A file whose own dependencies are not loaded yet fails; it is
             // tried again once others have loaded, until nothing more loads.
-            let mut pending = group_files(dir, main, beside);
+            let mut pending: Vec<PathBuf> = group
+                .required
+                .iter()
+                .chain([&group.main])
+                .map(|f| dir.join(f))
+                .filter(|p| p.exists())
+                .collect();
             loop {
                 let before = pending.len();
                 // SAFETY: loading a CUDA library runs only its initialisers.
@@ -237,6 +388,41 @@ pub fn load_libraries() {
             }
         }
     });
+}
+
+/// The cuDNN and CUDA runtime versions the engine is written for: cuDNN 9
+/// built against CUDA 13. `Err` names the mismatch. `version` and `cudart`
+/// are `cudnnGetVersion()` (major·10000 + minor·100 + patch) and
+/// `cudnnGetCudartVersion()` (major·1000 + minor·10).
+pub fn check_cudnn_versions(version: usize, cudart: usize) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    if version / 10000 != 9 {
+        wrong.push(format!(
+            "cuDNN {} is loaded; the engine needs cuDNN 9",
+            version_text(version)
+        ));
+    }
+    if cudart / 1000 != 13 {
+        wrong.push(format!(
+            "this cuDNN was built for CUDA {}.{}; the engine uses CUDA 13 (install a cuDNN 9 build for CUDA 13, e.g. the nvidia-cudnn-cu13 wheel)",
+            cudart / 1000,
+            cudart % 1000 / 10
+        ));
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
+/// cuDNN's version number as major.minor.patch (cuDNN 8 counted major·1000).
+fn version_text(v: usize) -> String {
+    if v < 10000 {
+        format!("{}.{}.{}", v / 1000, v % 1000 / 100, v % 100)
+    } else {
+        format!("{}.{}.{}", v / 10000, v % 10000 / 100, v % 100)
+    }
 }
 
 /// The folders that files of `stem` (`libcudnn`, …) mapped into this
@@ -348,10 +534,31 @@ pub fn probe() -> Report {
         name: "cudnn",
         path: cudnn.then(|| loaded_path("libcudnn").unwrap_or_else(|| "libcudnn.so".into())),
         version: cudnn.then(|| {
-            let v = unsafe { cudarc::cudnn::sys::cudnnGetVersion() };
-            format!("{}.{}.{}", v / 10000, v % 10000 / 100, v % 100)
+            let (v, rt) = unsafe {
+                (
+                    cudarc::cudnn::sys::cudnnGetVersion(),
+                    cudarc::cudnn::sys::cudnnGetCudartVersion(),
+                )
+            };
+            format!(
+                "{} for CUDA {}.{}",
+                version_text(v),
+                rt / 1000,
+                rt % 1000 / 10
+            )
         }),
     });
+    // A presence check alone unloads the library again; the version calls
+    // above load it for good, so its file is in the memory map only now.
+    for lib in &mut libraries {
+        let stem = match lib.name {
+            "driver" => "libcuda",
+            name => &format!("lib{name}"),
+        };
+        if let (Some(path), Some(found)) = (&mut lib.path, loaded_path(stem)) {
+            *path = found;
+        }
+    }
     let devices = if driver {
         list_devices()
     } else {
@@ -416,40 +623,102 @@ pub fn list_devices() -> Result<Vec<DeviceInfo>, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn patterns_match_whole_names() {
-        assert!(matches("libcudnn_*.so.9", "libcudnn_ops.so.9"));
-        assert!(matches(
-            "libcudnn_*.so.9",
-            "libcudnn_engines_tensor_ir.so.9"
-        ));
-        assert!(!matches("libcudnn_*.so.9", "libcudnn.so.9"));
-        assert!(!matches("libcudnn_*.so.9", "libcudnn_ops.so.8"));
-        assert!(matches("libcublasLt.so.13", "libcublasLt.so.13"));
-        assert!(!matches("libcublasLt.so.13", "libcublasLt.so.13.1"));
+    /// A fresh temporary folder for one test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("m2t-probe-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn touch(dir: &Path, files: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        for f in files {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+    }
+
+    fn cudnn() -> &'static Group {
+        GROUPS.iter().find(|g| g.name == "cudnn").unwrap()
     }
 
     #[test]
-    fn a_group_is_every_companion_then_the_main_file() {
-        let dir = std::env::temp_dir().join(format!("m2t-probe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        for f in [
-            "libcudnn.so.9",
-            "libcudnn_ops.so.9",
-            "libcudnn_graph.so.9",
-            "libcudnn_ops.so.9.14.0",
-            "libcublas.so.13",
+    fn the_chosen_cudnn_folder_is_complete_and_has_tensor_ir_if_any_does() {
+        let root = scratch("choose");
+        let (partial, no_ir, full) = (root.join("partial"), root.join("no-ir"), root.join("full"));
+        touch(&partial, &["libcudnn.so.9", "libcudnn_graph.so.9"]);
+        let mut required: Vec<&str> = cudnn().required.to_vec();
+        required.push("libcudnn.so.9");
+        touch(&no_ir, &required);
+        touch(&full, &required);
+        touch(&full, &["libcudnn_engines_tensor_ir.so.9"]);
+        let dirs = [partial.clone(), no_ir.clone(), full.clone()];
+        assert_eq!(choose_folder(&dirs, cudnn()), Some(full));
+        // Without a folder that has the optional engines, the first complete one.
+        assert_eq!(choose_folder(&dirs[..2], cudnn()), Some(no_ir));
+        // Only an incomplete one: still chosen (and reported incomplete).
+        assert_eq!(choose_folder(&dirs[..1], cudnn()), Some(partial.clone()));
+        let (missing, optional) = cudnn().missing_in(&partial);
+        assert!(
+            missing.contains(&"libcudnn_ops.so.9") && !missing.contains(&"libcudnn_graph.so.9")
+        );
+        assert_eq!(optional, ["libcudnn_engines_tensor_ir.so.9"]);
+        assert_eq!(choose_folder(std::slice::from_ref(&root), cudnn()), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn python_environments_are_found_without_being_activated() {
+        let root = scratch("envs");
+        let opt = root.join("opt");
+        let home = root.join("home");
+        for env in [
+            opt.join("torch/.venv"),
+            opt.join("tools/venv"),
+            opt.join("conda/envs/py312"),
+            home.join(".local"),
         ] {
-            std::fs::write(dir.join(f), b"").unwrap();
+            touch(
+                &env.join("lib/python3.12/site-packages/nvidia/cudnn/lib"),
+                &["libcudnn.so.9"],
+            );
         }
-        let names: Vec<String> = group_files(&dir, "libcudnn.so.9", &["libcudnn_*.so.9"])
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        std::fs::remove_dir_all(&dir).unwrap();
+        let roots = python_roots(&opt, Some(&home));
+        let libs: Vec<PathBuf> = roots.iter().flat_map(|r| nvidia_lib_dirs(r)).collect();
+        for env in [
+            "opt/torch/.venv",
+            "opt/tools/venv",
+            "opt/conda/envs/py312",
+            "home/.local",
+        ] {
+            let want = root
+                .join(env)
+                .join("lib/python3.12/site-packages/nvidia/cudnn/lib");
+            assert!(libs.contains(&want), "{env} not searched: {libs:?}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_library_path_puts_the_chosen_folders_first_once() {
+        let folders = [PathBuf::from("/a/cudnn"), PathBuf::from("/b/nvrtc")];
         assert_eq!(
-            names,
-            ["libcudnn_graph.so.9", "libcudnn_ops.so.9", "libcudnn.so.9"]
+            library_path_with(&folders, Some("/usr/lib:/b/nvrtc:")),
+            "/a/cudnn:/b/nvrtc:/usr/lib"
+        );
+        assert_eq!(library_path_with(&folders, None), "/a/cudnn:/b/nvrtc");
+    }
+
+    #[test]
+    fn cudnn_versions_are_checked_and_a_mismatch_named() {
+        assert!(check_cudnn_versions(91400, 13000).is_ok());
+        let old = check_cudnn_versions(8907, 12020).unwrap_err();
+        assert!(old.contains("cuDNN 8.9.7 is loaded"), "{old}");
+        assert!(old.contains("built for CUDA 12.2"), "{old}");
+        let cu12 = check_cudnn_versions(91000, 12080).unwrap_err();
+        assert!(
+            !cu12.contains("needs cuDNN 9") && cu12.contains("CUDA 12.8"),
+            "{cu12}"
         );
     }
 

@@ -68,6 +68,10 @@ pub struct BenchArgs {
     /// thousands. GPU (or emulator) only; bf16 or fp32.
     #[arg(long)]
     pub cuda_graph: bool,
+    /// Only cuDNN's deterministic convolution algorithms (see `trainer
+    /// pretrain --deterministic`), to measure what bit-reproducibility costs.
+    #[arg(long)]
+    pub deterministic: bool,
     /// Instead of steps, time compiling and loading every CUDA kernel family
     /// on the GPU (NVRTC, or the disk cache when warm).
     #[arg(long)]
@@ -134,6 +138,7 @@ fn peak_rss_mb() -> f64 {
 
 /// Runs `trainer bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
+    engine::set_deterministic(args.deterministic);
     if args.jit {
         return jit(args.json);
     }

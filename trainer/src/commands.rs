@@ -8,7 +8,7 @@ use crate::eval;
 use crate::pretrain::{model_config, open_data};
 use crate::{Error, Result};
 use clap::{Args, ValueEnum};
-use engine::Tensor;
+use engine::{Device, Tensor};
 use nets::m2t::{M2t, Which};
 use nets::weights::{Part, export, f32_values, write_atomic};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -308,20 +308,98 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
+/// Options of `trainer info`.
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Also run a smoke test on each backend (the CPU, the emulator, each
+    /// GPU): convolutions forward and backward in f32 and bf16, a matrix
+    /// product, an M2T step and the augmentation kernels, each against the
+    /// CPU. Exit code 1 when a check fails on any device.
+    #[arg(long, conflicts_with = "library_path")]
+    pub check: bool,
+    /// Print only the LD_LIBRARY_PATH the trainer runs with (the CUDA library
+    /// folders it chose first), for programs that embed the engine.
+    #[arg(long)]
+    pub library_path: bool,
+}
+
 /// Runs `trainer info`.
-pub fn info() {
+pub fn info(args: InfoArgs) -> Result<()> {
+    if args.library_path {
+        println!("{}", std::env::var("LD_LIBRARY_PATH").unwrap_or_default());
+        return Ok(());
+    }
     println!("trainer {}", env!("CARGO_PKG_VERSION"));
     println!(
         "cpu: reference backend (f32), {} threads (RAYON_NUM_THREADS to change)",
         rayon::current_num_threads()
     );
-    print_cuda_report(&kernels::probe::probe());
+    let report = kernels::probe::probe();
+    print_cuda_report(&report);
     let fm = std::path::Path::new(crate::data::FASHION_MNIST_DIR);
     if fm.is_dir() {
         println!("fashion-mnist: {}", fm.display());
     } else {
         println!("fashion-mnist: missing (apt-get install dataset-fashion-mnist)");
     }
+    if args.check {
+        run_checks(&report)?;
+    }
+    Ok(())
+}
+
+/// `trainer info --check`: every backend's checks, one line each, then the
+/// files each CUDA library was loaded from — listed after the checks, since
+/// cuDNN loads its engines only when a convolution first needs them.
+fn run_checks(report: &kernels::probe::Report) -> Result<()> {
+    let mut devices = vec![Device::Cpu, Device::Emulator];
+    match report.usable() {
+        // usable() is Ok only when the device list is.
+        Ok(_) => devices.extend(
+            report
+                .devices
+                .iter()
+                .flatten()
+                .map(|g| Device::Cuda(g.ordinal)),
+        ),
+        Err(why) => println!("no GPU: {why}; checking the CPU and the emulator"),
+    }
+    let mut failed = 0;
+    for device in devices {
+        let label = device.to_string();
+        for (name, outcome) in crate::check::run(device) {
+            match outcome {
+                Ok(detail) => println!("pass  {label:<9} {name}: {detail}"),
+                Err(why) => {
+                    failed += 1;
+                    println!("FAIL  {label:<9} {name}: {why}");
+                }
+            }
+        }
+    }
+    for stem in [
+        "libcuda",
+        "libnvrtc",
+        "libnvJitLink",
+        "libcublas",
+        "libcudnn",
+    ] {
+        let folders = kernels::probe::loaded_folders(stem);
+        for (dir, files) in &folders {
+            println!("loaded {stem}: {}: {}", dir.display(), files.join(" "));
+        }
+        if folders.len() > 1 {
+            println!(
+                "warning: {stem} files come from {} folders; a library mixed from two installs may fail",
+                folders.len()
+            );
+        }
+    }
+    if failed > 0 {
+        return Err(Error::Check(format!("{failed} checks failed")));
+    }
+    println!("all checks passed");
+    Ok(())
 }
 
 /// What `trainer info` says about CUDA: each library with its version and
@@ -333,6 +411,39 @@ fn print_cuda_report(report: &kernels::probe::Report) {
                 println!("cuda {}: {version} ({})", lib.name, path.display())
             }
             _ => println!("cuda {}: missing", lib.name),
+        }
+    }
+    println!(
+        "library path: LD_LIBRARY_PATH={}",
+        std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
+    );
+    for (name, dir) in kernels::probe::library_folders() {
+        println!(
+            "warning: cuda {name} is in {} but not on the library path",
+            dir.display()
+        );
+    }
+    let dirs = kernels::probe::search_dirs();
+    for group in kernels::probe::GROUPS {
+        let Some(dir) = kernels::probe::choose_folder(&dirs, group) else {
+            continue;
+        };
+        let (required, optional) = group.missing_in(&dir);
+        if !required.is_empty() {
+            println!(
+                "warning: cuda {}: {} lacks {}",
+                group.name,
+                dir.display(),
+                required.join(", ")
+            );
+        }
+        if !optional.is_empty() {
+            println!(
+                "note: cuda {}: {} has no {} (the engines in it are unavailable)",
+                group.name,
+                dir.display(),
+                optional.join(", ")
+            );
         }
     }
     if report

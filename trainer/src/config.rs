@@ -106,6 +106,15 @@ pub struct PretrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub profile: bool,
+    /// Bit-reproducible steps on a GPU: only cuDNN's deterministic
+    /// convolution algorithms (cuBLAS and the engine's own kernels reduce in
+    /// a fixed order anyway). Two runs of one command, and a resumed run,
+    /// then give the same losses bit for bit, as the CPU always does. Costs
+    /// speed on shapes whose fastest algorithm is not deterministic; may be
+    /// changed on --resume.
+    #[arg(long)]
+    #[serde(skip)]
+    pub deterministic: bool,
     /// Data-loading threads [default: the number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -350,7 +359,7 @@ macro_rules! layered {
                 if self.data.is_some() || self.dataset.is_some() {
                     (base.data, base.dataset) = (None, None);
                 }
-                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config, profile: self.profile }
+                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config, profile: self.profile, deterministic: self.deterministic }
             }
 
             /// The flags of the options that are set, e.g. `--proj-hidden`.

@@ -33,6 +33,9 @@ pub enum Error {
     /// Training produced a non-finite loss.
     #[error("{0}")]
     Diverged(String),
+    /// `trainer info --check` found a failing check (exit code 1).
+    #[error("{0}")]
+    Check(String),
     /// SIGINT or SIGTERM arrived; the run was checkpointed (exit code 130).
     #[error("interrupted: {0}")]
     Interrupted(String),

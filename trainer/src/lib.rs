@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod bench;
 pub mod bench_ops;
+pub mod check;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;

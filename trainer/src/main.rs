@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use trainer::bench::BenchArgs;
-use trainer::commands::{EmbedArgs, ExportArgs, KnnArgs, LinearEvalArgs};
+use trainer::commands::{EmbedArgs, ExportArgs, InfoArgs, KnnArgs, LinearEvalArgs};
 use trainer::config::PretrainOptions;
 
 // The CPU backend allocates fresh activation buffers every step; mimalloc
@@ -57,11 +57,14 @@ enum Command {
     Export(ExportArgs),
     /// Time full M2T steps on synthetic data.
     Bench(BenchArgs),
-    /// Show the compute backends and datasets this build can use.
-    Info,
+    /// Show the compute backends and datasets this build can use; --check tests each.
+    Info(InfoArgs),
 }
 
 fn main() {
+    // First, before any thread exists: cuDNN's own loads of its sub-libraries
+    // must find the folder chosen for it (see kernels::probe).
+    kernels::probe::reexec_with_library_path();
     keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -95,10 +98,7 @@ fn main() {
         Some(Command::Embed(args)) => trainer::commands::embed(args),
         Some(Command::Export(args)) => trainer::commands::export_backbone(args),
         Some(Command::Bench(args)) => trainer::bench::run(args),
-        Some(Command::Info) => {
-            trainer::commands::info();
-            Ok(())
-        }
+        Some(Command::Info(args)) => trainer::commands::info(args),
     };
     if let Err(e) = result {
         eprintln!("trainer: {e}");

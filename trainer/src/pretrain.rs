@@ -430,6 +430,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
+    engine::set_deterministic(flags.deterministic);
     let resume = flags.resume;
     let (cfg, out, splits, placement) = if resume {
         let out = flags

@@ -675,6 +675,44 @@ fn emulated_gpu_run_resumes_exactly() {
     );
 }
 
+/// `--deterministic` on the emulated GPU path: two runs of one command, and
+/// a run stopped and resumed, give the same losses bit for bit.
+#[test]
+fn deterministic_emulated_runs_repeat_and_resume_bit_for_bit() {
+    let steps = 4;
+    let device = [
+        "--device",
+        "emulator",
+        "--precision",
+        "bf16",
+        "--deterministic",
+    ];
+    let config = |out: &Path| {
+        let mut a = tiny(out, steps);
+        a.extend(device.map(String::from));
+        a.extend(["--checkpoint-every", "1"].map(String::from));
+        a
+    };
+    let first = tmp("deterministic-first");
+    let o = run(&args(&config(&first)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = losses(&first);
+    assert_eq!(want.len(), steps);
+    let second = tmp("deterministic-second");
+    let o = run(&args(&config(&second)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&second), want, "two runs of one command differ");
+
+    let out = tmp("deterministic-resumed");
+    let status = interrupt(&args(&config(&out)), &out, "-INT", 2);
+    assert_eq!(status.code(), Some(130), "the run must be stopped mid-way");
+    let mut resume = vec!["--resume", "--out", out.to_str().unwrap()];
+    resume.extend(device);
+    let o = run(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&out), want, "the resumed run differs");
+}
+
 /// `bench --ops` runs the op benchmark end to end on the emulated GPU path
 /// (its times mean nothing there) and refuses the CPU.
 #[test]

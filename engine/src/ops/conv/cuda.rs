@@ -33,6 +33,7 @@ fn key(g: &ConvGeometry, dtype: DType) -> ConvKey {
         stride: g.stride,
         padding: g.padding,
         dtype,
+        deterministic: crate::deterministic(),
     }
 }
 
@@ -115,6 +116,7 @@ trait AlgoPerf {
     fn time(&self) -> f32;
     fn memory(&self) -> usize;
     fn math(&self) -> cudnn::cudnnMathType_t;
+    fn determinism(&self) -> cudnn::cudnnDeterminism_t;
 }
 
 macro_rules! algo_perf {
@@ -136,6 +138,9 @@ macro_rules! algo_perf {
             fn math(&self) -> cudnn::cudnnMathType_t {
                 self.mathType
             }
+            fn determinism(&self) -> cudnn::cudnnDeterminism_t {
+                self.determinism
+            }
         }
     };
 }
@@ -154,24 +159,44 @@ algo_perf!(
 
 /// The algorithms that succeeded among `cudnnFind…Ex` results (`what`),
 /// fastest first. For f32 only those measured without tensor cores count,
-/// and they run with FMA math, so f32 never runs as TF32.
-fn succeeded<P: AlgoPerf>(results: &[P], what: &str, dtype: DType) -> Result<Vec<Choice<P::Algo>>> {
+/// and they run with FMA math, so f32 never runs as TF32. With
+/// `deterministic`, only those cuDNN reports as deterministic.
+fn succeeded<P: AlgoPerf>(
+    results: &[P],
+    what: &str,
+    (dtype, deterministic): (DType, bool),
+) -> Result<Vec<Choice<P::Algo>>> {
     use cudnn::cudnnMathType_t as M;
     let f32_math = |m: M| matches!(m, M::CUDNN_FMA_MATH | M::CUDNN_DEFAULT_MATH);
     let mut ok: Vec<&P> = results
         .iter()
         .filter(|r| r.status() == cudnn::cudnnStatus_t::CUDNN_STATUS_SUCCESS)
         .filter(|r| dtype != DType::F32 || f32_math(r.math()))
+        .filter(|r| {
+            !deterministic || r.determinism() == cudnn::cudnnDeterminism_t::CUDNN_DETERMINISTIC
+        })
         .collect();
     ok.sort_by(|a, b| a.time().total_cmp(&b.time()));
     if ok.is_empty() {
         let tried: Vec<String> = results
             .iter()
-            .map(|r| format!("{:?} {:?} {:?}", r.algo(), r.status(), r.math()))
+            .map(|r| {
+                format!(
+                    "{:?} {:?} {:?} {:?}",
+                    r.algo(),
+                    r.status(),
+                    r.math(),
+                    r.determinism()
+                )
+            })
             .collect();
         return Err(crate::cuda_libs::lib_failure(
             what,
-            format!("no usable algorithm ({})", tried.join(", ")),
+            format!(
+                "no usable{} algorithm ({})",
+                if deterministic { " deterministic" } else { "" },
+                tried.join(", ")
+            ),
         ));
     }
     Ok(ok
@@ -199,7 +224,11 @@ fn measured<P: AlgoPerf>(
     let mut results: [P; MAX_ALGOS] = unsafe { std::mem::zeroed() };
     let mut count = 0;
     cudnn_ok(what, find(&mut count, results.as_mut_ptr()))?;
-    succeeded(&results[..count as usize], what, dtype)
+    succeeded(
+        &results[..count as usize],
+        what,
+        (dtype, crate::deterministic()),
+    )
 }
 
 const ONE: f32 = 1.0;
@@ -521,6 +550,7 @@ pub(crate) fn chosen_algorithms(
         stride: p.stride,
         padding: p.padding,
         dtype,
+        deterministic: crate::deterministic(),
     };
     with_libs(device, gpu, |libs| {
         Ok(libs.plans.get(&key).map(|plan| {
@@ -552,7 +582,36 @@ mod tests {
         // SAFETY: a plain C struct; zero is a valid value of each field.
         let mut p: cudnn::cudnnConvolutionFwdAlgoPerf_t = unsafe { std::mem::zeroed() };
         (p.algo, p.status, p.time, p.mathType, p.memory) = (algo, status, time, math, 64);
+        p.determinism = cudnn::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
         p
+    }
+
+    #[test]
+    fn deterministic_mode_keeps_only_deterministic_algorithms() {
+        let mut fast = perf(
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+            S::CUDNN_STATUS_SUCCESS,
+            0.5,
+            M::CUDNN_TENSOR_OP_MATH,
+        );
+        fast.determinism = cudnn::cudnnDeterminism_t::CUDNN_NON_DETERMINISTIC;
+        let slow = perf(
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+            S::CUDNN_STATUS_SUCCESS,
+            2.0,
+            M::CUDNN_TENSOR_OP_MATH,
+        );
+        let free = succeeded(&[fast, slow], "find", (DType::BF16, false)).unwrap();
+        assert_eq!(algos(&free)[0], Algo::CUDNN_CONVOLUTION_FWD_ALGO_FFT);
+        let fixed = succeeded(&[fast, slow], "find", (DType::BF16, true)).unwrap();
+        assert_eq!(algos(&fixed), [Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM]);
+        let none = succeeded(&[fast], "find", (DType::BF16, true)).unwrap_err();
+        assert!(
+            none.to_string()
+                .contains("no usable deterministic algorithm")
+                && none.to_string().contains("CUDNN_NON_DETERMINISTIC"),
+            "{none}"
+        );
     }
 
     fn algos<A: Copy>(choices: &[Choice<A>]) -> Vec<A> {
@@ -587,7 +646,7 @@ mod tests {
                 M::CUDNN_DEFAULT_MATH,
             ),
         ];
-        let bf16 = succeeded(&results, "find", DType::BF16).unwrap();
+        let bf16 = succeeded(&results, "find", (DType::BF16, false)).unwrap();
         assert_eq!(
             algos(&bf16),
             [
@@ -598,7 +657,7 @@ mod tests {
         );
         assert_eq!(bf16[0].math, M::CUDNN_TENSOR_OP_MATH);
         assert_eq!(bf16[0].workspace, 64);
-        let f32 = succeeded(&results, "find", DType::F32).unwrap();
+        let f32 = succeeded(&results, "find", (DType::F32, false)).unwrap();
         assert_eq!(
             algos(&f32),
             [
@@ -620,7 +679,7 @@ mod tests {
         let e = succeeded(
             &results,
             "cudnnFindConvolutionForwardAlgorithmEx",
-            DType::F32,
+            (DType::F32, false),
         )
         .unwrap_err()
         .to_string();
