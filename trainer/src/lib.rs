@@ -13,6 +13,7 @@ mod error;
 pub mod eval;
 pub mod knn;
 pub mod loader;
+pub mod mutation;
 pub mod plot;
 pub mod pretrain;
 
