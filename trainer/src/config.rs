@@ -2,6 +2,7 @@
 //! and as a TOML file (`proj-hidden = 512`); flags override the file, the file
 //! overrides the defaults, and the resolved [`RunConfig`] is saved with the run.
 
+use crate::data::Fingerprint;
 use crate::{Error, Result};
 use clap::Args;
 use nets::m2t::TeacherBn;
@@ -249,6 +250,10 @@ pub struct RunConfig {
     pub log_every: usize,
     /// Steps between checkpoints (0: every epoch).
     pub checkpoint_every: usize,
+    /// What the data was when the run started; `--resume` refuses other data.
+    /// Absent in runs made before fingerprints were saved. Last: a TOML table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<Fingerprint>,
 }
 
 impl RunConfig {
@@ -270,6 +275,25 @@ impl RunConfig {
     /// The TOML text saved with the run.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise the config: {e}\n"))
+    }
+
+    /// Each setting that differs from `earlier`, as `key: old → new`.
+    pub fn changes_since(&self, earlier: &RunConfig) -> Vec<String> {
+        let table = |c: &RunConfig| match toml::Table::try_from(c) {
+            Ok(t) => t,
+            Err(_) => toml::Table::new(),
+        };
+        let (now, before) = (table(self), table(earlier));
+        let mut keys: Vec<&String> = now.keys().chain(before.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| now.get(*k) != before.get(*k))
+            .map(|k| {
+                let show = |t: &toml::Table| t.get(k).map_or("unset".into(), |v| v.to_string());
+                format!("{k}: {} → {}", show(&before), show(&now))
+            })
+            .collect()
     }
 }
 

@@ -33,6 +33,9 @@ pub enum Error {
     /// Training produced a non-finite loss.
     #[error("{0}")]
     Diverged(String),
+    /// Another trainer holds the run folder's lock.
+    #[error("{0}")]
+    Locked(String),
     /// SIGINT or SIGTERM arrived; the run was checkpointed (exit code 130).
     #[error("interrupted: {0}")]
     Interrupted(String),

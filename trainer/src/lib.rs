@@ -10,9 +10,12 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod eval;
+pub mod interrupt;
 pub mod knn;
 pub mod loader;
+pub mod output;
 pub mod plot;
 pub mod pretrain;
+pub mod run_lock;
 
 pub use error::{Error, Result};

@@ -61,8 +61,16 @@ enum Command {
     Info,
 }
 
+/// Makes a write past the file-size limit (`ulimit -f`) fail with EFBIG,
+/// which is reported, instead of SIGXFSZ killing the process silently.
+fn report_file_size_limit() {
+    // SAFETY: sets a signal disposition before any other thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 fn main() {
     keep_freed_memory();
+    report_file_size_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
