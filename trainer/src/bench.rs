@@ -2,6 +2,7 @@
 //! backward on two views, SGD) on synthetic data, timed.
 
 use crate::config::parse;
+use crate::limits::{MAX_BS, MAX_HEAD, MAX_RES, MAX_WIDTH, at_most};
 use crate::pretrain::{precision_name, resolve_device};
 use crate::{Error, Result};
 use clap::Args;
@@ -136,6 +137,15 @@ fn peak_rss_mb() -> f64 {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.jit {
         return jit(args.json);
+    }
+    for (name, value, max) in [
+        ("bs", args.bs.unwrap_or(0), MAX_BS),
+        ("res", args.res.unwrap_or(0), MAX_RES),
+        ("width", args.width, MAX_WIDTH),
+        ("proj-hidden", args.proj_hidden, MAX_HEAD),
+        ("proj-out", args.proj_out, MAX_HEAD),
+    ] {
+        at_most(name, value, max)?;
     }
     if args.ops {
         let (placement, note) = resolve_device(Some(&args.device), args.precision.as_deref())?;

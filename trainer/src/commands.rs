@@ -145,6 +145,7 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             .res
             .or(memory.native_size().map(|(h, w)| h.min(w)))
             .unwrap_or(224);
+        crate::limits::at_most("res", res, crate::limits::MAX_RES)?;
         let aug = AugmentConfig::new(res, memory.channels())?;
         let mem = eval::pixel_features(memory, &aug, args.memory)?;
         let q = eval::pixel_features(queries, &aug, args.queries)?;
@@ -483,6 +484,7 @@ pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
             args.bs
         )));
     }
+    crate::limits::at_most("bs", args.bs, crate::limits::MAX_BS)?;
     if !(lr.is_finite() && lr > 0.0) {
         return Err(Error::Usage(format!(
             "--lr {lr}: expected a positive learning rate"

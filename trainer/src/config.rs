@@ -19,7 +19,7 @@ pub struct PretrainOptions {
     #[arg(long, value_parser = parse::<Arch>)]
     #[serde(default, with = "opt_str")]
     pub arch: Option<Arch>,
-    /// Pairs of views per step (batch size) [required].
+    /// Pairs of views per step (batch size), at most 65536 [required].
     #[arg(long)]
     pub bs: Option<usize>,
     /// Stem: imagenet (7×7/2 conv + max-pool) or small (3×3/1 conv, for 28–96 px)
@@ -27,7 +27,7 @@ pub struct PretrainOptions {
     #[arg(long, value_parser = parse::<Stem>)]
     #[serde(default, with = "opt_str")]
     pub stem: Option<Stem>,
-    /// Crop size of the augmented views in pixels [default: the dataset's image size, 224 for ImageFolder].
+    /// Crop size of the augmented views in pixels, 8 to 4096 [default: the dataset's image size, 224 for ImageFolder].
     #[arg(long)]
     pub res: Option<usize>,
     /// Dataset on disk: an MNIST/Fashion-MNIST IDX folder, CIFAR-10/100 or STL-10 binary folder, or an ImageFolder.
@@ -75,13 +75,13 @@ pub struct PretrainOptions {
     /// the unbiased variance) or single [default: double].
     #[arg(long)]
     pub mbn_correction: Option<String>,
-    /// Projector (and predictor) hidden width [default: 4096].
+    /// Projector (and predictor) hidden width, at most 65536 [default: 4096].
     #[arg(long)]
     pub proj_hidden: Option<usize>,
-    /// Projector output width [default: 256].
+    /// Projector output width, at most 65536 [default: 256].
     #[arg(long)]
     pub proj_out: Option<usize>,
-    /// Backbone width: channels of the first stage, 64 in torchvision [default: 64].
+    /// Backbone width: channels of the first stage, 64 in torchvision, at most 1024 [default: 64].
     #[arg(long)]
     pub width: Option<usize>,
     /// Smallest RandomResizedCrop area, as a fraction of the image [default: 0.08].
@@ -107,7 +107,7 @@ pub struct PretrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub profile: bool,
-    /// Data-loading threads [default: the number of cores].
+    /// Data-loading threads, at most 1024 [default: the number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
     /// kNN monitor every N epochs (0: only at the end) [default: 10].

@@ -12,6 +12,7 @@ mod error;
 pub mod eval;
 pub mod interrupt;
 pub mod knn;
+pub mod limits;
 pub mod loader;
 pub mod output;
 pub mod plot;

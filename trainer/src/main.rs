@@ -29,6 +29,10 @@ fn keep_freed_memory() {
 #[command(
     name = "trainer",
     version,
+    after_help = "Exit codes: 0 success; 1 data or runtime error (bad or changed data, \
+                  unreadable files, divergence, a run folder in use, a full disk); \
+                  2 usage error (bad flags or configuration, a run that cannot fit in memory); \
+                  130 interrupted by SIGINT or SIGTERM, with the checkpoint written.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     allow_negative_numbers = true

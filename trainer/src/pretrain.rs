@@ -7,6 +7,7 @@ use crate::checkpoint::{self, State};
 use crate::config::{DataSource, OptimizerKind, PretrainOptions, RunConfig};
 use crate::data::{self, Fingerprint, Splits};
 use crate::eval;
+use crate::limits::{self, MemoryEstimate};
 use crate::loader::{Augmentation, PairLoader};
 use crate::run_lock::RunLock;
 use crate::{Error, Result, interrupt, plot};
@@ -68,6 +69,15 @@ impl Optimizer {
             Optimizer::Lars(o) => o.set_velocity(v)?,
         }
         Ok(())
+    }
+}
+
+/// The memory of the synthetic dataset at `res` pixels: train and test images.
+fn synthetic_images(res: usize) -> MemoryEstimate {
+    let images = (SYNTHETIC_IMAGES + SYNTHETIC_IMAGES / 5) as f64;
+    MemoryEstimate {
+        data: images * (res * res * 3) as f64,
+        ..MemoryEstimate::default()
     }
 }
 
@@ -220,6 +230,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     })?;
     let bs =
         o.bs.ok_or_else(|| usage("missing --bs (pairs of views per step)"))?;
+    limits::at_most("bs", bs, limits::MAX_BS)?;
     if bs < 2 {
         return Err(usage(format!(
             "--bs {bs}: batch norm needs at least 2 images per batch"
@@ -238,6 +249,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     if res < 8 {
         return Err(usage(format!("--res {res}: at least 8 pixels")));
     }
+    limits::at_most("res", res, limits::MAX_RES)?;
     let stem = o.stem.unwrap_or(Stem::for_res(res));
     let optimizer = match o.optimizer.as_deref().unwrap_or("sgd") {
         "sgd" => OptimizerKind::Sgd,
@@ -309,6 +321,9 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
             v => Ok(v),
         }
     };
+    let size = |name: &str, v: Option<usize>, default: usize, max: usize| {
+        limits::at_most(name, positive(name, v, default)?, max)
+    };
     Ok(RunConfig {
         arch,
         bs,
@@ -324,9 +339,9 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         ema,
         teacher_bn: o.teacher_bn.unwrap_or_default(),
         mbn_correction,
-        proj_hidden: positive("proj-hidden", o.proj_hidden, 4096)?,
-        proj_out: positive("proj-out", o.proj_out, 256)?,
-        width: positive("width", o.width, 64)?,
+        proj_hidden: size("proj-hidden", o.proj_hidden, 4096, limits::MAX_HEAD)?,
+        proj_out: size("proj-out", o.proj_out, 256, limits::MAX_HEAD)?,
+        width: size("width", o.width, 64, limits::MAX_WIDTH)?,
         crop_min,
         seed: o.seed.unwrap_or(0),
         knn_every: o.knn_every.unwrap_or(10),
@@ -568,6 +583,11 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         // Checked first: cheaper than opening the data.
         let placement = resolve_device(opts.device.as_deref(), opts.precision.as_deref())?;
         let source = data_source(&opts)?;
+        if source == DataSource::Synthetic {
+            // Generated at --res before the run is resolved: check that first.
+            let res = limits::at_most("res", opts.res.unwrap_or(32), limits::MAX_RES)?;
+            synthetic_images(res).check_fits(placement.0.device)?;
+        }
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
         let cfg = resolve(&opts, &splits, source)?;
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
@@ -584,7 +604,16 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let workers = flags.workers.unwrap_or_else(rayon::current_num_threads);
+    let workers = limits::at_most(
+        "workers",
+        flags.workers.unwrap_or_else(rayon::current_num_threads),
+        limits::MAX_WORKERS,
+    )?;
+    let mut estimate = MemoryEstimate::of_run(&cfg, placement.precision);
+    if cfg.data == DataSource::Synthetic {
+        estimate.data = synthetic_images(cfg.res).data;
+    }
+    estimate.check_fits(placement.device)?;
     train(
         &cfg,
         &out,

@@ -545,6 +545,9 @@ fn help_explains_flags_with_defaults() {
         "linear-eval",
         "export",
         "bench",
+        "Exit codes: 0 success; 1 data or runtime error",
+        "130 interrupted",
+        "at most 1024",
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
@@ -1222,5 +1225,66 @@ fn sparse_training_labels_are_warned_about() {
             && stderr(&o).contains("warning: IDX train: labels use 3 of 201 class numbers"),
         "{}",
         stderr(&o)
+    );
+}
+
+/// Size flags have upper bounds, and a run whose step cannot fit in memory
+/// is refused at once with the estimate, instead of overflowing or running
+/// until the kernel kills it.
+#[test]
+fn huge_sizes_are_refused_before_allocating() {
+    let out = tmp("huge");
+    let o = out.to_str().unwrap();
+    let base = [
+        "--arch",
+        "resnet18",
+        "--bs",
+        "16",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--out",
+        o,
+    ];
+    for (flag, value, bound) in [
+        ("--width", "18446744073709551615", "at most 1024"),
+        ("--proj-hidden", "4000000000", "at most 65536"),
+        ("--workers", "18446744073709551615", "at most 1024"),
+        ("--res", "100000", "at most 4096"),
+    ] {
+        let a: Vec<&str> = base.iter().copied().chain([flag, value]).collect();
+        assert_usage_error(&a, &format!("{flag} {value}: {bound}"));
+    }
+    let data = out.join("data");
+    write_idx(&data, &[0; 32], &[0; 4]);
+    let started = Instant::now();
+    assert_usage_error(
+        &[
+            "--arch",
+            "resnet50",
+            "--width",
+            "256",
+            "--res",
+            "4096",
+            "--bs",
+            "4",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.join("run").to_str().unwrap(),
+        ],
+        "this run needs at least",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
     );
 }
