@@ -224,7 +224,8 @@ pub fn linear_eval(
             // As in pretraining, a non-finite loss or gradient stops the probe
             // rather than reporting the accuracy of garbage weights; so does a
             // loss that batch-normalised logits reach only from exploded weights.
-            if !(loss_value <= DIVERGED_PROBE_LOSS) || store.grad_norm()?.is_none() {
+            let sane_loss = loss_value.is_finite() && loss_value <= DIVERGED_PROBE_LOSS;
+            if !sane_loss || store.grad_norm()?.is_none() {
                 return Err(diverged(format!(
                     "epoch {}, step {}: the probe's loss is {loss_value} and its gradients are {}",
                     epoch + 1,

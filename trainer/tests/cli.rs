@@ -969,7 +969,7 @@ fn interrupt_during_the_final_knn_exits_130() {
         let at = a.iter().position(|f| f == flag).unwrap();
         a[at + 1] = value.into();
     }
-    let mut child = trainer()
+    let child = trainer()
         .args(args(&a))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
