@@ -279,10 +279,7 @@ impl RunConfig {
 
     /// Each setting that differs from `earlier`, as `key: old → new`.
     pub fn changes_since(&self, earlier: &RunConfig) -> Vec<String> {
-        let table = |c: &RunConfig| match toml::Table::try_from(c) {
-            Ok(t) => t,
-            Err(_) => toml::Table::new(),
-        };
+        let table = |c: &RunConfig| toml::Table::try_from(c).unwrap_or_default();
         let (now, before) = (table(self), table(earlier));
         let mut keys: Vec<&String> = now.keys().chain(before.keys()).collect();
         keys.sort();

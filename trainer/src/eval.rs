@@ -225,16 +225,17 @@ pub fn linear_eval(
             // rather than reporting the accuracy of garbage weights; so does a
             // loss that batch-normalised logits reach only from exploded weights.
             let sane_loss = loss_value.is_finite() && loss_value <= DIVERGED_PROBE_LOSS;
-            if !sane_loss || store.grad_norm()?.is_none() {
+            let finite_gradients = store.grad_norm()?.is_some();
+            if !(sane_loss && finite_gradients) {
+                let gradients = if finite_gradients {
+                    "finite"
+                } else {
+                    "not finite"
+                };
                 return Err(diverged(format!(
-                    "epoch {}, step {}: the probe's loss is {loss_value} and its gradients are {}",
+                    "epoch {}, step {}: the probe's loss is {loss_value} and its gradients are {gradients}",
                     epoch + 1,
                     step + 1,
-                    if store.grad_norm()?.is_some() {
-                        "finite"
-                    } else {
-                        "not finite"
-                    }
                 )));
             }
             buffers.update_running(&stats, BN_MOMENTUM)?;

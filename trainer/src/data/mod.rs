@@ -232,6 +232,34 @@ impl Dataset {
         }
     }
 
+    /// A warning when some classes have no images: a class count taken as
+    /// the largest label plus one is then larger than it looks.
+    pub fn sparse_labels_warning(&self) -> Option<String> {
+        let (labels, classes) = (self.labels.as_ref()?, self.num_classes?);
+        let mut used = vec![false; classes];
+        for &l in labels {
+            if let Some(slot) = usize::try_from(l).ok().and_then(|l| used.get_mut(l)) {
+                *slot = true;
+            }
+        }
+        let present = used.iter().filter(|&&u| u).count();
+        (present < classes).then(|| {
+            format!(
+                "warning: {}: labels use {present} of {classes} class numbers (0..{classes}); \
+                 evaluation counts all {classes} classes",
+                self.name
+            )
+        })
+    }
+
+    /// The file of image `i`, for file-backed datasets (ImageFolder).
+    pub fn source(&self, i: usize) -> Option<&Path> {
+        match &self.pixels {
+            Pixels::Files(files) => files.get(i).map(PathBuf::as_path),
+            Pixels::Memory { .. } => None,
+        }
+    }
+
     /// One line for logs, e.g. `CIFAR-10 train: 50000 images, 32×32×3, 10 classes`.
     pub fn describe(&self) -> String {
         let size = match self.native_size() {
@@ -361,36 +389,6 @@ fn check_test_labels(splits: &Splits, dir: &Path) -> Result<()> {
             ),
         )),
         None => Ok(()),
-    }
-}
-
-impl Dataset {
-    /// A warning when the labels leave class numbers unused (a class count
-    /// taken as the largest label plus one is then larger than it looks).
-    pub fn sparse_labels_warning(&self) -> Option<String> {
-        let (labels, classes) = (self.labels.as_ref()?, self.num_classes?);
-        let mut used = vec![false; classes];
-        for &l in labels {
-            if let Some(slot) = usize::try_from(l).ok().and_then(|l| used.get_mut(l)) {
-                *slot = true;
-            }
-        }
-        let present = used.iter().filter(|&&u| u).count();
-        (present < classes).then(|| {
-            format!(
-                "warning: {}: labels use {present} of {classes} class numbers (0..{classes}); \
-                 the class count is the largest label plus one",
-                self.name
-            )
-        })
-    }
-
-    /// The file of image `i`, for file-backed datasets (ImageFolder).
-    pub fn source(&self, i: usize) -> Option<&Path> {
-        match &self.pixels {
-            Pixels::Files(files) => files.get(i).map(PathBuf::as_path),
-            Pixels::Memory { .. } => None,
-        }
     }
 }
 
