@@ -1288,3 +1288,29 @@ fn huge_sizes_are_refused_before_allocating() {
         started.elapsed()
     );
 }
+
+/// A checkpoint whose teacher weights are all NaN gives NaN features, which
+/// kNN refuses: ReLU keeps NaN instead of turning it into a finite 0.
+#[test]
+fn nan_weights_are_caught_by_evaluation() {
+    let out = tmp("nan-weights");
+    let o = run(&args(&tiny(&out, 0)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let teacher = out.join("checkpoints/step-0000000/teacher.safetensors");
+    let mut bytes = std::fs::read(&teacher).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // All ones: NaN as f32.
+    bytes[header..].fill(0xff);
+    std::fs::write(&teacher, bytes).unwrap();
+    let o = run(&[
+        "knn",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--memory",
+        "64",
+        "--queries",
+        "32",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("non-finite feature"), "{}", stderr(&o));
+}
