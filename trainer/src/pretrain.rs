@@ -540,8 +540,9 @@ fn curves(path: &Path) -> (Series, Series) {
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
     let resume = flags.resume;
-    // `_lock` is held until the run returns.
-    let (cfg, out, splits, placement, _lock) = if resume {
+    // A resumed run takes the run folder's lock before anything else, so a
+    // second trainer is refused at once; a new run once it is known to fit.
+    let (cfg, out, splits, placement, resumed_lock) = if resume {
         let out = flags
             .out
             .clone()
@@ -574,7 +575,7 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         let placement = resolve_device(flags.device.as_deref(), flags.precision.as_deref())?;
         let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
         refuse_changed_data(&cfg, &splits)?;
-        (cfg, out, splits, placement, lock)
+        (cfg, out, splits, placement, Some(lock))
     } else {
         let opts = match &flags.config {
             Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
@@ -591,14 +592,8 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
         let cfg = resolve(&opts, &splits, source)?;
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
-        if out.join("checkpoints").join("latest").exists() {
-            return Err(usage(format!(
-                "{} already holds a run: pass --resume to continue it, or another --out",
-                out.display()
-            )));
-        }
-        let lock = RunLock::acquire(&out)?;
-        (cfg, out, splits, placement, lock)
+        refuse_existing_run(&out)?;
+        (cfg, out, splits, placement, None)
     };
     let (placement, note) = placement;
     if let Some(note) = note {
@@ -614,6 +609,16 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         estimate.data = synthetic_images(cfg.res).data;
     }
     estimate.check_fits(placement.device)?;
+    // Held until the run returns.
+    let _lock = match resumed_lock {
+        Some(lock) => lock,
+        None => {
+            let lock = RunLock::acquire(&out)?;
+            // Again under the lock: a run may have started since.
+            refuse_existing_run(&out)?;
+            lock
+        }
+    };
     train(
         &cfg,
         &out,
@@ -623,6 +628,17 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         placement,
         flags.profile,
     )
+}
+
+/// Refuses to start a new run in a folder that holds one.
+fn refuse_existing_run(out: &Path) -> Result<()> {
+    if out.join("checkpoints").join("latest").exists() {
+        return Err(usage(format!(
+            "{} already holds a run: pass --resume to continue it, or another --out",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Prints the `--profile` tables and saves them as `profile.txt` in `out`.
