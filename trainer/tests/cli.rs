@@ -1287,6 +1287,7 @@ fn huge_sizes_are_refused_before_allocating() {
         "{:?}",
         started.elapsed()
     );
+    assert!(!out.join("run").exists(), "a refused run leaves no folder");
 }
 
 /// A checkpoint whose teacher weights are all NaN gives NaN features, which
