@@ -232,7 +232,7 @@ __device__ __forceinline__ void bn_apply(const T* __restrict__ x, const T* __res
 #pragma unroll
         for (int u = 0; u < kUnroll; u++) {
             float out = v[u] * scale[chs[u]] + shift[chs[u]] + res[u];
-            if (kEpilogue != kPlain) out = out > 0.0f ? out : 0.0f;
+            if (kEpilogue != kPlain) out = relu_keep_nan(out);
             if (idx[u] < n) store(y, idx[u], out);
         }
     }

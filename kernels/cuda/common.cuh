@@ -86,6 +86,10 @@ __device__ __forceinline__ f16 from_f32<f16>(float x) {
     return r;
 }
 
+// max(v, 0) that keeps NaN, as PyTorch's ReLU does (fmaxf(NaN, 0) is 0), so
+// non-finite weights reach the checks on losses and features.
+__device__ __forceinline__ float relu_keep_nan(float v) { return v > 0.0f || v != v ? v : 0.0f; }
+
 template <class T>
 __device__ __forceinline__ float load(const T* p, int64_t i) {
     return to_f32(p[i]);

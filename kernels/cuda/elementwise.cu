@@ -4,7 +4,7 @@ template <class T>
 __device__ __forceinline__ void relu_forward(const T* __restrict__ x, T* __restrict__ y, int64_t n) {
     FOR_EACH(i, n) {
         float v = load(x, i);
-        store(y, i, v > 0.0f ? v : 0.0f);
+        store(y, i, relu_keep_nan(v));
     }
 }
 

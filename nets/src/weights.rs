@@ -137,6 +137,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Exports `part` of a network (its parameters `store` and BN statistics
 /// `buffers`) to `path`: safetensors, f32, PyTorch names and OIHW convolutions.
 pub fn export(path: &Path, store: &ParamStore, buffers: &BnBuffers, part: Part) -> Result<()> {
+    write_atomic(path, &export_bytes(store, buffers, part)?)
+}
+
+/// The safetensors bytes [`export`] writes, for a caller that writes them itself.
+pub fn export_bytes(store: &ParamStore, buffers: &BnBuffers, part: Part) -> Result<Vec<u8>> {
     let tensors = torch_tensors(store, buffers, part)?;
     let views = tensors
         .iter()
@@ -146,11 +151,7 @@ pub fn export(path: &Path, store: &ParamStore, buffers: &BnBuffers, part: Part) 
             Ok((name.clone(), view))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| Error::Format {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
-    })?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, None).map_err(|e| Error::Config(e.to_string()))
 }
 
 /// Imports `part` of a network from a PyTorch-named safetensors file into

@@ -2,8 +2,13 @@
 
 use super::*;
 use engine::Tape;
+use engine::ops::BnNorm;
 
-pub const CASES: &[Case] = &[("relu", relu), ("add", add)];
+pub const CASES: &[Case] = &[
+    ("relu", relu),
+    ("relu_keeps_nan", relu_keeps_nan),
+    ("add", add),
+];
 
 /// Awkward sizes: not a multiple of the block, a single element, channels of 3.
 const SHAPES: &[&[usize]] = &[&[3, 5, 7, 3], &[1], &[2, 300]];
@@ -77,4 +82,98 @@ fn add(device: Device) {
         }
     }
     expect_launched(device, &["add_f32", "add_bf16", "add_f16"]);
+}
+
+/// ReLU keeps NaN, as PyTorch's does, alone and fused after batch norm, on
+/// `device` and on the CPU: NaN weights must give NaN features, not zeros
+/// that pass the non-finite checks. The gradient at NaN is 0, as in PyTorch's
+/// `threshold_backward` (NaN > 0 is false).
+fn relu_keeps_nan(device: Device) {
+    let nan = f32::NAN;
+    for dev in [Device::Cpu, device] {
+        // The CPU backend computes in f32 only.
+        let dtypes: &[DType] = if dev == Device::Cpu {
+            &[DType::F32]
+        } else {
+            &GPU_DTYPES
+        };
+        for &dtype in dtypes {
+            let put = |v: Vec<f32>, shape: &[usize]| {
+                to(
+                    dev,
+                    &rounded(&Tensor::from_vec(v, shape.to_vec()).unwrap(), dtype),
+                )
+            };
+            let values = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_f64_vec().unwrap();
+            let what = format!("{dev} {dtype}");
+
+            let mut tape = Tape::new();
+            let x = tape.param(put(vec![nan, -1.0, 0.5, 2.0], &[4]));
+            let y = tape.relu(&x).unwrap();
+            let got = values(y.value());
+            assert!(got[0].is_nan(), "relu(NaN) on {what}: {got:?}");
+            assert_eq!(got[1..], [0.0, 0.5, 2.0], "relu on {what}");
+            let g = tape.backward_with(&y, put(vec![1.0; 4], &[4])).unwrap();
+            assert_eq!(
+                values(g.get(&x).unwrap()),
+                [0.0, 0.0, 1.0, 1.0],
+                "relu backward on {what}"
+            );
+
+            // Channel 0 holds a NaN, so its batch statistics and every output
+            // in it are NaN; channel 1 is finite.
+            let affine = |tape: &mut Tape| {
+                let gamma = tape.param(to(
+                    dev,
+                    &Tensor::from_vec(vec![1.0f32; 2], vec![2]).unwrap(),
+                ));
+                let beta = tape.param(to(
+                    dev,
+                    &Tensor::from_vec(vec![0.0f32; 2], vec![2]).unwrap(),
+                ));
+                (gamma, beta)
+            };
+            let mut tape = Tape::new();
+            let x = tape.param(put(vec![nan, 1.0, 2.0, 3.0, 4.0, -5.0], &[3, 2]));
+            let (gamma, beta) = affine(&mut tape);
+            let (y, _) = tape
+                .batch_norm_relu(&x, &gamma, &beta, BnNorm::Batch, 1e-5)
+                .unwrap();
+            let got = values(y.value());
+            assert!(
+                got.iter().step_by(2).all(|v| v.is_nan()),
+                "bn+relu on {what}: {got:?}"
+            );
+            assert!(
+                got.iter()
+                    .skip(1)
+                    .step_by(2)
+                    .all(|v| v.is_finite() && *v >= 0.0),
+                "bn+relu on {what}: {got:?}"
+            );
+
+            // Only the residual's first element is NaN.
+            let mut tape = Tape::new();
+            let x = tape.param(put(vec![0.0, 1.0, 2.0, 3.0, 4.0, -5.0], &[3, 2]));
+            let residual = tape.param(put(vec![nan, 0.0, 0.0, 0.0, 0.0, 0.0], &[3, 2]));
+            let (gamma, beta) = affine(&mut tape);
+            let (y, _) = tape
+                .batch_norm_add_relu(&x, &residual, &gamma, &beta, BnNorm::Batch, 1e-5)
+                .unwrap();
+            let got = values(y.value());
+            assert!(got[0].is_nan(), "bn+add+relu on {what}: {got:?}");
+            assert!(
+                got[1..].iter().all(|v| v.is_finite() && *v >= 0.0),
+                "bn+add+relu on {what}: {got:?}"
+            );
+        }
+    }
+    expect_launched(
+        device,
+        &[
+            "relu_forward_f32",
+            "bn_apply_relu_f16",
+            "bn_apply_add_relu_bf16",
+        ],
+    );
 }

@@ -2,6 +2,7 @@
 //! backward on two views, SGD) on synthetic data, timed.
 
 use crate::config::parse;
+use crate::limits::{MAX_BS, MAX_HEAD, MAX_RES, MAX_WIDTH, at_most};
 use crate::pretrain::{precision_name, resolve_device};
 use crate::{Error, Result};
 use clap::Args;
@@ -141,6 +142,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     engine::set_deterministic(args.deterministic);
     if args.jit {
         return jit(args.json);
+    }
+    for (name, value, max) in [
+        ("bs", args.bs.unwrap_or(0), MAX_BS),
+        ("res", args.res.unwrap_or(0), MAX_RES),
+        ("width", args.width, MAX_WIDTH),
+        ("proj-hidden", args.proj_hidden, MAX_HEAD),
+        ("proj-out", args.proj_out, MAX_HEAD),
+    ] {
+        at_most(name, value, max)?;
     }
     if args.ops {
         let (placement, note) = resolve_device(Some(&args.device), args.precision.as_deref())?;

@@ -44,7 +44,15 @@ pub fn locate(path: &Path) -> Result<PathBuf> {
     let name = fs::read_to_string(&latest).map_err(|_| {
         Error::Usage(format!("{}: no checkpoint here (expected a run folder with checkpoints/latest, or a checkpoint folder with state.json)", path.display()))
     })?;
-    let dir = path.join("checkpoints").join(name.trim());
+    let name = name.trim();
+    // A plain `step-N` name: `latest` must not lead out of the run folder.
+    if !name.starts_with("step-") || name.contains(['/', '\\']) {
+        return Err(Error::data(
+            &latest,
+            format!("names {name:?}, not a checkpoint of this run (step-NNNNNNN)"),
+        ));
+    }
+    let dir = path.join("checkpoints").join(name);
     if dir.join("state.json").is_file() {
         Ok(dir)
     } else {
@@ -59,12 +67,30 @@ fn optimizer_file(dir: &Path) -> PathBuf {
     dir.join("optimizer.safetensors")
 }
 
-/// Writes a checkpoint of `model`, the optimiser `velocity` and `state` under
-/// `run/checkpoints/`, and points `latest` at it. Returns its folder.
-pub fn save(run: &Path, model: &M2t, velocity: &Tensor, state: &State) -> Result<PathBuf> {
+/// The copy of the run's configuration a checkpoint keeps, so that resume can
+/// tell an edited `config.toml`.
+pub fn config_file(dir: &Path) -> PathBuf {
+    dir.join("config.toml")
+}
+
+/// The folder name of the checkpoint after `step` steps.
+pub fn folder_name(step: usize) -> String {
+    format!("step-{step:07}")
+}
+
+/// Writes a checkpoint of `model`, the optimiser `velocity`, `state` and the
+/// run's `config` (TOML) under `run/checkpoints/`, and points `latest` at it.
+/// Returns its folder.
+pub fn save(
+    run: &Path,
+    model: &M2t,
+    velocity: &Tensor,
+    state: &State,
+    config: &str,
+) -> Result<PathBuf> {
     let root = run.join("checkpoints");
     fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let name = format!("step-{:07}", state.step);
+    let name = folder_name(state.step);
     let tmp = root.join(format!(".{name}.tmp"));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -86,6 +112,7 @@ pub fn save(run: &Path, model: &M2t, velocity: &Tensor, state: &State) -> Result
     write_atomic(&optimizer_file(&tmp), &bytes)?;
     let json = serde_json::to_vec_pretty(state).map_err(|e| Error::data(&tmp, e.to_string()))?;
     write_atomic(&tmp.join("state.json"), &json)?;
+    write_atomic(&config_file(&tmp), config.as_bytes())?;
 
     let dir = root.join(&name);
     if dir.exists() {

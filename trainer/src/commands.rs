@@ -5,12 +5,13 @@ use crate::checkpoint;
 use crate::config::{DataSource, RunConfig};
 use crate::data::{Dataset, Splits};
 use crate::eval;
+use crate::output::write_user_file;
 use crate::pretrain::{model_config, open_data};
 use crate::{Error, Result};
 use clap::{Args, ValueEnum};
 use engine::{Device, Tensor};
 use nets::m2t::{M2t, Which};
-use nets::weights::{Part, export, f32_values, write_atomic};
+use nets::weights::{Part, export_bytes, f32_values};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::path::{Path, PathBuf};
 
@@ -55,7 +56,11 @@ impl Loaded {
     /// channel count differs from the network's are converted (grey ↔ RGB).
     fn splits(&self, data: Option<&PathBuf>) -> Result<Splits> {
         let source = data.map_or(self.config.data.clone(), |p| DataSource::Path(p.clone()));
-        open_data(&source, self.config.res, self.config.seed)
+        let splits = open_data(&source, self.config.res, self.config.seed)?;
+        for warning in splits.label_warnings() {
+            eprintln!("{warning}");
+        }
+        Ok(splits)
     }
 
     /// The evaluation transform at the run's resolution and channels.
@@ -140,6 +145,7 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             .res
             .or(memory.native_size().map(|(h, w)| h.min(w)))
             .unwrap_or(224);
+        crate::limits::at_most("res", res, crate::limits::MAX_RES)?;
         let aug = AugmentConfig::new(res, memory.channels())?;
         let mem = eval::pixel_features(memory, &aug, args.memory)?;
         let q = eval::pixel_features(queries, &aug, args.queries)?;
@@ -191,7 +197,7 @@ pub struct ExportArgs {
 pub fn export_backbone(args: ExportArgs) -> Result<()> {
     let loaded = load_checkpoint(&args.checkpoint)?;
     let (store, buffers) = loaded.model.network(args.which.into());
-    export(&args.out, store, buffers, Part::Backbone)?;
+    write_user_file(&args.out, &export_bytes(store, buffers, Part::Backbone)?)?;
     println!(
         "wrote {} ({} backbone, {}, torchvision names)",
         args.out.display(),
@@ -213,7 +219,10 @@ pub struct EmbedArgs {
     /// Safetensors file with `images`: f32 [N,H,W,C], already normalised.
     #[arg(long)]
     pub input: Option<PathBuf>,
-    /// Output safetensors file with `features` [N,F] (and `labels` for --data).
+    /// Output safetensors file with `features` [N,F]; for --data also `labels`
+    /// [N] and `indices` [N] (each row's image in the split, which unreadable
+    /// images leave out), and for image folders each row's file in the
+    /// metadata's `sources`.
     #[arg(long)]
     pub out: PathBuf,
     /// Network whose backbone embeds.
@@ -242,13 +251,76 @@ fn read_images(path: &Path, channels: usize) -> Result<(Vec<f32>, Vec<usize>)> {
     Ok((f32_values(&view), shape))
 }
 
+/// Which images of a dataset split the rows of `embed --data` are.
+struct RowSources {
+    /// Whether the split has labels.
+    labelled: bool,
+    /// Each row's index in the split.
+    indices: Vec<i64>,
+    /// The safetensors metadata: the split, and each row's file (image
+    /// folders; non-UTF-8 bytes shown lossily) as a JSON list.
+    metadata: std::collections::HashMap<String, String>,
+}
+
+impl RowSources {
+    fn new(set: &Dataset, indices: &[usize]) -> RowSources {
+        let mut metadata = std::collections::HashMap::from([("split".to_string(), set.describe())]);
+        let sources: Option<Vec<String>> = indices
+            .iter()
+            .map(|&i| set.source(i).map(|p| p.to_string_lossy().into_owned()))
+            .collect();
+        if let Some(sources) = sources.filter(|s| !s.is_empty()) {
+            metadata.insert(
+                "sources".into(),
+                serde_json::Value::from(sources).to_string(),
+            );
+        }
+        RowSources {
+            labelled: set.label(0).is_some(),
+            indices: indices.iter().map(|&i| i as i64).collect(),
+            metadata,
+        }
+    }
+}
+
+/// A 1-D i64 tensor view of `values` for the file `out`.
+fn i64_view<'a>(values: &'a [i64], out: &Path) -> Result<TensorView<'a>> {
+    TensorView::new(Dtype::I64, vec![values.len()], bytemuck::cast_slice(values))
+        .map_err(|e| Error::data(out, e.to_string()))
+}
+
+/// Names each image of `set` that `indices` (the embedded rows) leaves out.
+fn report_skipped(set: &Dataset, indices: &[usize]) {
+    let mut embedded = indices.iter().copied().peekable();
+    let mut skipped = 0;
+    for i in 0..set.len() {
+        if embedded.next_if_eq(&i).is_some() {
+            continue;
+        }
+        skipped += 1;
+        match set.image(i) {
+            Err(e) => eprintln!("skipped {e}"),
+            Ok(_) => eprintln!("skipped image {i} of {}", set.describe()),
+        }
+    }
+    if skipped > 0 {
+        eprintln!("skipped {skipped} unreadable images; `indices` maps rows to images");
+    }
+}
+
 /// Runs `trainer embed`.
 pub fn embed(args: EmbedArgs) -> Result<()> {
     let loaded = load_checkpoint(&args.checkpoint)?;
     let which = Which::from(args.which);
-    let (features, labels) = match (&args.input, &args.data) {
+    let (features, rows) = match (&args.input, &args.data) {
         (Some(input), _) => {
             let (pixels, shape) = read_images(input, loaded.config.channels)?;
+            if shape[..3].contains(&0) {
+                return Err(Error::data(
+                    input,
+                    format!("`images` is {shape:?}: no images to embed"),
+                ));
+            }
             // A batch at a time, so a large file does not need all activations at once.
             let image_len = shape[1..].iter().product::<usize>().max(1);
             let (mut data, mut dim) = (Vec::new(), loaded.model.config().backbone.feature_dim());
@@ -272,10 +344,9 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
             let splits = loaded.splits(Some(data))?;
             let set = splits.test.as_ref().unwrap_or(&splits.train);
             let aug = loaded.eval_transform()?;
-            let f = eval::network_features(&loaded.model, which, set, &aug, 0)?;
-            let has_labels = set.label(0).is_some();
-            let labels = has_labels.then(|| f.labels.clone());
-            (f, labels)
+            let (f, indices) = eval::indexed_network_features(&loaded.model, which, set, &aug, 0)?;
+            report_skipped(set, &indices);
+            (f, Some(RowSources::new(set, &indices)))
         }
         (None, None) => return Err(Error::Usage("pass --data PATH or --input FILE".into())),
     };
@@ -289,16 +360,17 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
         )
         .map_err(|e| Error::data(&args.out, e.to_string()))?,
     )];
-    if let Some(labels) = &labels {
-        tensors.push((
-            "labels".to_string(),
-            TensorView::new(Dtype::I64, vec![labels.len()], bytemuck::cast_slice(labels))
-                .map_err(|e| Error::data(&args.out, e.to_string()))?,
-        ));
+    let mut metadata = None;
+    if let Some(rows) = &rows {
+        if rows.labelled {
+            tensors.push(("labels".to_string(), i64_view(&features.labels, &args.out)?));
+        }
+        tensors.push(("indices".to_string(), i64_view(&rows.indices, &args.out)?));
+        metadata = Some(rows.metadata.clone());
     }
-    let bytes =
-        safetensors::serialize(tensors, None).map_err(|e| Error::data(&args.out, e.to_string()))?;
-    write_atomic(&args.out, &bytes)?;
+    let bytes = safetensors::serialize(tensors, metadata)
+        .map_err(|e| Error::data(&args.out, e.to_string()))?;
+    write_user_file(&args.out, &bytes)?;
     println!(
         "wrote {} features of dimension {} to {}",
         n,
@@ -523,6 +595,7 @@ pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
             args.bs
         )));
     }
+    crate::limits::at_most("bs", args.bs, crate::limits::MAX_BS)?;
     if !(lr.is_finite() && lr > 0.0) {
         return Err(Error::Usage(format!(
             "--lr {lr}: expected a positive learning rate"

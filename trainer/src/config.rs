@@ -2,6 +2,7 @@
 //! and as a TOML file (`proj-hidden = 512`); flags override the file, the file
 //! overrides the defaults, and the resolved [`RunConfig`] is saved with the run.
 
+use crate::data::Fingerprint;
 use crate::{Error, Result};
 use clap::Args;
 use nets::m2t::TeacherBn;
@@ -18,7 +19,7 @@ pub struct PretrainOptions {
     #[arg(long, value_parser = parse::<Arch>)]
     #[serde(default, with = "opt_str")]
     pub arch: Option<Arch>,
-    /// Pairs of views per step (batch size) [required].
+    /// Pairs of views per step (batch size), at most 65536 [required].
     #[arg(long)]
     pub bs: Option<usize>,
     /// Stem: imagenet (7×7/2 conv + max-pool) or small (3×3/1 conv, for 28–96 px)
@@ -26,7 +27,7 @@ pub struct PretrainOptions {
     #[arg(long, value_parser = parse::<Stem>)]
     #[serde(default, with = "opt_str")]
     pub stem: Option<Stem>,
-    /// Crop size of the augmented views in pixels [default: the dataset's image size, 224 for ImageFolder].
+    /// Crop size of the augmented views in pixels, 8 to 4096 [default: the dataset's image size, 224 for ImageFolder].
     #[arg(long)]
     pub res: Option<usize>,
     /// Dataset on disk: an MNIST/Fashion-MNIST IDX folder, CIFAR-10/100 or STL-10 binary folder, or an ImageFolder.
@@ -74,13 +75,13 @@ pub struct PretrainOptions {
     /// the unbiased variance) or single [default: double].
     #[arg(long)]
     pub mbn_correction: Option<String>,
-    /// Projector (and predictor) hidden width [default: 4096].
+    /// Projector (and predictor) hidden width, at most 65536 [default: 4096].
     #[arg(long)]
     pub proj_hidden: Option<usize>,
-    /// Projector output width [default: 256].
+    /// Projector output width, at most 65536 [default: 256].
     #[arg(long)]
     pub proj_out: Option<usize>,
-    /// Backbone width: channels of the first stage, 64 in torchvision [default: 64].
+    /// Backbone width: channels of the first stage, 64 in torchvision, at most 1024 [default: 64].
     #[arg(long)]
     pub width: Option<usize>,
     /// Smallest RandomResizedCrop area, as a fraction of the image [default: 0.08].
@@ -115,7 +116,7 @@ pub struct PretrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub deterministic: bool,
-    /// Data-loading threads [default: the number of cores].
+    /// Data-loading threads, at most 1024 [default: the number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
     /// kNN monitor every N epochs (0: only at the end) [default: 10].
@@ -258,6 +259,10 @@ pub struct RunConfig {
     pub log_every: usize,
     /// Steps between checkpoints (0: every epoch).
     pub checkpoint_every: usize,
+    /// What the data was when the run started; `--resume` refuses other data.
+    /// Absent in runs made before fingerprints were saved. Last: a TOML table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_fingerprint: Option<Fingerprint>,
 }
 
 impl RunConfig {
@@ -279,6 +284,22 @@ impl RunConfig {
     /// The TOML text saved with the run.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# could not serialise the config: {e}\n"))
+    }
+
+    /// Each setting that differs from `earlier`, as `key: old → new`.
+    pub fn changes_since(&self, earlier: &RunConfig) -> Vec<String> {
+        let table = |c: &RunConfig| toml::Table::try_from(c).unwrap_or_default();
+        let (now, before) = (table(self), table(earlier));
+        let mut keys: Vec<&String> = now.keys().chain(before.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| now.get(*k) != before.get(*k))
+            .map(|k| {
+                let show = |t: &toml::Table| t.get(k).map_or("unset".into(), |v| v.to_string());
+                format!("{k}: {} → {}", show(&before), show(&now))
+            })
+            .collect()
     }
 }
 

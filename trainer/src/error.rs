@@ -36,6 +36,9 @@ pub enum Error {
     /// `trainer info --check` found a failing check (exit code 1).
     #[error("{0}")]
     Check(String),
+    /// Another trainer holds the run folder's lock.
+    #[error("{0}")]
+    Locked(String),
     /// SIGINT or SIGTERM arrived; the run was checkpointed (exit code 130).
     #[error("interrupted: {0}")]
     Interrupted(String),

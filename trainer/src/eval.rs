@@ -15,31 +15,41 @@ pub const KNN_K: usize = 200;
 /// kNN temperature.
 pub const KNN_T: f64 = 0.1;
 
-/// `limit` (0: all) images of `dataset`, in order, mapped by `f` from eval views.
+/// `limit` (0: all) images of `dataset`, in order, mapped by `f` from eval
+/// views, with the dataset index of each row (unreadable images are left
+/// out). Stops between batches after SIGINT or SIGTERM.
 fn collect(
     dataset: &Dataset,
     aug: &AugmentConfig,
     limit: usize,
     mut f: impl FnMut(&engine::Tensor) -> Result<engine::Tensor>,
-) -> Result<Features> {
+) -> Result<(Features, Vec<usize>)> {
     let limit = if limit == 0 {
         dataset.len()
     } else {
         limit.min(dataset.len())
     };
-    let (mut data, mut labels, mut dim) = (Vec::new(), Vec::new(), 0);
+    let (mut data, mut labels, mut indices, mut dim) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for batch in eval_batches(dataset, aug, FEATURE_BATCH) {
-        let (images, batch_labels) = batch?;
-        let feats = f(&images)?;
+        if crate::interrupt::requested() {
+            return Err(Error::Interrupted(format!(
+                "evaluation of {} stopped after {} images",
+                dataset.describe(),
+                labels.len()
+            )));
+        }
+        let batch = batch?;
+        let feats = f(&batch.images)?;
         dim = feats.dims()[1];
-        let take = (limit - labels.len()).min(batch_labels.len());
+        let take = (limit - labels.len()).min(batch.labels.len());
         data.extend_from_slice(&feats.as_slice::<f32>()?[..take * dim]);
-        labels.extend_from_slice(&batch_labels[..take]);
+        labels.extend_from_slice(&batch.labels[..take]);
+        indices.extend_from_slice(&batch.indices[..take]);
         if labels.len() >= limit {
             break;
         }
     }
-    Ok(Features { data, dim, labels })
+    Ok((Features { data, dim, labels }, indices))
 }
 
 /// Eval-mode backbone features of up to `limit` images (0: all).
@@ -50,6 +60,18 @@ pub fn network_features(
     aug: &AugmentConfig,
     limit: usize,
 ) -> Result<Features> {
+    Ok(indexed_network_features(model, which, dataset, aug, limit)?.0)
+}
+
+/// [`network_features`] with the dataset index of each row: unreadable
+/// images are left out.
+pub fn indexed_network_features(
+    model: &M2t,
+    which: Which,
+    dataset: &Dataset,
+    aug: &AugmentConfig,
+    limit: usize,
+) -> Result<(Features, Vec<usize>)> {
     collect(dataset, aug, limit, |images| {
         Ok(model.features(which, images)?)
     })
@@ -57,10 +79,11 @@ pub fn network_features(
 
 /// The normalised eval-view pixels of up to `limit` images, flattened.
 pub fn pixel_features(dataset: &Dataset, aug: &AugmentConfig, limit: usize) -> Result<Features> {
-    collect(dataset, aug, limit, |images| {
+    let (features, _) = collect(dataset, aug, limit, |images| {
         let n = images.dims()[0];
         Ok(images.reshape([n, images.numel() / n.max(1)])?)
-    })
+    })?;
+    Ok(features)
 }
 
 fn classes(memory: &Dataset) -> Result<usize> {
@@ -83,6 +106,15 @@ pub fn knn_of_network(
     let mem = network_features(model, which, memory, aug, memory_limit)?;
     let q = network_features(model, which, queries, aug, query_limit)?;
     knn_accuracy(&mem, &q, KNN_K, KNN_T, classes(memory)?)
+}
+
+/// A probe loss above this has diverged: its logits are batch-normalised, so
+/// a sane probe stays near ln(classes) (2.3 for 10 classes).
+const DIVERGED_PROBE_LOSS: f64 = 1e4;
+
+/// The error of a linear probe that diverged.
+fn diverged(what: String) -> Error {
+    Error::Diverged(format!("linear eval {what}; stopped. Try a lower --lr."))
 }
 
 /// What the linear probe reports.
@@ -180,9 +212,32 @@ pub fn linear_eval(
             let stats = std::mem::take(&mut f.stats);
             let labels = Tensor::from_vec(labels, [batch])?;
             let loss = tape.cross_entropy(&logits, &labels)?;
+            let loss_value = loss
+                .value()
+                .to_f64_vec()?
+                .first()
+                .copied()
+                .unwrap_or(f64::NAN);
             let grads = tape.backward(&loss)?;
             store.zero_grad()?;
             store.accumulate_grads(params, &grads)?;
+            // As in pretraining, a non-finite loss or gradient stops the probe
+            // rather than reporting the accuracy of garbage weights; so does a
+            // loss that batch-normalised logits reach only from exploded weights.
+            let sane_loss = loss_value.is_finite() && loss_value <= DIVERGED_PROBE_LOSS;
+            let finite_gradients = store.grad_norm()?.is_some();
+            if !(sane_loss && finite_gradients) {
+                let gradients = if finite_gradients {
+                    "finite"
+                } else {
+                    "not finite"
+                };
+                return Err(diverged(format!(
+                    "epoch {}, step {}: the probe's loss is {loss_value} and its gradients are {gradients}",
+                    epoch + 1,
+                    step + 1,
+                )));
+            }
             buffers.update_running(&stats, BN_MOMENTUM)?;
             sgd.step(
                 &mut store,
@@ -197,6 +252,14 @@ pub fn linear_eval(
         let logits = fc.forward(&mut f, &x)?;
         let logits = bn.forward(&mut f, &logits)?;
         let scores = logits.value().as_slice::<f32>()?;
+        // Weights or BN statistics that overflowed give non-finite scores
+        // even while the training loss, normalised by batch statistics, is finite.
+        if scores.iter().any(|v| !v.is_finite()) {
+            return Err(diverged(format!(
+                "epoch {}: the probe's test scores are not finite",
+                epoch + 1
+            )));
+        }
         let correct = scores
             .chunks(classes)
             .zip(&test_features.labels)

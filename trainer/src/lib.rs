@@ -11,10 +11,14 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod eval;
+pub mod interrupt;
 pub mod knn;
+pub mod limits;
 pub mod loader;
 pub mod mutation;
+pub mod output;
 pub mod plot;
 pub mod pretrain;
+pub mod run_lock;
 
 pub use error::{Error, Result};

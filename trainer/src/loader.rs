@@ -415,15 +415,24 @@ fn loader_error(detail: impl Into<String>) -> Error {
     Error::data("data loader", detail)
 }
 
+/// One batch of [`eval_batches`].
+pub struct EvalBatch {
+    /// `[b, S, S, C]` eval views.
+    pub images: Tensor,
+    /// Their labels (−1 for an unlabelled dataset).
+    pub labels: Vec<i64>,
+    /// Their indices in the dataset: unreadable images leave gaps.
+    pub indices: Vec<usize>,
+}
+
 /// Evaluation batches of `dataset` in order: up to `batch` images (a batch
-/// of 0 counts as 1) through [`eval_view`] as a `[b, S, S, C]` tensor, with
-/// their labels (−1 for an unlabelled dataset). Unreadable images are left
-/// out; images are decoded in parallel on the rayon pool.
+/// of 0 counts as 1) through [`eval_view`]. Unreadable images are left out;
+/// images are decoded in parallel on the rayon pool.
 pub fn eval_batches<'a>(
     dataset: &'a Dataset,
     cfg: &AugmentConfig,
     batch: usize,
-) -> impl Iterator<Item = Result<(Tensor, Vec<i64>)>> + use<'a> {
+) -> impl Iterator<Item = Result<EvalBatch>> + use<'a> {
     let cfg = cfg.clone();
     let batch = batch.max(1);
     let mut next = 0;
@@ -431,21 +440,23 @@ pub fn eval_batches<'a>(
         let n = cfg.sample_len();
         let mut pixels = Vec::with_capacity(batch * n);
         let mut labels = Vec::with_capacity(batch);
+        let mut indices = Vec::with_capacity(batch);
         while labels.len() < batch && next < dataset.len() {
             let end = (next + batch - labels.len()).min(dataset.len());
-            let samples: Vec<Option<(Vec<f32>, i64)>> = (next..end)
+            let samples: Vec<Option<(Vec<f32>, i64, usize)>> = (next..end)
                 .into_par_iter()
                 .map(|i| {
                     let image = dataset.image(i).ok()?;
                     let mut out = vec![0f32; n];
                     eval_view(&image, &cfg, &mut out);
-                    Some((out, dataset.label(i).unwrap_or(-1)))
+                    Some((out, dataset.label(i).unwrap_or(-1), i))
                 })
                 .collect();
             next = end;
-            for (out, label) in samples.into_iter().flatten() {
+            for (out, label, i) in samples.into_iter().flatten() {
                 pixels.extend_from_slice(&out);
                 labels.push(label);
+                indices.push(i);
             }
         }
         if labels.is_empty() {
@@ -454,7 +465,11 @@ pub fn eval_batches<'a>(
         let shape = [labels.len(), cfg.size, cfg.size, cfg.channels];
         Some(
             Tensor::from_vec(pixels, shape)
-                .map(|t| (t, labels))
+                .map(|images| EvalBatch {
+                    images,
+                    labels,
+                    indices,
+                })
                 .map_err(Error::from),
         )
     })
@@ -648,18 +663,30 @@ mod tests {
         let ds = open(dir.path()).unwrap().train;
         let cfg = cfg();
         let batches: Vec<_> = eval_batches(&ds, &cfg, 2).map(|b| b.unwrap()).collect();
-        let labels: Vec<Vec<i64>> = batches.iter().map(|(_, l)| l.clone()).collect();
+        let labels: Vec<Vec<i64>> = batches.iter().map(|b| b.labels.clone()).collect();
         assert_eq!(labels, [vec![0, 0], vec![1, 1], vec![1]]);
-        assert_eq!(batches[2].0.dims(), &[1, 8, 8, 3]);
+        let indices: Vec<Vec<usize>> = batches.iter().map(|b| b.indices.clone()).collect();
+        assert_eq!(
+            indices,
+            [vec![0, 1], vec![3, 4], vec![5]],
+            "the corrupt image is a gap"
+        );
+        assert_eq!(batches[2].images.dims(), &[1, 8, 8, 3]);
         // Deterministic, and equal to eval_view of the images.
         let again: Vec<_> = eval_batches(&ds, &cfg, 3).map(|b| b.unwrap()).collect();
         let mut want = vec![0f32; cfg.sample_len()];
         eval_view(&ds.image(3).unwrap(), &cfg, &mut want);
-        assert_eq!(again[0].0.to_vec::<f32>().unwrap()[2 * 192..], want[..]);
+        assert_eq!(
+            again[0].images.to_vec::<f32>().unwrap()[2 * 192..],
+            want[..]
+        );
         // Unlabelled datasets get −1.
         let pixels = vec![0u8; 2 * 8 * 8 * 3];
         let unlabelled = Dataset::from_pixels("u", pixels, (8, 8, 3), None).unwrap();
-        let (t, l) = eval_batches(&unlabelled, &cfg, 8).next().unwrap().unwrap();
-        assert_eq!((t.dims(), l), (&[2, 8, 8, 3][..], vec![-1, -1]));
+        let b = eval_batches(&unlabelled, &cfg, 8).next().unwrap().unwrap();
+        assert_eq!(
+            (b.images.dims(), b.labels),
+            (&[2, 8, 8, 3][..], vec![-1, -1])
+        );
     }
 }

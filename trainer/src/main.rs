@@ -29,6 +29,10 @@ fn keep_freed_memory() {
 #[command(
     name = "trainer",
     version,
+    after_help = "Exit codes: 0 success; 1 data or runtime error (bad or changed data, \
+                  unreadable files, divergence, a run folder in use, a full disk); \
+                  2 usage error (bad flags or configuration, a run that cannot fit in memory); \
+                  130 interrupted by SIGINT or SIGTERM, with the checkpoint written.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true,
     allow_negative_numbers = true
@@ -61,11 +65,19 @@ enum Command {
     Info(InfoArgs),
 }
 
+/// Makes a write past the file-size limit (`ulimit -f`) fail with EFBIG,
+/// which is reported, instead of SIGXFSZ killing the process silently.
+fn report_file_size_limit() {
+    // SAFETY: sets a signal disposition before any other thread exists.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+}
+
 fn main() {
     // First, before any thread exists: cuDNN's own loads of its sub-libraries
     // must find the folder chosen for it (see kernels::probe).
     kernels::probe::reexec_with_library_path();
     keep_freed_memory();
+    report_file_size_limit();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {

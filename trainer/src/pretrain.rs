@@ -5,10 +5,12 @@ use crate::augment::AugmentConfig;
 use crate::augment::GpuAugmenter;
 use crate::checkpoint::{self, State};
 use crate::config::{DataSource, OptimizerKind, PretrainOptions, RunConfig};
-use crate::data::{self, Splits};
+use crate::data::{self, Fingerprint, Splits};
 use crate::eval;
+use crate::limits::{self, MemoryEstimate};
 use crate::loader::{Augmentation, PairLoader};
-use crate::{Error, Result, plot};
+use crate::run_lock::RunLock;
+use crate::{Error, Result, interrupt, plot};
 use engine::ops::BesselCorrection;
 use engine::optim::{Lars, Sgd};
 use engine::schedule::LrSchedule;
@@ -22,7 +24,6 @@ use std::fs;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Images of the synthetic dataset (train split).
@@ -68,6 +69,15 @@ impl Optimizer {
             Optimizer::Lars(o) => o.set_velocity(v)?,
         }
         Ok(())
+    }
+}
+
+/// The memory of the synthetic dataset at `res` pixels: train and test images.
+fn synthetic_images(res: usize) -> MemoryEstimate {
+    let images = (SYNTHETIC_IMAGES + SYNTHETIC_IMAGES / 5) as f64;
+    MemoryEstimate {
+        data: images * (res * res * 3) as f64,
+        ..MemoryEstimate::default()
     }
 }
 
@@ -220,6 +230,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     })?;
     let bs =
         o.bs.ok_or_else(|| usage("missing --bs (pairs of views per step)"))?;
+    limits::at_most("bs", bs, limits::MAX_BS)?;
     if bs < 2 {
         return Err(usage(format!(
             "--bs {bs}: batch norm needs at least 2 images per batch"
@@ -238,6 +249,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
     if res < 8 {
         return Err(usage(format!("--res {res}: at least 8 pixels")));
     }
+    limits::at_most("res", res, limits::MAX_RES)?;
     let stem = o.stem.unwrap_or(Stem::for_res(res));
     let optimizer = match o.optimizer.as_deref().unwrap_or("sgd") {
         "sgd" => OptimizerKind::Sgd,
@@ -309,13 +321,15 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
             v => Ok(v),
         }
     };
+    let size = |name: &str, v: Option<usize>, default: usize, max: usize| {
+        limits::at_most(name, positive(name, v, default)?, max)
+    };
     Ok(RunConfig {
         arch,
         bs,
         stem,
         res,
         channels: splits.train.channels(),
-        data: source,
         steps,
         epochs,
         optimizer,
@@ -325,9 +339,9 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         ema,
         teacher_bn: o.teacher_bn.unwrap_or_default(),
         mbn_correction,
-        proj_hidden: positive("proj-hidden", o.proj_hidden, 4096)?,
-        proj_out: positive("proj-out", o.proj_out, 256)?,
-        width: positive("width", o.width, 64)?,
+        proj_hidden: size("proj-hidden", o.proj_hidden, 4096, limits::MAX_HEAD)?,
+        proj_out: size("proj-out", o.proj_out, 256, limits::MAX_HEAD)?,
+        width: size("width", o.width, 64, limits::MAX_WIDTH)?,
         crop_min,
         seed: o.seed.unwrap_or(0),
         knn_every: o.knn_every.unwrap_or(10),
@@ -335,21 +349,119 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         knn_queries: o.knn_queries.unwrap_or(0),
         log_every: positive("log-every", o.log_every, 10)?,
         checkpoint_every: o.checkpoint_every.unwrap_or(0),
+        data_fingerprint: Some(Fingerprint::of(splits, data_root(&source))),
+        data: source,
     })
 }
 
 /// The dataset the flags name.
 fn data_source(o: &PretrainOptions) -> Result<DataSource> {
     match (&o.data, o.dataset.as_deref()) {
-        (Some(p), _) => Ok(DataSource::Path(p.clone())),
-        (None, None | Some("fashion-mnist")) => {
-            Ok(DataSource::Path(PathBuf::from(data::FASHION_MNIST_DIR)))
-        }
+        (Some(p), _) => Ok(DataSource::Path(canonical(p))),
+        (None, None | Some("fashion-mnist")) => Ok(DataSource::Path(canonical(Path::new(
+            data::FASHION_MNIST_DIR,
+        )))),
         (None, Some("synthetic")) => Ok(DataSource::Synthetic),
         (None, Some(other)) => Err(usage(format!(
             "--dataset {other}: expected fashion-mnist or synthetic (or pass --data PATH)"
         ))),
     }
+}
+
+/// `path` made absolute and free of links, so that a resumed run reads the
+/// same files from any working directory; as given if it does not exist (the
+/// dataset reader then says so).
+fn canonical(path: &Path) -> PathBuf {
+    fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The folder a data source reads, if it reads one.
+fn data_root(source: &DataSource) -> Option<&Path> {
+    match source {
+        DataSource::Path(p) => Some(p),
+        DataSource::Synthetic => None,
+    }
+}
+
+/// Refuses to resume on data whose fingerprint differs from the one saved
+/// when the run started, naming what changed.
+fn refuse_changed_data(cfg: &RunConfig, splits: &Splits) -> Result<()> {
+    let Some(saved) = &cfg.data_fingerprint else {
+        return Ok(());
+    };
+    let changes = Fingerprint::of(splits, data_root(&cfg.data)).changes_since(saved);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let what = data_root(&cfg.data).unwrap_or(Path::new("synthetic data"));
+    Err(Error::data(
+        what,
+        format!(
+            "the dataset changed since the run started ({}); --resume continues only on the same data",
+            changes.join("; ")
+        ),
+    ))
+}
+
+/// Refuses a checkpoint that disagrees with its own folder, the run's
+/// configuration (as the checkpoint saved it) or the metrics it covers:
+/// resume promises to continue exactly.
+fn check_resumable(cfg: &RunConfig, dir: &Path, state: &State, metrics_path: &Path) -> Result<()> {
+    let saved_config = checkpoint::config_file(dir);
+    if saved_config.is_file() {
+        let changes = cfg.changes_since(&RunConfig::load(&saved_config)?);
+        if !changes.is_empty() {
+            return Err(usage(format!(
+                "--resume continues with the run's saved configuration, but config.toml changed since the checkpoint ({}); restore it, or start a new run with --config",
+                changes.join(", ")
+            )));
+        }
+    }
+    let refuse = |why: String| {
+        Err(Error::data(
+            dir,
+            format!("{why}; --resume cannot continue this checkpoint exactly"),
+        ))
+    };
+    if dir.file_name() != Some(checkpoint::folder_name(state.step).as_ref()) {
+        return refuse(format!(
+            "state.json says step {}, but the folder is another step's",
+            state.step
+        ));
+    }
+    if state.step > cfg.steps || state.seed != cfg.seed {
+        return refuse(format!(
+            "state.json says step {} with seed {}, the run has {} steps with seed {}",
+            state.step, state.seed, cfg.steps, cfg.seed
+        ));
+    }
+    // A line is logged every log-every steps and at the end, so the last line
+    // the checkpoint covers is less than log-every steps before it.
+    let text = fs::read_to_string(metrics_path).unwrap_or_default();
+    let steps: Vec<u64> = text
+        .lines()
+        .take(state.metrics_lines)
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .unwrap_or(u64::MAX)
+        })
+        .collect();
+    let last = steps.last().copied().unwrap_or(0);
+    let consistent = steps.len() == state.metrics_lines
+        && last <= state.step as u64
+        && (state.step as u64 - last) < cfg.log_every as u64;
+    if !consistent {
+        return refuse(format!(
+            "state.json says step {} after {} metric lines, but metrics.jsonl has {} of them, the last at step {}",
+            state.step,
+            state.metrics_lines,
+            steps.len(),
+            last
+        ));
+    }
+    Ok(())
 }
 
 fn default_out(cfg: &RunConfig) -> PathBuf {
@@ -425,14 +537,13 @@ fn curves(path: &Path) -> (Series, Series) {
     (loss, knn)
 }
 
-/// Set by SIGINT/SIGTERM; the loop checkpoints and stops after the current step.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
     engine::set_deterministic(flags.deterministic);
     let resume = flags.resume;
-    let (cfg, out, splits, placement) = if resume {
+    // A resumed run takes the run folder's lock before anything else, so a
+    // second trainer is refused at once; a new run once it is known to fit.
+    let (cfg, out, splits, placement, resumed_lock) = if resume {
         let out = flags
             .out
             .clone()
@@ -460,10 +571,12 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
                 out.display()
             )));
         }
+        let lock = RunLock::acquire(&out)?;
         let cfg = RunConfig::load(&out.join("config.toml"))?;
         let placement = resolve_device(flags.device.as_deref(), flags.precision.as_deref())?;
         let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
-        (cfg, out, splits, placement)
+        refuse_changed_data(&cfg, &splits)?;
+        (cfg, out, splits, placement, Some(lock))
     } else {
         let opts = match &flags.config {
             Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
@@ -472,22 +585,41 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         // Checked first: cheaper than opening the data.
         let placement = resolve_device(opts.device.as_deref(), opts.precision.as_deref())?;
         let source = data_source(&opts)?;
+        if source == DataSource::Synthetic {
+            // Generated at --res before the run is resolved: check that first.
+            let res = limits::at_most("res", opts.res.unwrap_or(32), limits::MAX_RES)?;
+            synthetic_images(res).check_fits(placement.0.device)?;
+        }
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
         let cfg = resolve(&opts, &splits, source)?;
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
-        if out.join("checkpoints").join("latest").exists() {
-            return Err(usage(format!(
-                "{} already holds a run: pass --resume to continue it, or another --out",
-                out.display()
-            )));
-        }
-        (cfg, out, splits, placement)
+        refuse_existing_run(&out)?;
+        (cfg, out, splits, placement, None)
     };
     let (placement, note) = placement;
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let workers = flags.workers.unwrap_or_else(rayon::current_num_threads);
+    let workers = limits::at_most(
+        "workers",
+        flags.workers.unwrap_or_else(rayon::current_num_threads),
+        limits::MAX_WORKERS,
+    )?;
+    let mut estimate = MemoryEstimate::of_run(&cfg, placement.precision);
+    if cfg.data == DataSource::Synthetic {
+        estimate.data = synthetic_images(cfg.res).data;
+    }
+    estimate.check_fits(placement.device)?;
+    // Held until the run returns.
+    let _lock = match resumed_lock {
+        Some(lock) => lock,
+        None => {
+            let lock = RunLock::acquire(&out)?;
+            // Again under the lock: a run may have started since.
+            refuse_existing_run(&out)?;
+            lock
+        }
+    };
     train(
         &cfg,
         &out,
@@ -497,6 +629,17 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         placement,
         flags.profile,
     )
+}
+
+/// Refuses to start a new run in a folder that holds one.
+fn refuse_existing_run(out: &Path) -> Result<()> {
+    if out.join("checkpoints").join("latest").exists() {
+        return Err(usage(format!(
+            "{} already holds a run: pass --resume to continue it, or another --out",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Prints the `--profile` tables and saves them as `profile.txt` in `out`.
@@ -535,6 +678,7 @@ fn train(
     )?;
     fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let metrics_path = out.join("metrics.jsonl");
+    let config_toml = cfg.to_toml();
 
     let mut state = State {
         step: 0,
@@ -547,6 +691,7 @@ fn train(
     if resume {
         let dir = checkpoint::locate(out)?;
         state = checkpoint::load_state(&dir)?;
+        check_resumable(cfg, &dir, &state, &metrics_path)?;
         checkpoint::restore_network(&dir, &mut model, Which::Student)?;
         checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
         if let (Some(scaler), Some((scale, good_steps))) = (model.scaler_mut(), state.loss_scale) {
@@ -559,7 +704,7 @@ fn train(
             cfg.steps
         );
     } else {
-        nets::weights::write_atomic(&out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        nets::weights::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
     }
     // Built and restored on the host, then moved: the optimiser state is
     // created where the parameters live.
@@ -588,12 +733,16 @@ fn train(
         cfg.bs,
         cfg.res
     );
+    for warning in splits.label_warnings() {
+        eprintln!("{warning}");
+    }
     if state.step >= cfg.steps {
         // A finished run resumed again changes nothing; a fresh `--steps 0`
         // run saves the initial networks.
+        interrupt::install();
         if !resume {
             state.loss_scale = loss_scale(&model);
-            let dir = checkpoint::save(out, &model, optimizer.velocity(), &state)?;
+            let dir = checkpoint::save(out, &model, optimizer.velocity(), &state, &config_toml)?;
             eprintln!("checkpoint: {}", dir.display());
         }
         return finish(cfg, out, &model, &splits, &state, &metrics_path, None);
@@ -633,9 +782,7 @@ fn train(
         warmup_iters: cfg.warmup_steps,
         total_iters: cfg.steps,
     };
-    INTERRUPTED.store(false, Ordering::SeqCst);
-    // Only the first handler registration in a process succeeds; later runs reuse it.
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    interrupt::install();
 
     let bar = progress_bar(cfg.steps, state.step);
     let checkpoint_every = if cfg.checkpoint_every == 0 {
@@ -672,7 +819,8 @@ fn train(
         if !report.loss.is_finite() {
             let kept = describe(&last_checkpoint);
             return Err(Error::Diverged(format!(
-                "step {step}: the M2T loss (student predictions vs teacher targets, both views) is {}; stopped. Last good checkpoint: {kept}. Try a lower --lr.",
+                "step {}: the M2T loss (student predictions vs teacher targets, both views) is {}; stopped. Last good checkpoint: {kept}. Try a lower --lr.",
+                step + 1,
                 report.loss
             )));
         }
@@ -680,7 +828,8 @@ fn train(
         // the update is skipped. Anything else non-finite is divergence.
         if !report.skip_update && model.student().grad_norm()?.is_none() {
             return Err(Error::Diverged(format!(
-                "step {step}: non-finite gradients (loss {}); stopped before the update. Last good checkpoint: {}. Try a lower --lr.",
+                "step {}: non-finite gradients (loss {}); stopped before the update. Last good checkpoint: {}. Try a lower --lr.",
+                step + 1,
                 report.loss,
                 describe(&last_checkpoint)
             )));
@@ -701,7 +850,12 @@ fn train(
         let epoch = state.step / steps_per_epoch;
         let knn_due = epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0;
         let knn_acc = if knn_due {
-            knn_monitor(cfg, &model, &splits, &aug)?
+            // Stopped by an interrupt, the monitor gives no value; the step
+            // is still checkpointed below before the run stops.
+            match knn_monitor(cfg, &model, &splits, &aug) {
+                Err(Error::Interrupted(_)) => None,
+                other => other?,
+            }
         } else {
             None
         };
@@ -745,11 +899,17 @@ fn train(
         if let Some(b) = &bar {
             b.set_position(state.step as u64);
         }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        let interrupted = interrupt::requested();
         if state.step % checkpoint_every == 0 || state.step == cfg.steps || interrupted {
             state.metrics_lines = metrics.lines;
             state.loss_scale = loss_scale(&model);
-            last_checkpoint = Some(checkpoint::save(out, &model, optimizer.velocity(), &state)?);
+            last_checkpoint = Some(checkpoint::save(
+                out,
+                &model,
+                optimizer.velocity(),
+                &state,
+                &config_toml,
+            )?);
         }
         if interrupted {
             if let Some(b) = &bar {
@@ -840,7 +1000,15 @@ fn finish(
     let knn = match final_knn {
         Some(a) => Some(a),
         None => {
-            let acc = knn_monitor(cfg, model, splits, &aug)?;
+            let acc = knn_monitor(cfg, model, splits, &aug).map_err(|e| match e {
+                Error::Interrupted(why) => Error::Interrupted(format!(
+                    "{why}; the checkpoint at step {}/{} is saved; `trainer knn --checkpoint {}` measures the final kNN",
+                    state.step,
+                    cfg.steps,
+                    out.display()
+                )),
+                other => other,
+            })?;
             if let Some(a) = acc {
                 knn_points.push((state.step, a));
             }

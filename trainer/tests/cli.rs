@@ -491,9 +491,15 @@ fn divergence_stops_with_a_diagnosis() {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("step ")
-            && (err.contains("the M2T loss") || err.contains("non-finite gradients")),
+        err.contains("the M2T loss") || err.contains("non-finite gradients"),
         "{err}"
+    );
+    // The step that failed is the one after the last logged step, numbered
+    // as metrics.jsonl and the progress line number them.
+    let logged = losses(&out).len();
+    assert!(
+        err.contains(&format!("step {}: ", logged + 1)),
+        "{logged} steps logged: {err}"
     );
 }
 
@@ -539,6 +545,9 @@ fn help_explains_flags_with_defaults() {
         "linear-eval",
         "export",
         "bench",
+        "Exit codes: 0 success; 1 data or runtime error",
+        "130 interrupted",
+        "at most 1024",
     ] {
         assert!(text.contains(needle), "--help lacks {needle}");
     }
@@ -767,4 +776,580 @@ fn graph_benchmark_runs_on_the_emulator() {
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains(reason), "{}", stderr(&o));
     }
+}
+
+/// `export --out` follows a symlink instead of replacing it, refuses a path
+/// that is not a regular file (here a FIFO, as /dev/full would be), and
+/// refuses to write into a run's checkpoints.
+#[test]
+fn export_writes_through_links_and_refuses_special_files_and_checkpoints() {
+    use std::os::unix::fs::FileTypeExt;
+    let out = tmp("export-targets");
+    let o = run(&args(&tiny(&out, 0)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let export_to = |target: &Path| {
+        run(&[
+            "export",
+            "--checkpoint",
+            out.to_str().unwrap(),
+            "--out",
+            target.to_str().unwrap(),
+        ])
+    };
+
+    let real = out.join("real.safetensors");
+    std::fs::write(&real, b"old").unwrap();
+    let link = out.join("link.safetensors");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let o = export_to(&link);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(safetensors::SafeTensors::deserialize(&std::fs::read(&real).unwrap()).is_ok());
+
+    let fifo = out.join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = export_to(&fifo);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    let teacher = out.join("checkpoints/step-0000000/teacher.safetensors");
+    let before = std::fs::read(&teacher).unwrap();
+    let o = export_to(&teacher);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("checkpoints"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&teacher).unwrap(), before);
+    let o = export_to(&out.join("checkpoints/fresh.safetensors"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Copies the committed ImageFolder fixture to `to`.
+fn copy_fixture(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/imagefolder");
+    for class in ["horizontal", "vertical"] {
+        std::fs::create_dir_all(to.join(class)).unwrap();
+        for entry in std::fs::read_dir(from.join(class)).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(class).join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A relative `--data` is saved as an absolute path, so resuming from another
+/// working directory that has its own `data/x` reads the original data; and
+/// a dataset that changed since the run started is refused, naming the change.
+#[test]
+fn resume_reads_the_original_data_and_refuses_changed_data() {
+    let root = tmp("resume-data");
+    let (first, second) = (root.join("first"), root.join("second"));
+    copy_fixture(&first.join("data/x"));
+    copy_fixture(&second.join("data/x"));
+    // The other directory's data/x is different: one more image.
+    std::fs::copy(
+        second.join("data/x/horizontal/0.png"),
+        second.join("data/x/horizontal/9.png"),
+    )
+    .unwrap();
+    let out = root.join("run");
+    let o = trainer()
+        .current_dir(&first)
+        .args(args(
+            &[
+                "--arch",
+                "resnet18",
+                "--bs",
+                "4",
+                "--res",
+                "8",
+                "--width",
+                "4",
+                "--proj-hidden",
+                "16",
+                "--proj-out",
+                "8",
+                "--steps",
+                "2",
+                "--data",
+                "data/x",
+                "--out",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([out.display().to_string()])
+            .collect::<Vec<_>>(),
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    let absolute = std::fs::canonicalize(first.join("data/x")).unwrap();
+    assert!(
+        config.contains(&format!("path = \"{}\"", absolute.display())),
+        "{config}"
+    );
+
+    let resume = || {
+        trainer()
+            .current_dir(&second)
+            .args(["--resume", "--out", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let o = resume();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    std::fs::copy(
+        first.join("data/x/vertical/0.png"),
+        first.join("data/x/vertical/9.png"),
+    )
+    .unwrap();
+    let o = resume();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("dataset changed") && stderr(&o).contains("8 files, now 9"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `--resume` refuses an edited config.toml, a state.json that disagrees with
+/// its checkpoint and the metrics, and a `latest` that leaves the run folder.
+#[test]
+fn resume_refuses_edited_state() {
+    let out = tmp("edited");
+    let o = run(&args(&tiny(&out, 2)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let resume = || run(&["--resume", "--out", out.to_str().unwrap()]);
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = out.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file}: {text}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+
+    for (key, from, to) in [
+        ("bs", "bs = 16", "bs = 8"),
+        (
+            "teacher-bn",
+            "teacher-bn = \"momentum\"",
+            "teacher-bn = \"plain\"",
+        ),
+    ] {
+        edit("config.toml", from, to);
+        let o = resume();
+        assert_eq!(o.status.code(), Some(2), "{key}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("{key}: ")), "{}", stderr(&o));
+        edit("config.toml", to, from);
+    }
+
+    let state = "checkpoints/step-0000002/state.json";
+    edit(state, "\"step\": 2", "\"step\": 99");
+    let o = resume();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("step 99"), "{}", stderr(&o));
+    edit(state, "\"step\": 99", "\"step\": 2");
+    edit(state, "\"metrics_lines\": 2", "\"metrics_lines\": 1");
+    let o = resume();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    edit(state, "\"metrics_lines\": 1", "\"metrics_lines\": 2");
+
+    let other = tmp("edited-other");
+    let o = run(&args(&tiny(&other, 0)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let elsewhere = other.join("checkpoints/step-0000000");
+    for latest in [
+        "../../".to_string() + other.file_name().unwrap().to_str().unwrap(),
+        elsewhere.display().to_string(),
+    ] {
+        std::fs::write(out.join("checkpoints/latest"), &latest).unwrap();
+        let o = resume();
+        assert_eq!(o.status.code(), Some(1), "{latest}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("not a checkpoint of this run"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    std::fs::write(out.join("checkpoints/latest"), "step-0000002").unwrap();
+    let o = resume();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// SIGINT during the final kNN evaluation stops it between batches: exit
+/// 130, the final checkpoint already written, no summary.
+#[test]
+fn interrupt_during_the_final_knn_exits_130() {
+    let out = tmp("final-knn-interrupt");
+    let mut a = tiny(&out, 2);
+    // A larger network at 32 px and every image in the kNN: seconds of evaluation.
+    for (flag, value) in [
+        ("--res", "32"),
+        ("--width", "16"),
+        ("--knn-memory", "0"),
+        ("--knn-queries", "0"),
+    ] {
+        let at = a.iter().position(|f| f == flag).unwrap();
+        a[at + 1] = value.into();
+    }
+    let child = trainer()
+        .args(args(&a))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let latest = out.join("checkpoints/latest");
+    let start = Instant::now();
+    while std::fs::read_to_string(&latest).map_or(true, |n| n.trim() != "step-0000002") {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no final checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let signalled = Instant::now();
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("checkpoint at step 2/2 is saved"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.join("summary.json").exists());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        signalled.elapsed()
+    );
+}
+
+/// A steps-0 run on a copy of the ImageFolder fixture in `root/data`;
+/// returns (data, run).
+fn fixture_run(root: &Path) -> (PathBuf, PathBuf) {
+    let (data, out) = (root.join("data"), root.join("run"));
+    copy_fixture(&data);
+    let o = run(&[
+        "--arch",
+        "resnet18",
+        "--bs",
+        "4",
+        "--res",
+        "8",
+        "--width",
+        "4",
+        "--proj-hidden",
+        "16",
+        "--proj-out",
+        "8",
+        "--steps",
+        "0",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (data, out)
+}
+
+/// `embed --data` names the images it skips and writes each row's image:
+/// `indices` into the split, and the files in the metadata.
+#[test]
+fn embed_names_skipped_images_and_writes_each_rows_source() {
+    let (data, out) = fixture_run(&tmp("embed-rows"));
+    // Sorted first in its class: the corrupt file is image 0.
+    std::fs::write(data.join("horizontal/-bad.jpg"), [0xff, 0xd8, 0xff, 0xe0]).unwrap();
+    let feats = out.join("features.safetensors");
+    let o = run(&[
+        "embed",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        feats.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("-bad.jpg"), "{}", stderr(&o));
+    let bytes = std::fs::read(&feats).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(file.tensor("features").unwrap().shape(), [8, 32]);
+    let indices: Vec<i64> = bytemuck::pod_collect_to_vec(file.tensor("indices").unwrap().data());
+    assert_eq!(indices, [1, 2, 3, 4, 5, 6, 7, 8]);
+    let sources: Vec<String> =
+        serde_json::from_str(meta.metadata().as_ref().unwrap().get("sources").unwrap()).unwrap();
+    assert_eq!(sources.len(), 8);
+    assert!(sources[0].ends_with("horizontal/0.png"), "{sources:?}");
+}
+
+/// `embed --input` with no pixels per image, and a linear probe whose loss
+/// is not finite, fail instead of reporting success.
+#[test]
+fn empty_embed_input_and_diverged_linear_eval_fail() {
+    let out = tmp("empty-input");
+    let o = run(&args(&tiny(&out, 0)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 0, 16, 3], &[])
+            .unwrap();
+    let input = out.join("empty.safetensors");
+    std::fs::write(
+        &input,
+        safetensors::serialize([("images", view)], None).unwrap(),
+    )
+    .unwrap();
+    let o = run(&[
+        "embed",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.join("f.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no images"), "{}", stderr(&o));
+
+    let o = run(&[
+        "linear-eval",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--bs",
+        "64",
+        "--limit",
+        "256",
+        "--lr",
+        "1e30",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the probe's loss is"), "{}", stderr(&o));
+}
+
+/// A second trainer on a run folder in use refuses at once, naming the
+/// first one's pid.
+#[test]
+fn a_run_folder_in_use_is_refused() {
+    let out = tmp("locked");
+    let mut child = trainer()
+        .args(args(&tiny(&out, 100_000)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.join("metrics.jsonl").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the run did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let o = run(&["--resume", "--out", out.to_str().unwrap()]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("another trainer (pid {})", child.id())),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A write past the file-size limit (`ulimit -f`) is reported as an error,
+/// not a silent death by SIGXFSZ.
+#[test]
+fn file_size_limit_is_reported() {
+    let out = tmp("fsize");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -f 64 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_trainer"))
+        .args(tiny(&out, 0))
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{:?}: {}", o.status, stderr(&o));
+    assert!(stderr(&o).contains("File too large"), "{}", stderr(&o));
+}
+
+/// Writes an IDX dataset of 8×8 images to `dir`: `train` and `test` labels.
+fn write_idx(dir: &Path, train: &[u8], test: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (prefix, labels) in [("train", train), ("t10k", test)] {
+        let n = labels.len() as u32;
+        let mut images = vec![0, 0, 8, 3];
+        for d in [n, 8, 8] {
+            images.extend(d.to_be_bytes());
+        }
+        images.extend((0..n * 64).map(|i| (i * 37 % 251) as u8));
+        std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), images).unwrap();
+        let mut file = vec![0, 0, 8, 1];
+        file.extend(n.to_be_bytes());
+        file.extend(labels);
+        std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), file).unwrap();
+    }
+}
+
+fn idx_run(data: &Path, out: &Path, steps: &str) -> Output {
+    run(&[
+        "--arch",
+        "resnet18",
+        "--bs",
+        "4",
+        "--width",
+        "4",
+        "--proj-hidden",
+        "16",
+        "--proj-out",
+        "8",
+        "--steps",
+        steps,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+/// A test label outside the training split's classes is a data error (exit
+/// 1) when the dataset opens, before any training.
+#[test]
+fn out_of_range_test_labels_fail_before_training() {
+    let dir = tmp("test-labels");
+    let train: Vec<u8> = (0..32).map(|i| i % 10).collect();
+    write_idx(&dir.join("data"), &train, &[0, 1, 255, 3]);
+    let o = idx_run(&dir.join("data"), &dir.join("run"), "2");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("image 2 has label 255"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("run/metrics.jsonl").exists());
+}
+
+/// Sparse training labels are reported with the class count they imply.
+#[test]
+fn sparse_training_labels_are_warned_about() {
+    let dir = tmp("sparse-labels");
+    let train: Vec<u8> = (0..32).map(|i| [0, 1, 200][i % 3]).collect();
+    write_idx(&dir.join("data"), &train, &[0, 1, 200, 1]);
+    let o = idx_run(&dir.join("data"), &dir.join("run"), "0");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("201 classes")
+            && stderr(&o).contains("warning: IDX train: labels use 3 of 201 class numbers (0..201); evaluation counts all 201 classes"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Size flags have upper bounds, and a run whose step cannot fit in memory
+/// is refused at once with the estimate, instead of overflowing or running
+/// until the kernel kills it.
+#[test]
+fn huge_sizes_are_refused_before_allocating() {
+    let out = tmp("huge");
+    let o = out.to_str().unwrap();
+    let base = [
+        "--arch",
+        "resnet18",
+        "--bs",
+        "16",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--out",
+        o,
+    ];
+    for (flag, value, bound) in [
+        ("--width", "18446744073709551615", "at most 1024"),
+        ("--proj-hidden", "4000000000", "at most 65536"),
+        ("--workers", "18446744073709551615", "at most 1024"),
+        ("--res", "100000", "at most 4096"),
+    ] {
+        let a: Vec<&str> = base.iter().copied().chain([flag, value]).collect();
+        assert_usage_error(&a, &format!("{flag} {value}: {bound}"));
+    }
+    let data = out.join("data");
+    write_idx(&data, &[0; 32], &[0; 4]);
+    let started = Instant::now();
+    assert_usage_error(
+        &[
+            "--arch",
+            "resnet50",
+            "--width",
+            "256",
+            "--res",
+            "4096",
+            "--bs",
+            "4",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.join("run").to_str().unwrap(),
+        ],
+        "this run needs at least",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!out.join("run").exists(), "a refused run leaves no folder");
+}
+
+/// A checkpoint whose teacher weights are all NaN gives NaN features, which
+/// kNN refuses: ReLU keeps NaN instead of turning it into a finite 0.
+#[test]
+fn nan_weights_are_caught_by_evaluation() {
+    let out = tmp("nan-weights");
+    let o = run(&args(&tiny(&out, 0)));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let teacher = out.join("checkpoints/step-0000000/teacher.safetensors");
+    let mut bytes = std::fs::read(&teacher).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // All ones: NaN as f32.
+    bytes[header..].fill(0xff);
+    std::fs::write(&teacher, bytes).unwrap();
+    let o = run(&[
+        "knn",
+        "--checkpoint",
+        out.to_str().unwrap(),
+        "--memory",
+        "64",
+        "--queries",
+        "32",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("non-finite feature"), "{}", stderr(&o));
 }

@@ -5,6 +5,7 @@
 
 use super::{Dataset, Image, ImageError, Splits};
 use crate::{Error, Result};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// Reads `root` as one labelled split, or as `train/` + `val/`|`test/`.
@@ -28,13 +29,16 @@ pub(super) fn open(root: &Path) -> Result<Splits> {
 
 /// Lists the images under the class folders of `dir`. Labels follow
 /// `classes` when given (a validation split uses the training classes),
-/// else the sorted folder names, which are returned.
-fn scan(dir: &Path, name: &str, classes: Option<&[String]>) -> Result<(Dataset, Vec<String>)> {
+/// else the sorted folder names, which are returned. Names are compared as
+/// the OS gives them: two folders whose names differ only in bytes that are
+/// not UTF-8 are two classes.
+fn scan(dir: &Path, name: &str, classes: Option<&[OsString]>) -> Result<(Dataset, Vec<OsString>)> {
     let mut class_dirs = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
-        let class = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        if let Some(class) = class.filter(|c| !c.starts_with('.') && path.is_dir()) {
+        let class = path.file_name().map(OsString::from);
+        let hidden = |c: &OsString| c.as_encoded_bytes().starts_with(b".");
+        if let Some(class) = class.filter(|c| !hidden(c) && path.is_dir()) {
             class_dirs.push((class, path));
         }
     }
@@ -46,7 +50,7 @@ fn scan(dir: &Path, name: &str, classes: Option<&[String]>) -> Result<(Dataset, 
              folder of .jpg/.jpeg/.png files per class)",
         ));
     }
-    let classes: Vec<String> = match classes {
+    let classes: Vec<OsString> = match classes {
         Some(c) => c.to_vec(),
         None => class_dirs.iter().map(|(c, _)| c.clone()).collect(),
     };
@@ -162,6 +166,19 @@ mod tests {
         let png = ds.image(2).unwrap();
         assert_eq!(png.data[..3], [40, 0, 0]); // lossless: the exact pixel
         assert_eq!(ds.image(3).unwrap().width, 5);
+    }
+
+    #[test]
+    fn class_names_that_differ_only_in_invalid_utf8_are_two_classes() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = TempDir::new("folder-bytes");
+        for (i, name) in [&b"cat\xff"[..], &b"cat\xfe"[..]].into_iter().enumerate() {
+            let class = dir.path().join(std::ffi::OsStr::from_bytes(name));
+            write_image(&class.join("1.png"), 3, i as u8);
+        }
+        let s = open(dir.path()).unwrap();
+        assert_eq!(s.train.num_classes(), Some(2));
+        assert_eq!((s.train.label(0), s.train.label(1)), (Some(0), Some(1)));
     }
 
     #[test]

@@ -76,18 +76,40 @@ fn split(dir: &Path, prefix: &str, required: bool) -> Result<Option<Dataset>> {
     )))
 }
 
-/// Reads an IDX file of unsigned bytes with `rank` dimensions: its
-/// dimensions and payload, checked against each other.
+/// Reads an IDX file of unsigned bytes with `rank` dimensions, plain or
+/// gzipped: its dimensions and payload, checked against each other.
 fn parse(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let mut bytes = read_maybe_gz(path)?;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
+    let head = std::io::Cursor::new(magic[..n].to_vec());
+    if magic[..n] == [0x1f, 0x8b] {
+        parse_from(path, GzDecoder::new(head.chain(file)), rank)
+    } else {
+        parse_from(path, head.chain(file), rank)
+    }
+}
+
+/// [`parse`] from a reader. Reads no more than the header declares plus one
+/// byte, so a gzip bomb (or a huge file) fails at that size instead of
+/// filling memory.
+fn parse_from(path: &Path, reader: impl Read, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bad_gzip = |e: std::io::Error| Error::data(path, format!("bad gzip data: {e}"));
     let header_len = 4 + 4 * rank;
-    if bytes.len() < header_len {
+    let mut reader = std::io::BufReader::new(reader);
+    let mut header = Vec::with_capacity(header_len);
+    (&mut reader)
+        .take(header_len as u64)
+        .read_to_end(&mut header)
+        .map_err(bad_gzip)?;
+    if header.len() < header_len {
         return Err(Error::data(
             path,
-            format!("truncated IDX header ({} bytes)", bytes.len()),
+            format!("truncated IDX header ({} bytes)", header.len()),
         ));
     }
-    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let word =
+        |i: usize| u32::from_be_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     let expected = 0x0800 | rank as u32;
     if word(0) != expected {
         return Err(Error::data(
@@ -99,29 +121,29 @@ fn parse(path: &Path, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
         ));
     }
     let dims: Vec<usize> = (0..rank).map(|d| word(4 + 4 * d) as usize).collect();
-    let payload = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    let actual = bytes.len() - header_len;
-    if payload != Some(actual) {
+    let payload = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .filter(|&p| p < u64::MAX)
+        .ok_or_else(|| Error::data(path, format!("header says {dims:?}: too large")))?;
+    // Grown as data arrives, so a header claiming terabytes allocates nothing.
+    let mut bytes = Vec::new();
+    reader
+        .take(payload + 1)
+        .read_to_end(&mut bytes)
+        .map_err(bad_gzip)?;
+    if bytes.len() as u64 != payload {
+        let held = if bytes.len() as u64 > payload {
+            "more".to_string()
+        } else {
+            bytes.len().to_string()
+        };
         return Err(Error::data(
             path,
-            format!("header says {dims:?} but the file holds {actual} data bytes"),
+            format!("header says {dims:?} but the file holds {held} data bytes"),
         ));
     }
-    bytes.drain(..header_len);
     Ok((dims, bytes))
-}
-
-/// The file's bytes, gunzipped if they start with the gzip magic.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if !raw.starts_with(&[0x1f, 0x8b]) {
-        return Ok(raw);
-    }
-    let mut out = Vec::new();
-    GzDecoder::new(raw.as_slice())
-        .read_to_end(&mut out)
-        .map_err(|e| Error::data(path, format!("bad gzip data: {e}")))?;
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -223,6 +245,39 @@ mod tests {
         std::fs::remove_file(dir.path().join("t10k-labels-idx1-ubyte")).unwrap();
         let err = super::super::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("t10k-labels"), "{err}");
+    }
+
+    #[test]
+    fn reading_stops_at_the_declared_size() {
+        /// Counts the bytes handed out.
+        struct Counted<R>(R, std::rc::Rc<std::cell::Cell<u64>>);
+        impl<R: Read> Read for Counted<R> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read(buf)?;
+                self.1.set(self.1.get() + n as u64);
+                Ok(n)
+            }
+        }
+        // A header for 3 images of 2×4, then a gigabyte where 24 bytes belong.
+        let header = idx_images(3, 2, 4)[..16].to_vec();
+        let count = std::rc::Rc::new(std::cell::Cell::new(0));
+        let endless = Counted(
+            header.chain(std::io::repeat(7).take(1 << 30)),
+            count.clone(),
+        );
+        let err = parse_from(Path::new("bomb"), endless, 3).unwrap_err();
+        assert!(err.to_string().contains("holds more data bytes"), "{err}");
+        assert!(count.get() < 1 << 20, "read {} bytes", count.get());
+
+        // The same through gzip: a small file that inflates far beyond its header.
+        let mut bomb = idx_images(3, 2, 4)[..16].to_vec();
+        bomb.extend(vec![0u8; 64 << 20]);
+        let dir = TempDir::new("idx-bomb");
+        write_set(dir.path(), false);
+        std::fs::write(dir.path().join("train-images-idx3-ubyte.gz"), gz(&bomb)).unwrap();
+        std::fs::remove_file(dir.path().join("train-images-idx3-ubyte")).unwrap();
+        let err = super::super::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("holds more data bytes"), "{err}");
     }
 
     #[test]

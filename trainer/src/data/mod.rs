@@ -7,6 +7,7 @@
 //! cannot read as an [`ImageError`] so the loader can count and skip it.
 
 mod cifar;
+mod fingerprint;
 mod folder;
 mod idx;
 mod stl10;
@@ -14,6 +15,7 @@ mod synthetic;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use fingerprint::Fingerprint;
 pub use synthetic::synthetic;
 
 use crate::{Error, Result};
@@ -230,6 +232,34 @@ impl Dataset {
         }
     }
 
+    /// A warning when some classes have no images: a class count taken as
+    /// the largest label plus one is then larger than it looks.
+    pub fn sparse_labels_warning(&self) -> Option<String> {
+        let (labels, classes) = (self.labels.as_ref()?, self.num_classes?);
+        let mut used = vec![false; classes];
+        for &l in labels {
+            if let Some(slot) = usize::try_from(l).ok().and_then(|l| used.get_mut(l)) {
+                *slot = true;
+            }
+        }
+        let present = used.iter().filter(|&&u| u).count();
+        (present < classes).then(|| {
+            format!(
+                "warning: {}: labels use {present} of {classes} class numbers (0..{classes}); \
+                 evaluation counts all {classes} classes",
+                self.name
+            )
+        })
+    }
+
+    /// The file of image `i`, for file-backed datasets (ImageFolder).
+    pub fn source(&self, i: usize) -> Option<&Path> {
+        match &self.pixels {
+            Pixels::Files(files) => files.get(i).map(PathBuf::as_path),
+            Pixels::Memory { .. } => None,
+        }
+    }
+
     /// One line for logs, e.g. `CIFAR-10 train: 50000 images, 32×32×3, 10 classes`.
     pub fn describe(&self) -> String {
         let size = match self.native_size() {
@@ -268,6 +298,23 @@ impl Splits {
     }
 }
 
+impl Splits {
+    /// Warnings about the labels of every split, for the log.
+    pub fn label_warnings(&self) -> Vec<String> {
+        [
+            Some(&self.train),
+            self.labelled_train.as_ref(),
+            self.test.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(Dataset::sparse_labels_warning)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+    }
+}
+
 /// Opens the dataset in directory `path`, detecting its format:
 ///
 /// - MNIST / Fashion-MNIST IDX files (`train-images-idx3-ubyte[.gz]`,
@@ -294,22 +341,54 @@ pub fn open(path: &Path) -> Result<Splits> {
              STL-10 binaries, or an ImageFolder of class subfolders)",
         ));
     }
-    for sub in ["cifar-10-batches-bin", "cifar-100-binary", "stl10_binary"] {
-        let inner = path.join(sub);
-        if inner.is_dir() {
-            return open(&inner);
-        }
-    }
-    if idx::detect(path) {
-        idx::open(path)
-    } else if path.join("data_batch_1.bin").is_file() {
-        cifar::open_cifar10(path)
-    } else if path.join("train.bin").is_file() {
-        cifar::open_cifar100(path)
-    } else if stl10::detect(path) {
-        stl10::open(path)
+    let dir = format_dir(path);
+    let splits = if idx::detect(&dir) {
+        idx::open(&dir)
+    } else if dir.join("data_batch_1.bin").is_file() {
+        cifar::open_cifar10(&dir)
+    } else if dir.join("train.bin").is_file() {
+        cifar::open_cifar100(&dir)
+    } else if stl10::detect(&dir) {
+        stl10::open(&dir)
     } else {
-        folder::open(path)
+        folder::open(&dir)
+    }?;
+    check_test_labels(&splits, &dir)?;
+    Ok(splits)
+}
+
+/// The folder holding a dataset's files: `path`, or the folder a release
+/// unpacks to inside it (`cifar-10-batches-bin/` and the like).
+fn format_dir(path: &Path) -> PathBuf {
+    ["cifar-10-batches-bin", "cifar-100-binary", "stl10_binary"]
+        .iter()
+        .map(|sub| path.join(sub))
+        .find(|inner| inner.is_dir())
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+/// Refuses test labels that name no class of the labelled training split,
+/// when the dataset opens rather than at the final evaluation.
+fn check_test_labels(splits: &Splits, dir: &Path) -> Result<()> {
+    let (Some(train), Some(test)) = (&splits.labelled_train, &splits.test) else {
+        return Ok(());
+    };
+    let (Some(classes), Some(labels)) = (train.num_classes, &test.labels) else {
+        return Ok(());
+    };
+    match labels
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| !usize::try_from(l).is_ok_and(|l| l < classes))
+    {
+        Some((i, label)) => Err(Error::data(
+            dir,
+            format!(
+                "{}: image {i} has label {label}, but {} has classes 0..{classes}",
+                test.name, train.name
+            ),
+        )),
+        None => Ok(()),
     }
 }
 

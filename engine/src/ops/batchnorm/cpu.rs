@@ -2,6 +2,7 @@
 //! row blocks (so results do not depend on thread scheduling), then one fused
 //! multiply-add per element with per-channel coefficients.
 
+use crate::ops::elementwise::relu_value;
 use crate::ops::real::Real;
 use rayon::prelude::*;
 
@@ -106,8 +107,7 @@ pub(super) fn normalize<T: Real>(
                 or.iter_mut().zip(rr).for_each(|(o, &r)| *o += r);
             }
             if relu {
-                or.iter_mut()
-                    .for_each(|o| *o = if *o > T::ZERO { *o } else { T::ZERO });
+                or.iter_mut().for_each(|o| *o = relu_value(*o));
             }
         }
     });

@@ -31,16 +31,24 @@ fn zip_map<T: Real>(a: &[T], b: &[T], f: impl Fn(T, T) -> T + Sync + Send) -> Ve
     y
 }
 
+/// `max(v, 0)`, except that NaN stays NaN (as in PyTorch), so non-finite
+/// weights or activations reach the checks on features and losses.
+#[allow(clippy::eq_op)] // `v != v` is the NaN test for any float type.
+pub(crate) fn relu_value<T: Real>(v: T) -> T {
+    if v > T::ZERO || v != v { v } else { T::ZERO }
+}
+
 pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
     if let Some(g) = x.gpu() {
         return cuda::relu(g, x);
     }
     with_float!("relu", x.dtype(), T => {
-        Tensor::from_vec(map::<T>(x.as_slice()?, |v| if v > T::ZERO { v } else { T::ZERO }), x.shape().clone())
+        Tensor::from_vec(map::<T>(x.as_slice()?, relu_value), x.shape().clone())
     })
 }
 
-/// `dx = dy` where the output `y` is positive, else 0.
+/// `dx = dy` where the output `y` is positive, else 0 (also where `y` is NaN,
+/// as PyTorch's `threshold_backward`).
 pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape("relu backward", y.shape(), dy.shape())?;
     if let Some(g) = y.gpu() {
@@ -62,4 +70,21 @@ pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     with_float!("add", dt, T => {
         Tensor::from_vec(zip_map::<T>(a.as_slice()?, b.as_slice()?, |a, b| a + b), a.shape().clone())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_keeps_nan_and_its_gradient_there_is_zero() {
+        let x = Tensor::from_vec(vec![f32::NAN, -1.0, 0.0, 3.0], vec![4]).unwrap();
+        let y = relu(&x).unwrap().to_vec::<f32>().unwrap();
+        assert!(y[0].is_nan(), "{y:?}");
+        assert_eq!(y[1..], [0.0, 0.0, 3.0]);
+        let dy = Tensor::from_vec(vec![1.0f32; 4], vec![4]).unwrap();
+        let y = relu(&x).unwrap();
+        let dx = relu_backward(&y, &dy).unwrap().to_vec::<f32>().unwrap();
+        assert_eq!(dx, [0.0, 0.0, 0.0, 1.0]);
+    }
 }
