@@ -4,6 +4,9 @@
 //! checkpoint is written into a temporary folder and renamed into place, and
 //! `latest` is replaced atomically, so a crash at any moment leaves the previous
 //! checkpoint usable. The previous checkpoint is kept; older ones are removed.
+//! `checksums.json` records the size and CRC-32 of every other file, so a
+//! checkpoint damaged on disk is found on resume ([`resumable`]) and the one
+//! before it used.
 
 use crate::{Error, Result};
 use engine::{ParamStore, Tensor};
@@ -102,6 +105,7 @@ pub fn save(
     ] {
         let (store, buffers) = model.network(which);
         export(&tmp.join(file), store, buffers, Part::Whole)?;
+        pause_for_tests();
     }
     let host = velocity.to_vec::<f32>()?;
     let data: &[u8] = bytemuck::cast_slice(&host);
@@ -110,9 +114,11 @@ pub fn save(
     let bytes = safetensors::serialize([("velocity", view)], None)
         .map_err(|e| Error::data(&tmp, e.to_string()))?;
     write_atomic(&optimizer_file(&tmp), &bytes)?;
+    pause_for_tests();
     let json = serde_json::to_vec_pretty(state).map_err(|e| Error::data(&tmp, e.to_string()))?;
     write_atomic(&tmp.join("state.json"), &json)?;
     write_atomic(&config_file(&tmp), config.as_bytes())?;
+    write_checksums(&tmp)?;
 
     let dir = root.join(&name);
     if dir.exists() {
@@ -123,6 +129,118 @@ pub fn save(
     write_atomic(&root.join("latest"), name.as_bytes())?;
     prune(&root, &name, previous.as_deref().map(str::trim))?;
     Ok(dir)
+}
+
+/// The file of a checkpoint that records its other files' sizes and CRCs.
+const CHECKSUMS: &str = "checksums.json";
+
+/// One file's size and CRC-32.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Checksum {
+    bytes: u64,
+    crc32: u32,
+}
+
+fn checksum(path: &Path) -> Result<Checksum> {
+    let data = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let mut crc = flate2::Crc::new();
+    crc.update(&data);
+    Ok(Checksum {
+        bytes: data.len() as u64,
+        crc32: crc.sum(),
+    })
+}
+
+/// Records the checksum of every file in `dir` in its `checksums.json`.
+fn write_checksums(dir: &Path) -> Result<()> {
+    let mut sums = std::collections::BTreeMap::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != CHECKSUMS {
+            sums.insert(name, checksum(&entry.path())?);
+        }
+    }
+    let json = serde_json::to_vec_pretty(&sums).map_err(|e| Error::data(dir, e.to_string()))?;
+    Ok(write_atomic(&dir.join(CHECKSUMS), &json)?)
+}
+
+/// Checks every file `checksums.json` lists; why not, naming the files.
+/// A checkpoint written before checksums existed is taken as it is.
+pub fn verify(dir: &Path) -> std::result::Result<(), String> {
+    if !dir.join("state.json").is_file() {
+        return Err("state.json is missing".into());
+    }
+    let Ok(text) = fs::read(dir.join(CHECKSUMS)) else {
+        return Ok(());
+    };
+    let sums: std::collections::BTreeMap<String, Checksum> =
+        serde_json::from_slice(&text).map_err(|e| format!("{CHECKSUMS} is unreadable: {e}"))?;
+    let bad: Vec<String> = sums
+        .iter()
+        .filter_map(|(name, want)| match checksum(&dir.join(name)) {
+            Err(_) => Some(format!("{name} is missing")),
+            Ok(got) if got.bytes != want.bytes => Some(format!(
+                "{name} has {} bytes, {} were written",
+                got.bytes, want.bytes
+            )),
+            Ok(got) if got != *want => Some(format!("{name} fails its CRC-32")),
+            Ok(_) => None,
+        })
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join(", "))
+    }
+}
+
+/// The newest checkpoint of `run` whose files pass [`verify`], with a
+/// warning for each newer one that did not, and `latest` pointed at it. An
+/// error, naming each checkpoint and what is wrong with it, if none passes.
+pub fn resumable(run: &Path) -> Result<(PathBuf, Vec<String>)> {
+    let root = run.join("checkpoints");
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut warnings = Vec::new();
+    match locate(run) {
+        Ok(dir) => candidates.push(dir),
+        Err(e) => warnings.push(e.to_string()),
+    }
+    let mut others: Vec<PathBuf> = fs::read_dir(&root)
+        .map_err(|e| Error::io(&root, e))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        .map(|e| e.path())
+        .filter(|p| !candidates.contains(p))
+        .collect();
+    others.sort();
+    candidates.extend(others.into_iter().rev());
+    for dir in candidates {
+        match verify(&dir) {
+            Ok(()) => {
+                if !warnings.is_empty() {
+                    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+                    write_atomic(&root.join("latest"), name.as_bytes())?;
+                }
+                return Ok((dir, warnings));
+            }
+            Err(why) => warnings.push(format!("{}: {why}", dir.display())),
+        }
+    }
+    Err(Error::data(
+        &root,
+        format!("no valid checkpoint to resume: {}", warnings.join("; ")),
+    ))
+}
+
+/// Test hook: with `M2T_TEST_SLOW_CHECKPOINT_MS` set, each checkpoint file
+/// is followed by that pause, so a test's kill can land inside a write.
+fn pause_for_tests() {
+    if let Some(ms) = std::env::var("M2T_TEST_SLOW_CHECKPOINT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
 }
 
 /// Removes every checkpoint but `keep` and `previous`, and temporary folders

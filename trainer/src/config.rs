@@ -90,10 +90,19 @@ pub struct PretrainOptions {
     /// Run folder for config, metrics, checkpoints and plots [default: runs/<arch>-<dataset>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint, exactly.
-    #[arg(long)]
+    /// Continue the run in --out from its last valid checkpoint, exactly.
+    /// The run's own flags may be given again unchanged (a requeued job
+    /// reruns its command line); a flag whose value differs from the saved
+    /// config.toml is refused, except --workers, --device, --precision and
+    /// --deterministic.
+    #[arg(long, conflicts_with = "auto_resume")]
     #[serde(skip)]
     pub resume: bool,
+    /// Resume the run in --out if it holds a checkpoint, else start it: the
+    /// flag for a job script that a scheduler may start many times.
+    #[arg(long)]
+    #[serde(skip)]
+    pub auto_resume: bool,
     /// Seed of initialisation, data order and augmentation [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
@@ -380,7 +389,7 @@ macro_rules! layered {
                 if self.data.is_some() || self.dataset.is_some() {
                     (base.data, base.dataset) = (None, None);
                 }
-                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, config: self.config, profile: self.profile, deterministic: self.deterministic }
+                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, auto_resume: self.auto_resume, config: self.config, profile: self.profile, deterministic: self.deterministic }
             }
 
             /// The flags of the options that are set, e.g. `--proj-hidden`.

@@ -506,7 +506,11 @@ impl Metrics {
     }
 
     fn write(&mut self, path: &Path, line: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{line}").map_err(|e| Error::io(path, e))?;
+        // One write call per line: a crash or a full disk can tear only the
+        // last line, which no checkpoint counts and a resume drops.
+        self.file
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(|e| Error::io(path, e))?;
         self.file.flush().map_err(|e| Error::io(path, e))?;
         self.lines += 1;
         Ok(())
@@ -540,7 +544,7 @@ fn curves(path: &Path) -> (Series, Series) {
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
     engine::set_deterministic(flags.deterministic);
-    let resume = flags.resume;
+    let resume = flags.resume || (flags.auto_resume && auto_resume_finds_a_run(&flags)?);
     // A resumed run takes the run folder's lock before anything else, so a
     // second trainer is refused at once; a new run once it is known to fit.
     let (cfg, out, splits, placement, resumed_lock) = if resume {
@@ -548,23 +552,6 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             .out
             .clone()
             .ok_or_else(|| usage("--resume needs --out DIR (the run to continue)"))?;
-        let extra: Vec<String> = flags
-            .given()
-            .into_iter()
-            // Where a run computes is not part of it: a run may move devices.
-            .filter(|f| {
-                !matches!(
-                    f.as_str(),
-                    "--out" | "--workers" | "--device" | "--precision"
-                )
-            })
-            .collect();
-        if !extra.is_empty() {
-            return Err(usage(format!(
-                "--resume continues with the run's saved config.toml; drop {}",
-                extra.join(" ")
-            )));
-        }
         if !out.join("config.toml").is_file() {
             return Err(usage(format!(
                 "--resume: {} holds no run (no config.toml)",
@@ -575,6 +562,7 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         let cfg = RunConfig::load(&out.join("config.toml"))?;
         let placement = resolve_device(flags.device.as_deref(), flags.precision.as_deref())?;
         let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
+        refuse_changed_flags(&flags, &cfg, &splits)?;
         refuse_changed_data(&cfg, &splits)?;
         (cfg, out, splits, placement, Some(lock))
     } else {
@@ -629,6 +617,82 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         placement,
         flags.profile,
     )
+}
+
+/// `--auto-resume`: whether `--out` holds a checkpoint to resume (else the
+/// run starts), said in one line.
+fn auto_resume_finds_a_run(flags: &PretrainOptions) -> Result<bool> {
+    let out = flags
+        .out
+        .as_ref()
+        .ok_or_else(|| usage("--auto-resume needs --out DIR (the run to resume or start)"))?;
+    let found = out.join("checkpoints").join("latest").exists();
+    if found {
+        eprintln!(
+            "auto-resume: {} holds a checkpoint; resuming it",
+            out.display()
+        );
+    } else {
+        eprintln!(
+            "auto-resume: no checkpoint in {}; starting the run",
+            out.display()
+        );
+    }
+    Ok(found)
+}
+
+/// Refuses flags given with `--resume` that would change the saved run: each
+/// given flag (over any `--config` file) must resolve to the saved value.
+/// The flags of where a run computes may change; so may nothing else.
+fn refuse_changed_flags(flags: &PretrainOptions, saved: &RunConfig, splits: &Splits) -> Result<()> {
+    let given: Vec<String> = flags
+        .given()
+        .into_iter()
+        .filter(|f| {
+            !matches!(
+                f.as_str(),
+                "--out" | "--workers" | "--device" | "--precision"
+            )
+        })
+        .collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    let mut base = PretrainOptions::from(saved.clone());
+    if let Some(file) = &flags.config {
+        base = PretrainOptions::from_file(file)?.over(base);
+    }
+    let opts = flags.clone().over(base);
+    let mut asked = resolve(&opts, splits, data_source(&opts)?)?;
+    // The data itself is checked by its fingerprint, and the output folder
+    // is the run's.
+    asked.data_fingerprint = saved.data_fingerprint.clone();
+    let changes = asked.changes_since(saved);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    // Name the flags given; values derived from them (epochs from bs) follow.
+    let named: Vec<&String> = changes
+        .iter()
+        .filter(|c| {
+            given
+                .iter()
+                .any(|f| c.starts_with(&format!("{}:", &f[2..])))
+        })
+        .collect();
+    let changes = if named.is_empty() {
+        changes.iter().collect()
+    } else {
+        named
+    };
+    Err(usage(format!(
+        "--resume continues the run saved in config.toml; these flags differ from it (flag: saved → given):\n  {}\nrerun with the saved values, or drop the flags",
+        changes
+            .iter()
+            .map(|c| format!("--{c}"))
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    )))
 }
 
 /// Refuses to start a new run in a folder that holds one.
@@ -688,12 +752,20 @@ fn train(
         train_seconds: 0.0,
         loss_scale: None,
     };
-    if resume {
-        let dir = checkpoint::locate(out)?;
-        state = checkpoint::load_state(&dir)?;
-        check_resumable(cfg, &dir, &state, &metrics_path)?;
-        checkpoint::restore_network(&dir, &mut model, Which::Student)?;
-        checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
+    let resumed_from = if resume {
+        let (dir, damaged) = checkpoint::resumable(out)?;
+        for why in damaged {
+            eprintln!("warning: checkpoint skipped, {why}");
+        }
+        Some(dir)
+    } else {
+        None
+    };
+    if let Some(dir) = &resumed_from {
+        state = checkpoint::load_state(dir)?;
+        check_resumable(cfg, dir, &state, &metrics_path)?;
+        checkpoint::restore_network(dir, &mut model, Which::Student)?;
+        checkpoint::restore_network(dir, &mut model, Which::Teacher)?;
         if let (Some(scaler), Some((scale, good_steps))) = (model.scaler_mut(), state.loss_scale) {
             scaler.restore(scale, good_steps)?;
         }
@@ -710,11 +782,8 @@ fn train(
     // created where the parameters live.
     let mut model = model.to_device(placement.device)?;
     let mut optimizer = Optimizer::new(cfg.optimizer, cfg.wd, model.student())?;
-    if resume {
-        optimizer.set_velocity(&checkpoint::load_velocity(
-            &checkpoint::locate(out)?,
-            model.student(),
-        )?)?;
+    if let Some(dir) = &resumed_from {
+        optimizer.set_velocity(&checkpoint::load_velocity(dir, model.student())?)?;
     }
     let mut metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
     eprintln!(
@@ -792,11 +861,7 @@ fn train(
     };
     let (mut window_start, mut window_pairs, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut final_knn = None;
-    let mut last_checkpoint = if resume {
-        checkpoint::locate(out).ok()
-    } else {
-        None
-    };
+    let mut last_checkpoint = resumed_from;
     if profile {
         engine::profile::start(placement.device)?;
     }
