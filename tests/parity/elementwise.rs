@@ -86,8 +86,9 @@ fn add(device: Device) {
 
 /// ReLU keeps NaN, as PyTorch's does, alone and fused after batch norm, on
 /// `device` and on the CPU: NaN weights must give NaN features, not zeros
-/// that pass the non-finite checks. The gradient at NaN is 0, as in PyTorch's
-/// `threshold_backward` (NaN > 0 is false).
+/// that pass the non-finite checks. The gradient at NaN is 0 (NaN > 0 is
+/// false; PyTorch passes the gradient there, but the NaN loss stops
+/// training first).
 fn relu_keeps_nan(device: Device) {
     let nan = f32::NAN;
     for dev in [Device::Cpu, device] {

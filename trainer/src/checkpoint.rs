@@ -43,9 +43,24 @@ pub fn locate(path: &Path) -> Result<PathBuf> {
     if path.join("state.json").is_file() {
         return Ok(path.to_path_buf());
     }
-    let latest = path.join("checkpoints").join("latest");
+    let dir = named_by_latest(path)?;
+    if dir.join("state.json").is_file() {
+        Ok(dir)
+    } else {
+        Err(Error::data(
+            &dir,
+            "checkpoints/latest names a checkpoint that is missing or incomplete",
+        ))
+    }
+}
+
+/// The checkpoint folder `checkpoints/latest` of run `run` names, present
+/// or not: a usage error if there is no `latest`, a data error if it names
+/// anything but a `step-N` of this run.
+fn named_by_latest(run: &Path) -> Result<PathBuf> {
+    let latest = run.join("checkpoints").join("latest");
     let name = fs::read_to_string(&latest).map_err(|_| {
-        Error::Usage(format!("{}: no checkpoint here (expected a run folder with checkpoints/latest, or a checkpoint folder with state.json)", path.display()))
+        Error::Usage(format!("{}: no checkpoint here (expected a run folder with checkpoints/latest, or a checkpoint folder with state.json)", run.display()))
     })?;
     let name = name.trim();
     // A plain `step-N` name: `latest` must not lead out of the run folder.
@@ -55,15 +70,7 @@ pub fn locate(path: &Path) -> Result<PathBuf> {
             format!("names {name:?}, not a checkpoint of this run (step-NNNNNNN)"),
         ));
     }
-    let dir = path.join("checkpoints").join(name);
-    if dir.join("state.json").is_file() {
-        Ok(dir)
-    } else {
-        Err(Error::data(
-            &dir,
-            "checkpoints/latest names a checkpoint that is missing or incomplete",
-        ))
-    }
+    Ok(run.join("checkpoints").join(name))
 }
 
 fn optimizer_file(dir: &Path) -> PathBuf {
@@ -201,9 +208,12 @@ pub fn resumable(run: &Path) -> Result<(PathBuf, Vec<String>)> {
     let root = run.join("checkpoints");
     let mut candidates: Vec<PathBuf> = Vec::new();
     let mut warnings = Vec::new();
-    match locate(run) {
+    // A `latest` that leads out of the run folder is refused, not worked
+    // around; a missing one, or one naming a missing checkpoint, is damage.
+    match named_by_latest(run) {
         Ok(dir) => candidates.push(dir),
-        Err(e) => warnings.push(e.to_string()),
+        Err(e @ Error::Usage(_)) => warnings.push(e.to_string()),
+        Err(e) => return Err(e),
     }
     let mut others: Vec<PathBuf> = fs::read_dir(&root)
         .map_err(|e| Error::io(&root, e))?

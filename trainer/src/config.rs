@@ -280,6 +280,23 @@ impl RunConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let run: RunConfig = toml::from_str(&text)
             .map_err(|e| Error::Usage(format!("{}: {}", path.display(), e.message())))?;
+        // An edited file must not drive an allocation the flags would refuse.
+        use crate::limits::{MAX_BS, MAX_HEAD, MAX_RES, MAX_WIDTH};
+        for (key, value, max) in [
+            ("bs", run.bs, MAX_BS),
+            ("res", run.res, MAX_RES),
+            ("width", run.width, MAX_WIDTH),
+            ("proj-hidden", run.proj_hidden, MAX_HEAD),
+            ("proj-out", run.proj_out, MAX_HEAD),
+            ("log-every", run.log_every, usize::MAX),
+        ] {
+            if value == 0 || value > max {
+                return Err(Error::Usage(format!(
+                    "{}: {key} = {value}, expected 1 to {max}",
+                    path.display()
+                )));
+            }
+        }
         if !matches!(run.mbn_correction.as_str(), "double" | "single") {
             return Err(Error::Usage(format!(
                 "{}: mbn-correction = {:?}, expected \"double\" or \"single\"",

@@ -95,7 +95,7 @@ impl MemoryEstimate {
 }
 
 /// Bytes of memory `device` offers, and how to name it.
-fn available_memory(device: Device) -> Option<(f64, String)> {
+pub(crate) fn available_memory(device: Device) -> Option<(f64, String)> {
     match device {
         Device::Cuda(n) => {
             let report = kernels::probe::probe();

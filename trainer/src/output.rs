@@ -2,7 +2,8 @@
 //! atomic rename like the trainer's own files, but only where that replaces
 //! nothing else: a symlink is followed and its target replaced, a path that
 //! exists and is not a regular file (a device, a FIFO, a folder) is refused,
-//! and so is any path inside a run's checkpoints, which resume relies on.
+//! and so is a run folder's own files and its checkpoints, which resume
+//! relies on.
 
 use crate::{Error, Result};
 use nets::weights::write_atomic;
@@ -36,9 +37,23 @@ fn resolve_target(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Refuses a `target` inside a checkpoint folder of any run: a checkpoint
-/// folder holds `state.json`, and a run's `checkpoints/` sits beside its
-/// `config.toml`.
+/// The files a run folder holds besides its checkpoints.
+const RUN_FILES: [&str; 6] = [
+    "config.toml",
+    "metrics.jsonl",
+    "lock",
+    "summary.json",
+    "curves.png",
+    "profile.txt",
+];
+
+/// Refuses a `target` that is a run's own file or lies in a run's
+/// checkpoints: a checkpoint folder (`step-N` holding `state.json`), a
+/// run's `checkpoints/` (holding `latest`), or one of [`RUN_FILES`] of a run
+/// folder (a `config.toml` beside `checkpoints/latest`); other files may
+/// go in a run folder. Only the target's folder and
+/// the one above are looked at, so an ordinary project folder that happens
+/// to hold a `config.toml` and a `checkpoints/` is not mistaken for a run.
 fn refuse_checkpoint_folder(path: &Path, target: &Path) -> Result<()> {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -48,16 +63,27 @@ fn refuse_checkpoint_folder(path: &Path, target: &Path) -> Result<()> {
     let Ok(folder) = fs::canonicalize(parent) else {
         return Ok(());
     };
-    let inside_checkpoint = folder.ancestors().any(|dir| {
-        dir.join("state.json").is_file()
-            || (dir.file_name().is_some_and(|n| n == "checkpoints")
-                && dir
-                    .parent()
-                    .is_some_and(|run| run.join("config.toml").is_file()))
-    });
-    if inside_checkpoint {
+    let is_checkpoint = |dir: &Path| {
+        dir.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+            && dir.join("state.json").is_file()
+    };
+    let is_checkpoints = |dir: &Path| {
+        dir.file_name().is_some_and(|n| n == "checkpoints") && dir.join("latest").is_file()
+    };
+    let is_run = |dir: &Path| {
+        dir.join("config.toml").is_file() && dir.join("checkpoints").join("latest").is_file()
+    };
+    let own_file = target
+        .file_name()
+        .is_some_and(|n| RUN_FILES.iter().any(|f| n == *f));
+    let inside = (own_file && is_run(&folder))
+        || is_checkpoints(&folder)
+        || is_checkpoint(&folder)
+        || folder.parent().is_some_and(is_checkpoints);
+    if inside {
         return Err(Error::Usage(format!(
-            "--out {}: is inside a run's checkpoints ({}); write elsewhere",
+            "--out {}: is in a run's folder or checkpoints ({}), which resume relies on; write elsewhere",
             path.display(),
             folder.display()
         )));

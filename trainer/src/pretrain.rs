@@ -515,6 +515,10 @@ impl Metrics {
         self.lines += 1;
         Ok(())
     }
+
+    fn sync(&self, path: &Path) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(path, e))
+    }
 }
 
 /// `(step, value)` points of one curve.
@@ -966,6 +970,8 @@ fn train(
         }
         let interrupted = interrupt::requested();
         if state.step % checkpoint_every == 0 || state.step == cfg.steps || interrupted {
+            // On disk before the checkpoint that counts them, even after a power loss.
+            metrics.sync(&metrics_path)?;
             state.metrics_lines = metrics.lines;
             state.loss_scale = loss_scale(&model);
             last_checkpoint = Some(checkpoint::save(

@@ -29,6 +29,18 @@ impl RunLock {
         // SAFETY: flock on a descriptor this function owns for its lifetime.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let err = std::io::Error::last_os_error();
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::ENOSYS)
+            ) {
+                // Some network filesystems (NFS without locking, Lustre
+                // without -o flock) have no flock: run, unprotected.
+                eprintln!(
+                    "warning: {}: this filesystem cannot lock ({err}); nothing stops a second trainer from using the run folder",
+                    path.display()
+                );
+                return Ok(RunLock { _file: file });
+            }
             if err.kind() != std::io::ErrorKind::WouldBlock {
                 return Err(Error::io(&path, err));
             }

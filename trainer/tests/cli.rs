@@ -837,6 +837,16 @@ fn export_writes_through_links_and_refuses_special_files_and_checkpoints() {
     assert_eq!(std::fs::read(&teacher).unwrap(), before);
     let o = export_to(&out.join("checkpoints/fresh.safetensors"));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // The run folder's own files (its lock among them) are the run's too.
+    let o = export_to(&out.join("lock"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // An ordinary project folder with a config.toml and a checkpoints/ of
+    // its own is not a run.
+    let project = tmp("export-project");
+    std::fs::create_dir_all(project.join("checkpoints")).unwrap();
+    std::fs::write(project.join("config.toml"), "lr = 1\n").unwrap();
+    let o = export_to(&project.join("checkpoints/backbone.safetensors"));
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 /// Copies the committed ImageFolder fixture to `to`.
@@ -957,9 +967,22 @@ fn resume_refuses_edited_state() {
         assert!(stderr(&o).contains(&format!("{key}: ")), "{}", stderr(&o));
         edit("config.toml", to, from);
     }
+    // A size no flag would accept is refused before anything is allocated.
+    edit("config.toml", "width = 4", "width = 18446744073709551615");
+    let o = resume();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("expected 1 to 1024"), "{}", stderr(&o));
+    edit("config.toml", "width = 18446744073709551615", "width = 4");
 
     let state = "checkpoints/step-0000002/state.json";
     edit(state, "\"step\": 2", "\"step\": 99");
+    // The checkpoint's checksums name the edited file first ...
+    let o = resume();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("state.json has"), "{}", stderr(&o));
+    // ... and without them (a checkpoint from before checksums), the state
+    // is checked against its folder and the metrics.
+    std::fs::remove_file(out.join("checkpoints/step-0000002/checksums.json")).unwrap();
     let o = resume();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("step 99"), "{}", stderr(&o));

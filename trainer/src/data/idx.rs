@@ -126,6 +126,15 @@ fn parse_from(path: &Path, reader: impl Read, rank: usize) -> Result<(Vec<usize>
         .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
         .filter(|&p| p < u64::MAX)
         .ok_or_else(|| Error::data(path, format!("header says {dims:?}: too large")))?;
+    // A gzip bomb's header may claim as much as its stream expands to.
+    if let Some((bytes, host)) = crate::limits::available_memory(engine::Device::Cpu)
+        && payload as f64 > bytes
+    {
+        return Err(Error::data(
+            path,
+            format!("header says {dims:?}: {payload} bytes, more than {host} has"),
+        ));
+    }
     // Grown as data arrives, so a header claiming terabytes allocates nothing.
     let mut bytes = Vec::new();
     reader
@@ -278,6 +287,18 @@ mod tests {
         std::fs::remove_file(dir.path().join("train-images-idx3-ubyte")).unwrap();
         let err = super::super::open(dir.path()).unwrap_err();
         assert!(err.to_string().contains("holds more data bytes"), "{err}");
+
+        // A header claiming what the stream really expands to is refused if
+        // no machine's memory could hold it, before reading the stream.
+        let mut huge = vec![0, 0, 8, 3];
+        for d in [65535u32, 65535, 65535] {
+            huge.extend(d.to_be_bytes());
+        }
+        let count = std::rc::Rc::new(std::cell::Cell::new(0));
+        let claimed = Counted(huge.chain(std::io::repeat(7).take(1 << 30)), count.clone());
+        let err = parse_from(Path::new("bomb"), claimed, 3).unwrap_err();
+        assert!(err.to_string().contains("more than the host"), "{err}");
+        assert_eq!(count.get(), 16, "read past the header");
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub(crate) fn relu(x: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// `dx = dy` where the output `y` is positive, else 0 (also where `y` is NaN,
-/// as PyTorch's `threshold_backward`).
+/// `dx = dy` where the output `y` is positive, else 0, also where `y` is NaN
+/// (PyTorch passes `dy` there; either way the forward's NaN has already made
+/// the loss NaN, which stops training).
 pub(crate) fn relu_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     same_shape("relu backward", y.shape(), dy.shape())?;
     if let Some(g) = y.gpu() {
