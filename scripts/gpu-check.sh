@@ -3,7 +3,8 @@
 #
 #   scripts/gpu-check.sh --prepare    here: builds the trainer and the GPU test
 #                                     executables into gpu-bin/ (git-ignored,
-#                                     stripped, carried with the working tree)
+#                                     stripped: name it in the device tool's
+#                                     `carry`)
 #   scripts/gpu-check.sh OUT          on the GPU machine: runs the checks and
 #                                     writes OUT/summary.json and OUT/logs.tgz
 #   scripts/gpu-check.sh --self-test  here: the summariser on canned logs (a
@@ -70,7 +71,6 @@ esac
 out=$1
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-[ -x "$bin/trainer" ] || { echo "gpu-bin/ is missing: run scripts/gpu-check.sh --prepare first" >&2; exit 2; }
 start=$(date +%s)
 deadline=${DEADLINE:-420}
 work=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
@@ -106,6 +106,11 @@ PY
 trap finish EXIT
 trap 'interrupted=143; exit' TERM
 trap 'interrupted=130; exit' INT
+if [ ! -x "$bin/trainer" ]; then
+    # gpu-bin/ is git-ignored: the device tool needs it in `carry`.
+    echo "gpu-bin/ is missing: run scripts/gpu-check.sh --prepare here, and carry gpu-bin" | tee "$logs/check.log" >&2
+    exit 2
+fi
 
 # step NAME LIMIT COMMAND...: runs COMMAND under `timeout -k 10`, its limit cut
 # to what is left before the deadline, output in NAME.log; records its exit
@@ -135,7 +140,7 @@ printf 'card\t%s\n' "$(nvidia-smi --query-gpu=name,memory.total,driver_version -
 # The Python that holds PyTorch: $PYTHON, else python3 (on the GPU machines).
 py=python3
 for candidate in ${PYTHON:-} python3 /opt/torch/.venv/bin/python3; do
-    if timeout 60 "$candidate" -c "import torch" 2>/dev/null; then py=$candidate; break; fi
+    if timeout 60 "$candidate" -c "import torch, torchvision" 2>/dev/null; then py=$candidate; break; fi
 done
 step torch-control 60 "$py" -c '
 import json, torch
@@ -149,12 +154,12 @@ print(json.dumps({"torch": torch.__version__, "cudnn": torch.backends.cudnn.vers
 
 TAIL=40 step check 90 "$bin/trainer" info --check
 # The test executables are embedders, not the trainer: they get the library
-# path the trainer would re-execute itself with.
-library_path=$("$bin/trainer" info --library-path 2>/dev/null)
-[ -n "$library_path" ] && export LD_LIBRARY_PATH=$library_path
-step test-cuda_graph 90 "$bin/cuda_graph" on_cuda_ --test-threads=1 --nocapture
-step test-cuda_parity 150 "$bin/cuda_parity" --skip every_family_has_a_test --test-threads=1 --nocapture
-unset LD_LIBRARY_PATH
+# path the trainer re-executes itself with (and nothing else does).
+library_path=$(timeout 30 "$bin/trainer" info --library-path 2>/dev/null)
+LD_LIBRARY_PATH=${library_path:-${LD_LIBRARY_PATH:-}} \
+    step test-cuda_graph 90 "$bin/cuda_graph" on_cuda_ --test-threads=1 --nocapture
+LD_LIBRARY_PATH=${library_path:-${LD_LIBRARY_PATH:-}} \
+    step test-cuda_parity 150 "$bin/cuda_parity" --skip every_family_has_a_test --test-threads=1 --nocapture
 
 rm -rf "$M2T_KERNEL_CACHE"
 step jit-cold 60 "$bin/trainer" bench --jit --json

@@ -24,7 +24,8 @@ import re
 import sys
 import tempfile
 
-TIMED_OUT = (124, 137)
+TIMED_OUT = 124
+KILLED = 137  # the time-out's KILL after its grace, or the OOM killer
 
 
 def read(path):
@@ -73,8 +74,10 @@ def parse_libtest(text, code):
             skipped.append(name)
         else:
             passed.append(name)
-    if code in TIMED_OUT:
+    if code == TIMED_OUT:
         result = "timed out"
+    elif code == KILLED:
+        result = "killed (time-out or out of memory)"
     elif not results:
         result = "crashed" if code != 0 else "no test result"
     elif code != 0 or failed or any(r[0] != "ok" for r in results):
@@ -108,7 +111,10 @@ def summarise(logs):
             steps[parts[0]] = {
                 "exit": code,
                 "seconds": int(parts[2]) if parts[2].isdigit() else None,
-                "status": "ok" if code == 0 else "timed out" if code in TIMED_OUT else "failed",
+                "status": "ok" if code == 0
+                else "timed out" if code == TIMED_OUT
+                else "killed (time-out or out of memory)" if code == KILLED
+                else "failed",
             }
     not_reached = [s for s in plan if s not in steps]
     executables = {}
@@ -125,7 +131,9 @@ def summarise(logs):
         "failed": count("failed"),
         "skipped": count("skipped"),
         "failed_tests": sorted(f"{e}::{t}" for e, v in executables.items() for t in v["failed"]),
-        "executables_not_ok": sorted(e for e, v in executables.items() if v["result"] != "ok"),
+        "executables_not_ok": sorted(
+            e for e, v in executables.items() if v["result"] not in ("ok", "not reached")
+        ),
     }
     check = read(os.path.join(logs, "check.log"))
     knn = re.findall(r"kNN accuracy \(teacher, k=200\): ([0-9.]+)%", read(os.path.join(logs, "pretrain.log")))
@@ -164,6 +172,10 @@ def verdict(cuda_tests, steps, not_reached):
         failures.append(f"{cuda_tests['failed']} CUDA tests failed")
     if cuda_tests["executables_not_ok"]:
         failures.append("test executables not ok: " + ", ".join(cuda_tests["executables_not_ok"]))
+    # The checks whose failure is the GPU's or the loader's, not a benchmark's.
+    failed_checks = sorted(n for n in ("check", "deterministic-repeat") if n in steps and steps[n]["status"] != "ok")
+    if failed_checks:
+        failures.append("checks failed: " + ", ".join(failed_checks))
     if failures:
         parts.append("FAILED: " + "; ".join(failures))
     if cuda_tests["passed"] == 0:
@@ -292,6 +304,7 @@ def self_test():
     expect("cut by the deadline", s["not_reached"] == ["test-cuda_graph", "p1-eager"], f"not reached {s['not_reached']}")
     expect("cut by the deadline", s["executables"]["cuda_graph"]["result"] == "not reached", s["executables"]["cuda_graph"]["result"])
     expect("cut by the deadline", "cut short" in s["verdict"] and s["p1_eager"] is None, s["verdict"])
+    expect("cut by the deadline", not s["verdict"].startswith("FAILED"), "not reached is not failed")
 
     s = canned(
         {"test-cuda_parity.log": SKIPPED, "test-cuda_graph.log": SKIPPED},
@@ -304,6 +317,14 @@ def self_test():
     expect("every CUDA test skipped", "steps not ok: p1-eager" in s["verdict"], s["verdict"])
 
     s = canned(
+        {"test-cuda_parity.log": PASSING, "test-cuda_graph.log": PASSING},
+        [("check", 1, 3), ("test-cuda_parity", 0, 10), ("test-cuda_graph", 137, 5), ("p1-eager", 0, 60)],
+        plan,
+    )
+    expect("a failed check, an executable killed", s["verdict"].startswith("FAILED") and "checks failed: check" in s["verdict"], s["verdict"])
+    expect("a failed check, an executable killed", s["executables"]["cuda_graph"]["result"].startswith("killed"), s["executables"]["cuda_graph"]["result"])
+
+    s = canned(
         {"test-cuda_parity.log": "", "test-cuda_graph.log": PASSING},
         [("check", 0, 3), ("test-cuda_parity", 0, 1), ("test-cuda_graph", 0, 5), ("p1-eager", 0, 60)],
         plan,
@@ -312,7 +333,8 @@ def self_test():
     expect("no test result line", e["result"] == "no test result", e["result"])
     expect("no test result line", s["verdict"].startswith("FAILED"), s["verdict"])
 
-    print(f"{7 - len(set(failures))} passed, {len(set(failures))} failed")
+    cases = 8
+    print(f"{cases - len(set(failures))} passed, {len(set(failures))} failed")
     return 1 if failures else 0
 
 

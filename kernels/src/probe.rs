@@ -112,7 +112,7 @@ pub const GROUPS: &[Group] = &[
     Group {
         name: "nvrtc",
         main: "libnvrtc.so.13",
-        required: &["libnvrtc-builtins.so.13.0"],
+        required: &["libnvrtc-builtins.so.13.*"],
         optional: &[],
     },
     Group {
@@ -151,10 +151,28 @@ impl Group {
             names
                 .iter()
                 .copied()
-                .filter(|n| !dir.join(n).exists())
+                .filter(|n| find_file(dir, n).is_none())
                 .collect::<Vec<_>>()
         };
         (absent(self.required), absent(self.optional))
+    }
+}
+
+/// The file of `dir` named `name`, where a trailing `*` matches any ending
+/// (`libnvrtc-builtins.so.13.*`: the minor version changes between releases).
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    match name.strip_suffix('*') {
+        None => Some(dir.join(name)).filter(|p| p.exists()),
+        Some(prefix) => {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .map(|e| e.path())
+                .collect();
+            found.sort();
+            found.pop()
+        }
     }
 }
 
@@ -313,10 +331,74 @@ pub fn library_path_with(folders: &[PathBuf], current: Option<&str>) -> String {
     parts.join(":")
 }
 
-/// The `LD_LIBRARY_PATH` the CUDA libraries need: the chosen folders first.
-/// `None` when no folder has to be added.
+/// The unversioned name of a library file: `libcudnn.so` for `libcudnn.so.9`.
+fn unversioned(main: &str) -> &str {
+    main.find(".so").map_or(main, |end| &main[..end + 3])
+}
+
+/// A folder under `base` of links from each chosen library's unversioned
+/// name to its file. cudarc asks for `libcudnn.so` (and `libcublas.so`,
+/// `libnvrtc.so`) before the versioned names; Python wheels ship only the
+/// versioned files, so without these links that first request would find
+/// whatever copy the system keeps under the unversioned name. Named by a
+/// hash of the targets, so every set of choices has its own folder.
+pub fn link_unversioned(
+    chosen: &[(&'static str, PathBuf)],
+    base: &Path,
+) -> std::io::Result<PathBuf> {
+    let targets: Vec<(String, PathBuf)> = chosen
+        .iter()
+        .filter_map(|(name, dir)| {
+            let group = GROUPS.iter().find(|g| g.name == *name)?;
+            Some((unversioned(group.main).to_string(), dir.join(group.main)))
+        })
+        .collect();
+    // FNV-1a over the targets: stable across runs and builds.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (_, target) in &targets {
+        for b in target.as_os_str().as_encoded_bytes() {
+            hash = (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let folder = base.join(format!("{hash:016x}"));
+    std::fs::create_dir_all(&folder)?;
+    for (name, target) in targets {
+        let link = folder.join(name);
+        if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+            continue;
+        }
+        let _ = std::fs::remove_file(&link);
+        if let Err(e) = std::os::unix::fs::symlink(&target, &link) {
+            // Another process may have made the same link meanwhile.
+            if std::fs::read_link(&link).ok() != Some(target) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(folder)
+}
+
+/// Where [`library_path`] keeps its links: the user's cache, never a
+/// shared temporary folder another user could fill with links of their own.
+fn links_base() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(cache.join("m2t").join("cuda-libs"))
+}
+
+/// The `LD_LIBRARY_PATH` the CUDA libraries need: the unversioned links,
+/// then the chosen folders, then what was there. `None` when no folder has
+/// to be added.
 pub fn library_path() -> Option<String> {
-    let folders: Vec<PathBuf> = library_folders().into_iter().map(|(_, d)| d).collect();
+    let chosen = library_folders();
+    let mut folders: Vec<PathBuf> = Vec::new();
+    if !chosen.is_empty()
+        && let Some(links) = links_base().and_then(|base| link_unversioned(&chosen, &base).ok())
+    {
+        folders.push(links);
+    }
+    folders.extend(chosen.into_iter().map(|(_, d)| d));
     let current = std::env::var("LD_LIBRARY_PATH").ok();
     let wanted = library_path_with(&folders, current.as_deref());
     (!folders.is_empty() && Some(&wanted) != current.as_ref()).then_some(wanted)
@@ -368,8 +450,7 @@ pub fn load_libraries() {
                 .required
                 .iter()
                 .chain([&group.main])
-                .map(|f| dir.join(f))
-                .filter(|p| p.exists())
+                .filter_map(|f| find_file(dir, f))
                 .collect();
             loop {
                 let before = pending.len();
@@ -438,7 +519,9 @@ pub fn loaded_folders(stem: &str) -> Vec<(PathBuf, Vec<String>)> {
             continue;
         };
         let file = file.to_string_lossy();
-        if !file.starts_with(stem) || !file.contains(".so") {
+        // `libcuda` is not `libcudart`, nor `libcublas` `libcublasLt`.
+        let after = file.strip_prefix(stem).and_then(|rest| rest.chars().next());
+        if after.is_none_or(|c| c.is_ascii_alphanumeric()) || !file.contains(".so") {
             continue;
         }
         match folders.iter_mut().find(|(d, _)| d == dir) {
@@ -696,6 +779,41 @@ mod tests {
                 .join("lib/python3.12/site-packages/nvidia/cudnn/lib");
             assert!(libs.contains(&want), "{env} not searched: {libs:?}");
         }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn unversioned_names_link_to_the_chosen_files() {
+        let root = scratch("links");
+        let chosen = root.join("wheel/lib");
+        touch(&chosen, &["libcudnn.so.9", "libcublas.so.13"]);
+        let pairs = [("cudnn", chosen.clone()), ("cublas", chosen.clone())];
+        let links = link_unversioned(&pairs, &root.join("cache")).unwrap();
+        assert_eq!(
+            std::fs::read_link(links.join("libcudnn.so")).unwrap(),
+            chosen.join("libcudnn.so.9")
+        );
+        assert_eq!(
+            std::fs::read_link(links.join("libcublas.so")).unwrap(),
+            chosen.join("libcublas.so.13")
+        );
+        // Made again, the same folder; other choices, another folder.
+        assert_eq!(
+            link_unversioned(&pairs, &root.join("cache")).unwrap(),
+            links
+        );
+        let other = link_unversioned(&pairs[..1], &root.join("cache")).unwrap();
+        assert_ne!(other, links);
+        assert_eq!(unversioned("libnvrtc.so.13"), "libnvrtc.so");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn nvrtc_builtins_of_any_minor_version_count() {
+        let root = scratch("builtins");
+        touch(&root, &["libnvrtc.so.13", "libnvrtc-builtins.so.13.2"]);
+        let nvrtc = GROUPS.iter().find(|g| g.name == "nvrtc").unwrap();
+        assert_eq!(nvrtc.missing_in(&root), (vec![], vec![]));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

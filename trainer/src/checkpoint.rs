@@ -38,6 +38,19 @@ pub struct State {
     pub loss_scale: Option<(f32, u32)>,
 }
 
+/// Whether run folder `run` holds a checkpoint: a `latest`, or any
+/// `step-N` folder (a run killed between a checkpoint's rename and its
+/// `latest`, or one whose `latest` was lost, still holds its checkpoints).
+pub fn holds_checkpoints(run: &Path) -> bool {
+    let root = run.join("checkpoints");
+    root.join("latest").exists()
+        || fs::read_dir(&root).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        })
+}
+
 /// The checkpoint folder of a run folder, or the folder itself if it is a checkpoint.
 pub fn locate(path: &Path) -> Result<PathBuf> {
     if path.join("state.json").is_file() {

@@ -424,19 +424,30 @@ pub fn info(args: InfoArgs) -> Result<()> {
 /// files each CUDA library was loaded from — listed after the checks, since
 /// cuDNN loads its engines only when a convolution first needs them.
 fn run_checks(report: &kernels::probe::Report) -> Result<()> {
-    let mut devices = vec![Device::Cpu, Device::Emulator];
-    match report.usable() {
-        // usable() is Ok only when the device list is.
-        Ok(_) => devices.extend(
-            report
-                .devices
-                .iter()
-                .flatten()
-                .map(|g| Device::Cuda(g.ordinal)),
-        ),
-        Err(why) => println!("no GPU: {why}; checking the CPU and the emulator"),
-    }
+    let gpus: Vec<Device> = report
+        .devices
+        .iter()
+        .flatten()
+        .map(|g| Device::Cuda(g.ordinal))
+        .collect();
     let mut failed = 0;
+    // GPUs first: on a machine lent for minutes they are what matters.
+    let mut devices = Vec::new();
+    match report.usable() {
+        Ok(_) => devices.extend(gpus),
+        Err(why) if gpus.is_empty() => {
+            println!("no GPU: {why}; checking the CPU and the emulator")
+        }
+        Err(why) => {
+            // A GPU the engine cannot use is a failure, not an absence.
+            failed += 1;
+            println!(
+                "FAIL  cuda      {} GPUs found, none usable: {why}",
+                gpus.len()
+            );
+        }
+    }
+    devices.extend([Device::Cpu, Device::Emulator]);
     for device in devices {
         let label = device.to_string();
         for (name, outcome) in crate::check::run(device) {

@@ -630,7 +630,7 @@ fn auto_resume_finds_a_run(flags: &PretrainOptions) -> Result<bool> {
         .out
         .as_ref()
         .ok_or_else(|| usage("--auto-resume needs --out DIR (the run to resume or start)"))?;
-    let found = out.join("checkpoints").join("latest").exists();
+    let found = checkpoint::holds_checkpoints(out);
     if found {
         eprintln!(
             "auto-resume: {} holds a checkpoint; resuming it",
@@ -701,7 +701,7 @@ fn refuse_changed_flags(flags: &PretrainOptions, saved: &RunConfig, splits: &Spl
 
 /// Refuses to start a new run in a folder that holds one.
 fn refuse_existing_run(out: &Path) -> Result<()> {
-    if out.join("checkpoints").join("latest").exists() {
+    if checkpoint::holds_checkpoints(out) {
         return Err(usage(format!(
             "{} already holds a run: pass --resume to continue it, or another --out",
             out.display()

@@ -80,10 +80,19 @@ fn nvrtc_loads_from_the_folder_put_on_the_path() {
     let o = trainer().arg("info").output().unwrap();
     let text = stdout(&o);
     assert!(o.status.success(), "{text}");
-    assert!(
-        text.contains(&format!("library path: LD_LIBRARY_PATH={}", lib.display())),
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("library path: LD_LIBRARY_PATH="))
+        .expect("the library path is reported");
+    let folders: Vec<&Path> = path.split(':').map(Path::new).collect();
+    // First the links from unversioned names (cudarc asks for
+    // `libnvrtc.so` first), then the folder itself.
+    assert_eq!(
+        std::fs::read_link(folders[0].join("libnvrtc.so")).ok(),
+        Some(lib.join("libnvrtc.so.13")),
         "{text}"
     );
+    assert_eq!(folders.get(1), Some(&lib.as_path()), "{text}");
     assert!(
         text.contains(&format!("({}/libnvrtc.so.13)", lib.display())),
         "{text}"

@@ -117,6 +117,8 @@ trait AlgoPerf {
     fn memory(&self) -> usize;
     fn math(&self) -> cudnn::cudnnMathType_t;
     fn determinism(&self) -> cudnn::cudnnDeterminism_t;
+    /// The algorithm's number in cuDNN's enum, a fixed order.
+    fn algo_number(&self) -> u32;
 }
 
 macro_rules! algo_perf {
@@ -141,6 +143,9 @@ macro_rules! algo_perf {
             fn determinism(&self) -> cudnn::cudnnDeterminism_t {
                 self.determinism
             }
+            fn algo_number(&self) -> u32 {
+                self.algo as u32
+            }
         }
     };
 }
@@ -160,7 +165,8 @@ algo_perf!(
 /// The algorithms that succeeded among `cudnnFind…Ex` results (`what`),
 /// fastest first. For f32 only those measured without tensor cores count,
 /// and they run with FMA math, so f32 never runs as TF32. With
-/// `deterministic`, only those cuDNN reports as deterministic.
+/// `deterministic`, only those cuDNN reports as deterministic, in cuDNN's
+/// own fixed order rather than by time, so every process chooses alike.
 fn succeeded<P: AlgoPerf>(
     results: &[P],
     what: &str,
@@ -176,7 +182,13 @@ fn succeeded<P: AlgoPerf>(
             !deterministic || r.determinism() == cudnn::cudnnDeterminism_t::CUDNN_DETERMINISTIC
         })
         .collect();
-    ok.sort_by(|a, b| a.time().total_cmp(&b.time()));
+    if deterministic {
+        // Not by measured time: timing noise could choose another algorithm
+        // in another process, and another algorithm sums in another order.
+        ok.sort_by_key(|r| (r.algo_number(), r.math() as u32));
+    } else {
+        ok.sort_by(|a, b| a.time().total_cmp(&b.time()));
+    }
     if ok.is_empty() {
         let tried: Vec<String> = results
             .iter()
@@ -605,6 +617,23 @@ mod tests {
         assert_eq!(algos(&free)[0], Algo::CUDNN_CONVOLUTION_FWD_ALGO_FFT);
         let fixed = succeeded(&[fast, slow], "find", (DType::BF16, true)).unwrap();
         assert_eq!(algos(&fixed), [Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM]);
+        // Among deterministic ones, the order is cuDNN's enum, not the times.
+        let quick = perf(
+            Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+            S::CUDNN_STATUS_SUCCESS,
+            0.1,
+            M::CUDNN_TENSOR_OP_MATH,
+        );
+        for results in [[slow, quick], [quick, slow]] {
+            let order = succeeded(&results, "find", (DType::BF16, true)).unwrap();
+            assert_eq!(
+                algos(&order),
+                [
+                    Algo::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+                    Algo::CUDNN_CONVOLUTION_FWD_ALGO_GEMM
+                ]
+            );
+        }
         let none = succeeded(&[fast], "find", (DType::BF16, true)).unwrap_err();
         assert!(
             none.to_string()
