@@ -36,8 +36,10 @@ pub struct MemoryEstimate {
     pub optimizer: f64,
     /// Activations the student keeps for its backward pass.
     pub activations: f64,
-    /// Images held in memory (the synthetic dataset).
+    /// Images held in host memory (the synthetic dataset).
     pub data: f64,
+    /// Batches the data loader's workers hold in host memory.
+    pub loader: f64,
 }
 
 impl MemoryEstimate {
@@ -58,36 +60,80 @@ impl MemoryEstimate {
                 * activations_per_image(cfg.arch, cfg.stem, cfg.res, cfg.width)
                 * precision.size_in_bytes() as f64,
             data: 0.0,
+            loader: 0.0,
         }
+    }
+
+    /// With the batches `workers` loader threads hold: each has
+    /// `prefetch` batches queued and one in the making, of both views in
+    /// f32 when the host augments, of the uint8 crops when a GPU does.
+    pub fn with_loader(
+        mut self,
+        cfg: &RunConfig,
+        workers: usize,
+        prefetch: usize,
+        gpu: bool,
+    ) -> Self {
+        let pixels = (cfg.bs * cfg.res * cfg.res * cfg.channels) as f64;
+        let batch = if gpu { pixels } else { 2.0 * 4.0 * pixels };
+        self.loader = (workers * (prefetch + 1)) as f64 * batch;
+        self
+    }
+
+    /// What lives on the training device: the networks and their step.
+    fn model(&self) -> f64 {
+        self.parameters + self.optimizer + self.activations
+    }
+
+    /// What lives in host memory besides: images and loader batches.
+    fn host(&self) -> f64 {
+        self.data + self.loader
     }
 
     /// Everything together.
     pub fn total(&self) -> f64 {
-        self.parameters + self.optimizer + self.activations + self.data
+        self.model() + self.host()
     }
 
-    /// Refuses the run if the estimate exceeds the memory `device` has
-    /// (available host RAM for the CPU and the emulator; the GPU's memory).
-    /// Runs where that cannot be read are not checked.
+    /// Refuses the run if the estimate exceeds the memory it lives in: all
+    /// of it in available host RAM for the CPU and the emulator; on a GPU
+    /// the model in the GPU's memory and the data in the host's. Memory that
+    /// cannot be read is not checked.
     pub fn check_fits(&self, device: Device) -> Result<()> {
+        if matches!(device, Device::Cuda(_)) {
+            self.check(self.model(), device)?;
+            self.check(self.host(), Device::Cpu)
+        } else {
+            self.check(self.total(), device)
+        }
+    }
+
+    fn check(&self, needed: f64, device: Device) -> Result<()> {
         let Some((available, what)) = available_memory(device) else {
             return Ok(());
         };
-        if self.total() <= available {
+        if needed <= available {
             return Ok(());
         }
         let gib = |b: f64| format!("{:.1} GiB", b / (1u64 << 30) as f64);
-        let mut parts = vec![
-            format!("parameters and gradients {}", gib(self.parameters)),
-            format!("optimiser {}", gib(self.optimizer)),
-            format!("activations {}", gib(self.activations)),
-        ];
-        if self.data > 0.0 {
+        let on_gpu = matches!(device, Device::Cuda(_));
+        let mut parts = Vec::new();
+        if !on_gpu || self.model() == needed {
+            parts.extend([
+                format!("parameters and gradients {}", gib(self.parameters)),
+                format!("optimiser {}", gib(self.optimizer)),
+                format!("activations {}", gib(self.activations)),
+            ]);
+        }
+        if self.data > 0.0 && !on_gpu {
             parts.push(format!("images {}", gib(self.data)));
         }
+        if self.loader > 0.0 && !on_gpu {
+            parts.push(format!("loader batches {}", gib(self.loader)));
+        }
         Err(Error::Usage(format!(
-            "this run needs at least {} ({}) but {what} has {}; lower --bs, --res, --width or --proj-hidden",
-            gib(self.total()),
+            "this run needs at least {} ({}) but {what} has {}; lower --bs, --res, --width, --proj-hidden or --workers",
+            gib(needed),
             parts.join(", "),
             gib(available)
         )))
@@ -112,7 +158,16 @@ pub(crate) fn available_memory(device: Device) -> Option<(f64, String)> {
                 .trim()
                 .parse()
                 .ok()?;
-            Some((1024.0 * kib, "the host (MemAvailable)".into()))
+            // A container's cgroup limit can be far below the machine's.
+            let cgroup: Option<f64> = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+            match cgroup {
+                Some(limit) if limit < 1024.0 * kib => {
+                    Some((limit, "the host (its cgroup's memory.max)".into()))
+                }
+                _ => Some((1024.0 * kib, "the host (MemAvailable)".into())),
+            }
         }
     }
 }

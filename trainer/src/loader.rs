@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Batches each worker may have ready ahead of the consumer.
-const PREFETCH_PER_WORKER: usize = 2;
+pub const PREFETCH_PER_WORKER: usize = 2;
 
 /// Where the views are rendered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

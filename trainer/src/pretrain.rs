@@ -597,11 +597,15 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         flags.workers.unwrap_or_else(rayon::current_num_threads),
         limits::MAX_WORKERS,
     )?;
-    let mut estimate = MemoryEstimate::of_run(&cfg, placement.precision);
-    if cfg.data == DataSource::Synthetic {
-        estimate.data = synthetic_images(cfg.res).data;
-    }
-    estimate.check_fits(placement.device)?;
+    // The data is already in memory (and so out of what is available).
+    MemoryEstimate::of_run(&cfg, placement.precision)
+        .with_loader(
+            &cfg,
+            workers,
+            crate::loader::PREFETCH_PER_WORKER,
+            placement.device != Device::Cpu,
+        )
+        .check_fits(placement.device)?;
     // Held until the run returns.
     let _lock = match resumed_lock {
         Some(lock) => lock,

@@ -1351,6 +1351,12 @@ fn huge_sizes_are_refused_before_allocating() {
         started.elapsed()
     );
     assert!(!out.join("run").exists(), "a refused run leaves no folder");
+    // The loader's batches count too: 1000 workers each holding three
+    // batches of 2 × 256 views at 224 px in f32 need 860 GiB.
+    let mut a: Vec<&str> = base.to_vec();
+    a[3] = "256";
+    a.extend(["--res", "224", "--workers", "1000"]);
+    assert_usage_error(&a, "loader batches");
 }
 
 /// A checkpoint whose teacher weights are all NaN gives NaN features, which
