@@ -67,6 +67,33 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// A width-4 ResNet-18 with 16/8-wide heads, batch 4, on `data` for `steps`
+/// steps into `out`, then `extra` flags.
+fn small_on(data: &str, out: &Path, steps: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "--arch",
+        "resnet18",
+        "--bs",
+        "4",
+        "--width",
+        "4",
+        "--proj-hidden",
+        "16",
+        "--proj-out",
+        "8",
+        "--steps",
+        steps,
+        "--data",
+        data,
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([out.display().to_string()])
+    .chain(extra.iter().map(|s| s.to_string()))
+    .collect()
+}
+
 /// The losses of a run's metrics, as exact bit patterns.
 fn losses(out: &Path) -> Vec<(u64, u64)> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
@@ -147,26 +174,12 @@ fn fashion_mnist_run() {
 fn image_folder_run_and_tools() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/imagefolder");
     let out = tmp("folder");
-    let o = run(&[
-        "--arch",
-        "resnet18",
-        "--bs",
-        "4",
-        "--res",
-        "8",
-        "--width",
-        "4",
-        "--proj-hidden",
-        "16",
-        "--proj-out",
-        "8",
-        "--steps",
-        "2",
-        "--data",
+    let o = run(&args(&small_on(
         data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &out,
+        "2",
+        &["--res", "8"],
+    )));
     assert!(o.status.success(), "{}", stderr(&o));
 
     let exported = out.join("backbone.safetensors");
@@ -881,31 +894,7 @@ fn resume_reads_the_original_data_and_refuses_changed_data() {
     let out = root.join("run");
     let o = trainer()
         .current_dir(&first)
-        .args(args(
-            &[
-                "--arch",
-                "resnet18",
-                "--bs",
-                "4",
-                "--res",
-                "8",
-                "--width",
-                "4",
-                "--proj-hidden",
-                "16",
-                "--proj-out",
-                "8",
-                "--steps",
-                "2",
-                "--data",
-                "data/x",
-                "--out",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([out.display().to_string()])
-            .collect::<Vec<_>>(),
-        ))
+        .args(small_on("data/x", &out, "2", &["--res", "8"]))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1072,26 +1061,12 @@ fn interrupt_during_the_final_knn_exits_130() {
 fn fixture_run(root: &Path) -> (PathBuf, PathBuf) {
     let (data, out) = (root.join("data"), root.join("run"));
     copy_fixture(&data);
-    let o = run(&[
-        "--arch",
-        "resnet18",
-        "--bs",
-        "4",
-        "--res",
-        "8",
-        "--width",
-        "4",
-        "--proj-hidden",
-        "16",
-        "--proj-out",
-        "8",
-        "--steps",
-        "0",
-        "--data",
+    let o = run(&args(&small_on(
         data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+        &out,
+        "0",
+        &["--res", "8"],
+    )));
     assert!(o.status.success(), "{}", stderr(&o));
     (data, out)
 }
@@ -1238,24 +1213,7 @@ fn write_idx(dir: &Path, train: &[u8], test: &[u8]) {
 }
 
 fn idx_run(data: &Path, out: &Path, steps: &str) -> Output {
-    run(&[
-        "--arch",
-        "resnet18",
-        "--bs",
-        "4",
-        "--width",
-        "4",
-        "--proj-hidden",
-        "16",
-        "--proj-out",
-        "8",
-        "--steps",
-        steps,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    run(&args(&small_on(data.to_str().unwrap(), out, steps, &[])))
 }
 
 /// A test label outside the training split's classes is a data error (exit
