@@ -439,6 +439,11 @@ pub fn reexec_with_library_path() {
 pub fn load_libraries() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
+        // A re-executed process has the folders on its search path already;
+        // probing them by name again would load each library twice.
+        if std::env::var_os(REEXECUTED).is_some() {
+            return;
+        }
         let folders = library_folders();
         for group in GROUPS {
             let Some((_, dir)) = folders.iter().find(|(n, _)| *n == group.name) else {

@@ -173,7 +173,7 @@ fn naive_conv(
         vec![0.0; xv.len()],
         vec![0.0; wv.len()],
     );
-    for (b, i, j, o) in itertools(n, oh, ow, k) {
+    for (b, i, j, o) in indices4(n, oh, ow, k) {
         let out = ((b * oh + i) * ow + j) * k + o;
         for (u, v) in (0..r).flat_map(|u| (0..s).map(move |v| (u, v))) {
             let (yi, xj) = (
@@ -196,7 +196,7 @@ fn naive_conv(
 }
 
 /// Every index of an `a × b × c × d` array, in row-major order.
-fn itertools(
+fn indices4(
     a: usize,
     b: usize,
     c: usize,
@@ -235,7 +235,7 @@ fn product(device: Device) -> Outcome {
             dy.to_f64_vec().map_err(err)?,
         );
         let (mut y, mut dx, mut dw) = (vec![0.0; m * n], vec![0.0; m * kd], vec![0.0; n * kd]);
-        for (i, j, l, _) in itertools(m, n, kd, 1) {
+        for (i, j, l, _) in indices4(m, n, kd, 1) {
             y[i * n + j] += xv[i * kd + l] * wv[j * kd + l];
             dx[i * kd + l] += dyv[i * n + j] * wv[j * kd + l];
             dw[j * kd + l] += dyv[i * n + j] * xv[i * kd + l];

@@ -228,15 +228,9 @@ fn tiny_model() -> M2t {
 
 /// The teacher of [`tiny_model`], exported as torchvision-named safetensors.
 fn tiny_weights() -> Vec<u8> {
-    let dir = std::env::temp_dir().join(format!("m2t-mutation-seed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("a scratch folder");
-    let path = dir.join("teacher.safetensors");
     let model = tiny_model();
     let (store, buffers) = model.network(Which::Teacher);
-    nets::weights::export(&path, store, buffers, Part::Whole).expect("export");
-    let bytes = std::fs::read(&path).expect("read back");
-    let _ = std::fs::remove_dir_all(&dir);
-    bytes
+    nets::weights::export_bytes(store, buffers, Part::Whole).expect("a tiny model exports")
 }
 
 /// Grows mutated inputs from seeds, reproducibly from one seed number:
