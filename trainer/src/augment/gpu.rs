@@ -416,7 +416,12 @@ mod tests {
         assert!(aug.upload(&[&truncated]).is_err());
 
         let batch = aug.upload(&[&image]).unwrap();
-        let mut params = ViewParams::draw(&image, View::One, &cfg, &mut Rng::new(0));
+        let mut params = ViewParams::draw(
+            (image.height, image.width),
+            View::One,
+            &cfg,
+            &mut Rng::new(0),
+        );
         assert!(aug.views(&batch, &[]).is_err());
         assert!(
             aug.views(&batch, &[params.clone(), params.clone()])
