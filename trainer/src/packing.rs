@@ -44,8 +44,51 @@ struct Packed {
     resized: bool,
 }
 
-/// Runs `trainer pack`.
+/// What `trainer pack` wrote.
+#[derive(Debug)]
+pub struct Summary {
+    /// Images packed.
+    pub records: usize,
+    /// Of which the training split.
+    pub train_len: usize,
+    /// Of which resized and re-encoded.
+    pub resized: usize,
+    /// The pack's size in bytes.
+    pub bytes: u64,
+    /// `path: reason` of each image skipped as unreadable.
+    pub skipped: Vec<String>,
+    /// Classes.
+    pub classes: usize,
+}
+
+/// Runs `trainer pack`: packs, then names the skipped images on stderr and
+/// prints the summary.
 pub fn run(args: PackArgs) -> Result<()> {
+    let s = pack(&args)?;
+    for line in &s.skipped {
+        eprintln!("skipped {line}");
+    }
+    let resized = match args.max_side {
+        0 => "none resized".to_string(),
+        side => format!("{} resized to a short side of {side}", s.resized),
+    };
+    println!(
+        "packed {} images ({} train, {} val) of {} classes into {}: {:.1} MiB; {resized}, \
+         {} stored as they were; {} unreadable images skipped",
+        s.records,
+        s.train_len,
+        s.records - s.train_len,
+        s.classes,
+        args.out.display(),
+        s.bytes as f64 / (1 << 20) as f64,
+        s.records - s.resized,
+        s.skipped.len()
+    );
+    Ok(())
+}
+
+/// Packs `args.data` into `args.out`.
+pub fn pack(args: &PackArgs) -> Result<Summary> {
     if !(1..=100).contains(&args.quality) {
         return Err(Error::Usage(format!(
             "--quality {}: between 1 and 100",
@@ -91,7 +134,7 @@ pub fn run(args: PackArgs) -> Result<()> {
                 (start..end)
                     .into_par_iter()
                     .map(|i| {
-                        let r = pack_one(set.source(i).expect("an ImageFolder"), &args);
+                        let r = pack_one(set.source(i).expect("an ImageFolder"), args);
                         progress.inc(1);
                         r
                     })
@@ -122,23 +165,17 @@ pub fn run(args: PackArgs) -> Result<()> {
         ));
     }
     let records = writer.len();
-    let bytes = writer.finish(splits.train.class_names(), train_len, args.max_side)?;
+    let classes = splits.train.class_names();
+    let bytes = writer.finish(classes, train_len, args.max_side)?;
     std::fs::rename(&partial, &args.out).map_err(|e| Error::io(&args.out, e))?;
-    for line in &skipped {
-        eprintln!("skipped {line}");
-    }
-    println!(
-        "packed {records} images ({train_len} train, {} val) of {} classes into {}: {:.1} MiB, \
-         {resized} resized to a short side of {}, {} stored as they were; {} unreadable skipped",
-        records - train_len,
-        splits.train.class_names().len(),
-        args.out.display(),
-        bytes as f64 / (1 << 20) as f64,
-        args.max_side,
-        records - resized,
-        skipped.len()
-    );
-    Ok(())
+    Ok(Summary {
+        records,
+        train_len,
+        resized,
+        bytes,
+        skipped,
+        classes: classes.len(),
+    })
 }
 
 /// `out` with `.partial` appended: written there, renamed when complete.
@@ -193,4 +230,191 @@ fn pack_one(path: &Path, args: &PackArgs) -> Result<Packed, String> {
         size: (nh, nw),
         resized: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment::AugmentConfig;
+    use crate::data::testutil::{TempDir, write_image};
+    use crate::loader::{Augmentation, PairLoader, Views};
+    use std::sync::Arc;
+
+    /// A `w × h` JPEG of smooth colours that depend on `seed`.
+    fn jpeg(w: usize, h: usize, seed: usize) -> Vec<u8> {
+        let pixels: Vec<u8> = (0..w * h)
+            .flat_map(|i| {
+                let (x, y) = (i % w, i / w);
+                [
+                    (x * 255 / w) as u8,
+                    (y * 255 / h) as u8,
+                    (seed * 50 % 256) as u8,
+                ]
+            })
+            .collect();
+        let image = turbojpeg::Image {
+            pixels: &pixels[..],
+            width: w,
+            pitch: w * 3,
+            height: h,
+            format: turbojpeg::PixelFormat::RGB,
+        };
+        turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2)
+            .unwrap()
+            .to_vec()
+    }
+
+    fn put(root: &Path, name: &str, bytes: &[u8]) {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn args(data: &Path, out: &Path, max_side: u32) -> PackArgs {
+        PackArgs {
+            data: data.to_path_buf(),
+            out: out.to_path_buf(),
+            max_side,
+            quality: 90,
+            workers: Some(2),
+        }
+    }
+
+    #[test]
+    fn bad_images_are_skipped_counted_and_named_and_labels_never_shift() {
+        let dir = TempDir::new("pack-bad-images");
+        let root = dir.path().join("folder");
+        put(&root, "train/a/0.jpg", &jpeg(20, 16, 0));
+        put(&root, "train/a/1_zero.jpg", &[]);
+        put(&root, "train/a/2_text.jpg", b"not an image, just text");
+        let whole = jpeg(40, 30, 1);
+        put(&root, "train/a/3_cut.jpg", &whole[..whole.len() / 2]);
+        // A JPEG named .png: decoded by content, so kept.
+        put(&root, "train/a/4_disguised.png", &jpeg(18, 18, 2));
+        put(&root, "train/a/5_large.jpg", &jpeg(60, 40, 3));
+        write_image(&root.join("train/b/0.png"), 12, 4);
+        put(&root, "train/b/1.jpg", &jpeg(16, 20, 5));
+        put(&root, "val/a/0.jpg", &jpeg(16, 16, 6));
+        put(&root, "val/b/0_cut.jpg", &whole[..whole.len() - 40]);
+
+        let out = dir.path().join("p.m2tpack");
+        let s = pack(&args(&root, &out, 32)).unwrap();
+        assert_eq!((s.records, s.train_len, s.classes, s.resized), (6, 5, 2, 1));
+        let skipped: Vec<&str> = s.skipped.iter().map(String::as_str).collect();
+        assert_eq!(skipped.len(), 4, "{skipped:?}");
+        for name in ["1_zero.jpg", "2_text.jpg", "3_cut.jpg", "0_cut.jpg"] {
+            assert!(
+                skipped.iter().any(|l| l.contains(name)),
+                "{name}: {skipped:?}"
+            );
+        }
+
+        let splits = crate::data::open(&out).unwrap();
+        let pack = splits.train.pack().unwrap();
+        assert_eq!(pack.classes, ["a", "b"]);
+        // Every record's label is its own folder's class.
+        for r in &pack.records {
+            let class = r.source.split('/').nth(1).unwrap();
+            assert_eq!(pack.classes[r.label as usize], class, "{}", r.source);
+        }
+        let large = pack
+            .records
+            .iter()
+            .find(|r| r.source.contains("5_large"))
+            .unwrap();
+        assert_eq!((large.height, large.width), (32, 48));
+        let test = splits.test.unwrap();
+        assert_eq!((test.len(), test.label(0)), (1, Some(0)));
+        for i in 0..splits.train.len() {
+            assert!(splits.train.image(i).is_ok(), "record {i}");
+        }
+
+        // The folder itself: the loader skips and counts the three bad
+        // training images every epoch (a run of them counts each attempt);
+        // the pack has none left to skip.
+        let cfg = AugmentConfig::new(8, 3).unwrap();
+        let folder = Arc::new(crate::data::open(&root).unwrap().train);
+        let packed = Arc::new(splits.train);
+        for (set, bad) in [(Arc::clone(&folder), true), (packed, false)] {
+            let n = set.len();
+            let mut loader =
+                PairLoader::new(set, cfg.clone(), (n, 7), 2, 0, Augmentation::Host).unwrap();
+            for _ in 0..3 {
+                let skipped = loader.next().unwrap().skipped;
+                assert_eq!(skipped >= 3, bad, "{skipped}");
+            }
+        }
+        // Evaluation leaves exactly those three out, every other image with
+        // its own folder's label.
+        let readable: Vec<_> = crate::loader::eval_batches(&folder, &cfg, 3)
+            .flat_map(|b| {
+                let b = b.unwrap();
+                b.indices.into_iter().zip(b.labels)
+            })
+            .collect();
+        assert_eq!(readable.len(), 5);
+        for (i, label) in readable {
+            let path = folder.source(i).unwrap();
+            let class = path.parent().unwrap().file_name().unwrap();
+            assert_eq!(["a", "b"][label as usize], class, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn a_lossless_size_pack_gives_the_folders_batches() {
+        let dir = TempDir::new("pack-same");
+        let root = dir.path().join("folder");
+        // Large enough for 1/2 to 1/8 scaled decoding at 8 px.
+        for i in 0..10 {
+            let (w, h) = (40 + 7 * i, 90 - 4 * i);
+            put(&root, &format!("c{}/{i}.jpg", i % 3), &jpeg(w, h, i));
+        }
+        write_image(&root.join("c1/z.png"), 30, 9);
+        let out = dir.path().join("p.m2tpack");
+        let s = pack(&args(&root, &out, 0)).unwrap();
+        assert_eq!((s.records, s.resized), (11, 0));
+
+        let folder = Arc::new(crate::data::open(&root).unwrap().train);
+        let packed = Arc::new(crate::data::open(&out).unwrap().train);
+        assert_eq!(folder.len(), packed.len());
+        for i in 0..folder.len() {
+            assert_eq!(folder.label(i), packed.label(i));
+            assert_eq!(folder.image(i).unwrap(), packed.image(i).unwrap());
+        }
+        let cfg = AugmentConfig::new(8, 3).unwrap();
+        let run = |set: &Arc<crate::data::Dataset>, augmentation| {
+            let mut loader =
+                PairLoader::new(Arc::clone(set), cfg.clone(), (4, 3), 2, 0, augmentation).unwrap();
+            (0..6).map(|_| loader.next().unwrap()).collect::<Vec<_>>()
+        };
+        for (a, b) in run(&folder, Augmentation::Host)
+            .iter()
+            .zip(&run(&packed, Augmentation::Host))
+        {
+            let (a1, a2) = a.views(None).unwrap();
+            let (b1, b2) = b.views(None).unwrap();
+            assert_eq!(a1.to_vec::<f32>().unwrap(), b1.to_vec::<f32>().unwrap());
+            assert_eq!(a2.to_vec::<f32>().unwrap(), b2.to_vec::<f32>().unwrap());
+        }
+        let mut reduced = 0;
+        for (a, b) in run(&folder, Augmentation::Device)
+            .iter()
+            .zip(&run(&packed, Augmentation::Device))
+        {
+            let (
+                Views::Drawn { images, one, two },
+                Views::Drawn {
+                    images: i2,
+                    one: o2,
+                    two: t2,
+                },
+            ) = (&a.views, &b.views)
+            else {
+                panic!("device batches are drawn");
+            };
+            assert_eq!((images, one, two), (i2, o2, t2));
+            reduced += images.iter().filter(|im| im.width < 40).count();
+        }
+        assert!(reduced > 0, "some images were decoded at a reduced scale");
+    }
 }

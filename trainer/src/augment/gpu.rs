@@ -448,7 +448,10 @@ mod tests {
         let layout = vec![[0, 12, 10, 3], [far, 9, 14, 3]];
         let packed = Tables::pack(&layout, &[draw(&first, 0), draw(&second, 1)], 8).unwrap();
         let ints: &[i32] = bytemuck::cast_slice(&packed.bytes[..2 * INTS * 4]);
-        assert_eq!((ints[INTS + SRC_OFFSET_LO], ints[INTS + SRC_OFFSET_HI]), (3, 1));
+        assert_eq!(
+            (ints[INTS + SRC_OFFSET_LO], ints[INTS + SRC_OFFSET_HI]),
+            (3, 1)
+        );
 
         // The emulator's memory is real: run only where 4 GiB fits twice over.
         if available_memory().is_none_or(|m| m < 9 << 30) {

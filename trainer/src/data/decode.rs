@@ -39,7 +39,9 @@ thread_local! {
     static TURBO: RefCell<Option<turbojpeg::Decompressor>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` with this thread's TurboJPEG decompressor.
+/// Runs `f` with this thread's TurboJPEG decompressor. A handle that
+/// reported an error is dropped: libjpeg-turbo 2.x keeps state from a failed
+/// decode (its Huffman tables) that fails every later one.
 fn with_turbo<T>(
     f: impl FnOnce(&mut turbojpeg::Decompressor) -> Result<T, String>,
 ) -> Result<T, String> {
@@ -48,7 +50,11 @@ fn with_turbo<T>(
         if slot.is_none() {
             *slot = Some(turbojpeg::Decompressor::new().map_err(|e| e.to_string())?);
         }
-        f(slot.as_mut().expect("just set"))
+        let result = f(slot.as_mut().expect("just set"));
+        if result.is_err() {
+            *slot = None;
+        }
+        result
     })
 }
 
@@ -236,8 +242,12 @@ mod tests {
             assert!(dimensions(&[], decoder).is_err());
             assert!(decode(b"not an image at all", 1, decoder).is_err());
         }
-        // Cut in the entropy-coded data: TurboJPEG refuses it.
-        assert!(decode(&bytes[..bytes.len() / 2], 1, JpegDecoder::Turbo).is_err());
+        // Cut in the entropy-coded data: TurboJPEG refuses it, and decodes
+        // the next good image as if nothing had happened.
+        for _ in 0..2 {
+            assert!(decode(&bytes[..bytes.len() / 2], 1, JpegDecoder::Turbo).is_err());
+            assert!(decode(&bytes, 1, JpegDecoder::Turbo).is_ok());
+        }
     }
 
     #[test]
