@@ -31,6 +31,11 @@ impl std::str::FromStr for JpegDecoder {
     }
 }
 
+/// The most pixels a JPEG can code per byte: Huffman coding spends at least
+/// a bit per 8×8 block and channel (a DC code; progressive scans), so 512
+/// for grey images; twice that leaves room.
+const MAX_PIXELS_PER_BYTE: usize = 1024;
+
 /// The scale divisors of DCT-domain decoding, largest first.
 pub const DIVISORS: [usize; 4] = [8, 4, 2, 1];
 
@@ -118,6 +123,17 @@ fn decode_turbo(bytes: &[u8], divisor: usize) -> Result<Option<Image>, String> {
         }
         if header.width == 0 || header.height == 0 {
             return Err("empty image".into());
+        }
+        // A corrupt header can claim up to 65535² pixels; refuse sizes the
+        // data cannot hold before allocating for them.
+        let pixels = header.width * header.height;
+        if pixels > MAX_PIXELS_PER_BYTE * bytes.len() {
+            return Err(format!(
+                "{}×{} pixels cannot be coded in {} bytes (corrupt header?)",
+                header.width,
+                header.height,
+                bytes.len()
+            ));
         }
         // TurboJPEG picks the largest scale that fits the requested size:
         // exactly 1/divisor, whose size is the ceiling.
@@ -248,6 +264,16 @@ mod tests {
             assert!(decode(&bytes[..bytes.len() / 2], 1, JpegDecoder::Turbo).is_err());
             assert!(decode(&bytes, 1, JpegDecoder::Turbo).is_ok());
         }
+    }
+
+    #[test]
+    fn a_header_claiming_more_pixels_than_the_data_holds_is_refused() {
+        let mut bytes = jpeg(16, 16);
+        // SOF0's height and width fields follow its marker, length and precision.
+        let sof = bytes.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0x75, 0x30, 0x75, 0x30]);
+        let err = decode(&bytes, 1, JpegDecoder::Turbo).unwrap_err();
+        assert!(err.contains("30000×30000 pixels cannot be coded"), "{err}");
     }
 
     #[test]
