@@ -12,6 +12,8 @@
 #   TRAINER  engine binary [default: target/release/trainer of this repository]
 #   PYTHON   Python with torch and torchvision [default: python3]
 #   RUNS     runs of each [default: 3]
+#   BLUR     torchvision side's blur: pil (ImageFilter, the default and the
+#            stronger baseline) or torchvision (its GaussianBlur, ~40x slower)
 #
 # Example: PYTHON=/opt/torchenv/bin/python bash benches/loader_compare.sh --workers 2
 set -euo pipefail
@@ -20,6 +22,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TRAINER=${TRAINER:-$root/target/release/trainer}
 PYTHON=${PYTHON:-python3}
 RUNS=${RUNS:-3}
+BLUR=${BLUR:-pil}
 DATA=${DATA:-$root/benches/photos}
 
 res=224 bs=64 workers=2 batches=20
@@ -45,7 +48,7 @@ pack=$work/photos.m2tpack
 common=(--res "$res" --bs "$bs" --workers "$workers" --batches "$batches")
 for run in $(seq "$RUNS"); do
     echo "== run $run of $RUNS" >&2
-    "$PYTHON" "$root/benches/torch_loader.py" --data "$DATA" "${common[@]}" --json \
+    "$PYTHON" "$root/benches/torch_loader.py" --data "$DATA" "${common[@]}" --blur "$BLUR" --json \
         | sed 's/^/torchvision-folder /' >> "$work/results"
     for augment in host device; do
         for source in folder pack; do
@@ -65,14 +68,14 @@ for line in open(sys.argv[1]):
     runs.setdefault(name, []).append(json.loads(js))
 base = statistics.median(r["pairs_per_s"] for r in runs["torchvision-folder"])
 first = runs["torchvision-folder"][0]
-print(f"{first['res']} px, bs {first['bs']}, {first['workers']} workers, "
-      f"median of {len(runs['torchvision-folder'])} runs")
+print(f"{first['res']} px, bs {first['bs']}, {first['workers']} workers, torchvision with "
+      f"{first['blur']} blur, median of {len(runs['torchvision-folder'])} runs")
 print(f"{'configuration':<24} {'pairs/s':>9} {'per worker':>11} {'vs torchvision':>15}  worker ms per pair")
 for name, rs in runs.items():
     pairs = statistics.median(r["pairs_per_s"] for r in rs)
     split = ""
     if "ms_per_pair" in rs[0]:
-        keys = rs[0]["ms_per_pair"].keys()
+        keys = [k for k in ("read", "decode", "draw", "augment", "assemble") if k in rs[0]["ms_per_pair"]]
         split = ", ".join(f"{k} {statistics.median(r['ms_per_pair'][k] for r in rs):.2f}" for k in keys)
     print(f"{name:<24} {pairs:>9.1f} {pairs / first['workers']:>11.1f} {pairs / base:>14.2f}x  {split}")
 EOF

@@ -404,7 +404,8 @@ fn resample(image: &Image, rows: &Taps, cols: &Taps) -> Vec<f32> {
                     *a += wk * v as f32;
                 }
             }
-            out.copy_from_slice(&acc[..c]);
+            // Element by element: a 3-float copy_from_slice is a memmove call.
+            out.iter_mut().zip(acc).for_each(|(o, a)| *o = a);
         }
     }
     // Vertical pass, folding in the 1/255.
@@ -590,7 +591,10 @@ fn gaussian_blur(px: &mut [f32], h: usize, w: usize, c: usize, sigma: f64) {
     for (src, dst) in px.chunks_exact(row).zip(tmp.chunks_exact_mut(row)) {
         for (p, chunk) in padded.chunks_exact_mut(c).enumerate() {
             let sx = reflect(p as isize - radius as isize, w);
-            chunk.copy_from_slice(&src[sx * c..(sx + 1) * c]);
+            chunk
+                .iter_mut()
+                .zip(&src[sx * c..])
+                .for_each(|(d, &s)| *d = s);
         }
         // Tap-major so the inner loop runs over contiguous, independent lanes.
         for (k, &wk) in kernel.iter().enumerate() {
