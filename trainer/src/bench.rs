@@ -93,9 +93,11 @@ pub struct BenchArgs {
     /// batch's upload is timed when one is there).
     #[arg(long, default_value = "host")]
     pub augment: String,
-    /// --loader: timed batches (after one warm-up batch per worker).
-    #[arg(long, default_value_t = 20)]
-    pub batches: usize,
+    /// --loader: timed batches, after one warm-up batch per worker [default:
+    /// 10 per worker: each worker builds up to 2 batches ahead, so a short
+    /// window would count batches built before it].
+    #[arg(long)]
+    pub batches: Option<usize>,
     /// --loader: the JPEG decoder, turbojpeg (libjpeg-turbo, with scaled
     /// decoding) or image (zune-jpeg, full size).
     #[arg(long, default_value = "turbojpeg")]

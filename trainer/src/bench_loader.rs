@@ -31,11 +31,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let batches = args.batches.unwrap_or(10 * workers);
     for (flag, value, least) in [
         ("--bs", bs, 1),
         ("--res", res, 8),
         ("--workers", workers, 1),
-        ("--batches", args.batches, 1),
+        ("--batches", batches, 1),
     ] {
         if value < least {
             return Err(Error::Usage(format!("{flag} {value}: at least {least}")));
@@ -76,14 +77,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let before = loader.stages();
     let started = Instant::now();
     let (mut skipped, mut upload) = (0, Duration::ZERO);
-    for _ in 0..args.batches {
+    for _ in 0..batches {
         let (s, u) = consume(&mut loader, gpu.as_ref())?;
         skipped += s;
         upload += u;
     }
     let wall = started.elapsed().as_secs_f64();
     let stages = difference(loader.stages(), before);
-    let pairs_per_s = (bs * args.batches) as f64 / wall;
+    let pairs_per_s = (bs * batches) as f64 / wall;
     let per_pair = |d: Duration| d.as_secs_f64() * 1e3 / stages.samples.max(1) as f64;
     let split = [
         ("read", stages.read),
@@ -100,7 +101,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let busy: f64 = split.iter().map(|(_, d)| d.as_secs_f64()).sum();
     let upload_ms = gpu
         .is_some()
-        .then(|| upload.as_secs_f64() * 1e3 / args.batches as f64);
+        .then(|| upload.as_secs_f64() * 1e3 / batches as f64);
     let augment_name = match augmentation {
         Augmentation::Host => "host",
         Augmentation::Device => "device",
@@ -114,7 +115,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "{}",
             json!({
                 "loader": described, "res": res, "bs": bs, "workers": workers,
-                "augment": augment_name, "decoder": args.decoder, "batches": args.batches,
+                "augment": augment_name, "decoder": args.decoder, "batches": batches,
                 "wall_s": wall, "pairs_per_s": pairs_per_s,
                 "pairs_per_s_per_worker": pairs_per_s / workers as f64,
                 "skipped": skipped, "ms_per_pair": ms, "upload_ms_per_batch": upload_ms,
@@ -129,7 +130,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     println!(
         "  {pairs_per_s:.1} pairs/s ({:.1} per worker): {} batches in {wall:.2} s, {skipped} unreadable images skipped",
         pairs_per_s / workers as f64,
-        args.batches
+        batches
     );
     let parts: Vec<String> = split
         .iter()

@@ -236,33 +236,9 @@ fn pack_one(path: &Path, args: &PackArgs) -> Result<Packed, String> {
 mod tests {
     use super::*;
     use crate::augment::AugmentConfig;
-    use crate::data::testutil::{TempDir, write_image};
+    use crate::data::testutil::{TempDir, jpeg_bytes as jpeg, write_image};
     use crate::loader::{Augmentation, PairLoader, Views};
     use std::sync::Arc;
-
-    /// A `w × h` JPEG of smooth colours that depend on `seed`.
-    fn jpeg(w: usize, h: usize, seed: usize) -> Vec<u8> {
-        let pixels: Vec<u8> = (0..w * h)
-            .flat_map(|i| {
-                let (x, y) = (i % w, i / w);
-                [
-                    (x * 255 / w) as u8,
-                    (y * 255 / h) as u8,
-                    (seed * 50 % 256) as u8,
-                ]
-            })
-            .collect();
-        let image = turbojpeg::Image {
-            pixels: &pixels[..],
-            width: w,
-            pitch: w * 3,
-            height: h,
-            format: turbojpeg::PixelFormat::RGB,
-        };
-        turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2)
-            .unwrap()
-            .to_vec()
-    }
 
     fn put(root: &Path, name: &str, bytes: &[u8]) {
         let path = root.join(name);

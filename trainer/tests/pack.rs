@@ -29,6 +29,25 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/imagefolder")
 }
 
+/// Packs the fixture (sizes kept: 8×8 is under the default max side) into
+/// `dir` with 2 workers and returns the pack's path.
+fn pack_fixture(dir: &Path) -> PathBuf {
+    let pack = dir.join("fixture.m2tpack");
+    let (data, out) = (fixture(), pack.clone());
+    let o = run(&[
+        "pack",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--workers",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("packed 8 images (8 train, 0 val) of 2 classes"));
+    pack
+}
+
 /// Runs 3 steps of a tiny pretraining on `data` into `out` and returns
 /// the logged losses as bit patterns.
 fn pretrain_losses(data: &Path, out: &Path) -> Vec<u64> {
@@ -70,18 +89,7 @@ fn pretrain_losses(data: &Path, out: &Path) -> Vec<u64> {
 #[test]
 fn pretraining_from_a_lossless_size_pack_equals_the_folder() {
     let dir = tmp("same");
-    let pack = dir.join("fixture.m2tpack");
-    let o = run(&[
-        "pack",
-        "--data",
-        fixture().to_str().unwrap(),
-        "--out",
-        pack.to_str().unwrap(),
-        "--workers",
-        "2",
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("packed 8 images (8 train, 0 val) of 2 classes"));
+    let pack = pack_fixture(&dir);
 
     let folder = pretrain_losses(&fixture(), &dir.join("from-folder"));
     let packed = pretrain_losses(&pack, &dir.join("from-pack"));
@@ -93,15 +101,7 @@ fn pretraining_from_a_lossless_size_pack_equals_the_folder() {
 #[test]
 fn info_describes_a_pack_and_names_corrupt_records() {
     let dir = tmp("info");
-    let pack = dir.join("p.m2tpack");
-    let o = run(&[
-        "pack",
-        "--data",
-        fixture().to_str().unwrap(),
-        "--out",
-        pack.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let pack = pack_fixture(&dir);
     let o = run(&["info", "--data", pack.to_str().unwrap()]);
     let out = text(&o.stdout);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -154,7 +154,7 @@ fn loader_benchmark_reports_rates_and_the_time_split() {
             "--workers",
             "2",
             "--batches",
-            "3",
+            "20",
             "--augment",
             augment,
             "--device",

@@ -196,24 +196,9 @@ pub fn divisor_for(extents: &[(usize, usize)], size: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// A `w × h` JPEG of smooth gradients, as TurboJPEG encodes it.
+    /// A `w × h` test JPEG.
     fn jpeg(w: usize, h: usize) -> Vec<u8> {
-        let pixels: Vec<u8> = (0..w * h)
-            .flat_map(|i| {
-                let (x, y) = (i % w, i / w);
-                [(x * 255 / w) as u8, (y * 255 / h) as u8, 128]
-            })
-            .collect();
-        let image = turbojpeg::Image {
-            pixels: &pixels[..],
-            width: w,
-            pitch: w * 3,
-            height: h,
-            format: turbojpeg::PixelFormat::RGB,
-        };
-        turbojpeg::compress(image, 95, turbojpeg::Subsamp::Sub2x2)
-            .unwrap()
-            .to_vec()
+        super::super::testutil::jpeg_bytes(w, h, 2)
     }
 
     #[test]
