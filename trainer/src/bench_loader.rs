@@ -5,6 +5,7 @@
 use crate::augment::{AugmentConfig, GpuAugmenter};
 use crate::bench::BenchArgs;
 use crate::data::{self, Image, JpegDecoder};
+use crate::limits::{MAX_BS, MAX_RES, MAX_WORKERS, at_most};
 use crate::loader::{Augmentation, PairLoader, Stages, Views};
 use crate::pretrain::resolve_device;
 use crate::{Error, Result};
@@ -31,6 +32,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    at_most("workers", workers, MAX_WORKERS)?;
+    at_most("bs", bs, MAX_BS)?;
+    at_most("res", res, MAX_RES)?;
     let batches = args.batches.unwrap_or(10 * workers);
     for (flag, value, least) in [
         ("--bs", bs, 1),

@@ -10,6 +10,7 @@
 
 use crate::data::pack::Writer;
 use crate::data::{self, Dataset, JpegDecoder};
+use crate::limits::{MAX_WORKERS, at_most};
 use crate::{Error, Result};
 use clap::Args;
 use rayon::prelude::*;
@@ -98,6 +99,7 @@ pub fn pack(args: &PackArgs) -> Result<Summary> {
     if args.workers == Some(0) {
         return Err(Error::Usage("--workers 0: at least 1".into()));
     }
+    at_most("workers", args.workers.unwrap_or(1), MAX_WORKERS)?;
     let splits = data::open(&args.data)?;
     let sets: Vec<&Dataset> = std::iter::once(&splits.train)
         .chain(splits.test.as_ref())
