@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 data=/usr/share/datasets/fashion-mnist
 bash scripts/install-fashion-mnist.sh
+# JPEG decoding links libjpeg-turbo (Debian's libturbojpeg0-dev).
+bash scripts/install-turbojpeg.sh
 
 echo "== building (release)"
 cargo build --release -q -p trainer

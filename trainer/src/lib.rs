@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod bench;
+pub mod bench_loader;
 pub mod bench_ops;
 pub mod check;
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod loader;
 pub mod mutation;
 pub mod output;
+pub mod packing;
 pub mod plot;
 pub mod pretrain;
 pub mod run_lock;
