@@ -75,6 +75,13 @@ pub struct PretrainOptions {
     /// the unbiased variance) or single [default: double].
     #[arg(long)]
     pub mbn_correction: Option<String>,
+    /// Ghost batch norm: every batch norm (student, teacher's Momentum BN,
+    /// heads) normalises each of G equal groups of the --bs images over the
+    /// group's own statistics, the statistics G GPUs with --bs/G each would
+    /// see; the Momentum-BN history moves by the mean of the groups'. --bs
+    /// must split into groups of at least 2 [default: 1, plain batch norm].
+    #[arg(long, value_name = "G")]
+    pub bn_group: Option<usize>,
     /// Projector (and predictor) hidden width, at most 65536 [default: 4096].
     #[arg(long)]
     pub proj_hidden: Option<usize>,
@@ -248,6 +255,10 @@ pub struct RunConfig {
     pub teacher_bn: TeacherBn,
     /// Momentum BN's Bessel correction: "double" or "single".
     pub mbn_correction: String,
+    /// Ghost-BN groups per batch (1: plain batch norm). Absent, and 1, in
+    /// runs made before it existed.
+    #[serde(default = "one")]
+    pub bn_group: usize,
     /// Projector and predictor hidden width.
     pub proj_hidden: usize,
     /// Projector output width.
@@ -274,6 +285,10 @@ pub struct RunConfig {
     pub data_fingerprint: Option<Fingerprint>,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl RunConfig {
     /// Reads a saved `config.toml`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -289,6 +304,7 @@ impl RunConfig {
             ("proj-hidden", run.proj_hidden, MAX_HEAD),
             ("proj-out", run.proj_out, MAX_HEAD),
             ("log-every", run.log_every, usize::MAX),
+            ("bn-group", run.bn_group, run.bs),
         ] {
             if value == 0 || value > max {
                 return Err(Error::Usage(format!(
@@ -372,6 +388,7 @@ impl From<RunConfig> for PretrainOptions {
             ema: Some(run.ema),
             teacher_bn: Some(run.teacher_bn),
             mbn_correction: Some(run.mbn_correction),
+            bn_group: Some(run.bn_group),
             proj_hidden: Some(run.proj_hidden),
             proj_out: Some(run.proj_out),
             width: Some(run.width),
@@ -443,6 +460,7 @@ layered!(
     ema,
     teacher_bn,
     mbn_correction,
+    bn_group,
     proj_hidden,
     proj_out,
     width,
