@@ -1,7 +1,7 @@
 //! Collectives between data-parallel ranks: the all-reduce that averages
 //! gradients and batch-norm buffers, behind one [`Communicator`] trait.
 //!
-//! [`HostGroup`] is the stand-in for NCCL, as the CPU reference stands in
+//! [`host_group`] is the stand-in for NCCL, as the CPU reference stands in
 //! for cuDNN and cuBLAS on the emulator: `N` ranks as threads of one
 //! process, exchanging through host memory. It sums in rank order, so its
 //! results do not depend on which thread arrives first, and it never hangs:
@@ -47,7 +47,7 @@ pub trait Communicator: Send {
     }
 }
 
-/// The state the ranks of a [`HostGroup`] share.
+/// The state the ranks of a [`host_group`] share.
 #[derive(Debug)]
 struct Round {
     /// Each rank's contribution to the collective in progress.
@@ -75,39 +75,33 @@ impl Shared {
     }
 }
 
-/// `N` ranks in one process (threads), all-reducing through host memory:
-/// the emulator's stand-in for NCCL.
-#[derive(Debug)]
-pub struct HostGroup;
-
-impl HostGroup {
-    /// The `n` ranks' communicators, rank order; a collective that waits
-    /// longer than `timeout` for the other ranks fails.
-    pub fn new(n: usize, timeout: Duration) -> Result<Vec<HostComm>> {
-        if n == 0 {
-            return Err(Error::Comm("a group needs at least one rank".into()));
-        }
-        let shared = Arc::new(Shared {
-            round: Mutex::new(Round {
-                slots: vec![None; n],
-                completed: 0,
-                result: Arc::new(Vec::new()),
-                failed: None,
-            }),
-            done: Condvar::new(),
-            timeout,
-        });
-        Ok((0..n)
-            .map(|rank| HostComm {
-                rank,
-                world: n,
-                shared: shared.clone(),
-            })
-            .collect())
+/// `n` ranks in one process (threads), all-reducing through host memory
+/// (the emulator's stand-in for NCCL): their communicators, rank order. A
+/// collective that waits longer than `timeout` for the other ranks fails.
+pub fn host_group(n: usize, timeout: Duration) -> Result<Vec<HostComm>> {
+    if n == 0 {
+        return Err(Error::Comm("a group needs at least one rank".into()));
     }
+    let shared = Arc::new(Shared {
+        round: Mutex::new(Round {
+            slots: vec![None; n],
+            completed: 0,
+            result: Arc::new(Vec::new()),
+            failed: None,
+        }),
+        done: Condvar::new(),
+        timeout,
+    });
+    Ok((0..n)
+        .map(|rank| HostComm {
+            rank,
+            world: n,
+            shared: shared.clone(),
+        })
+        .collect())
 }
 
-/// One rank of a [`HostGroup`]. Dropping it (a rank that ended, or failed
+/// One rank of a [`host_group`]. Dropping it (a rank that ended, or failed
 /// and unwound) ends the others' collectives with an error naming it.
 #[derive(Debug)]
 pub struct HostComm {

@@ -15,13 +15,16 @@ fn f32s(t: &Tensor) -> Vec<f32> {
     t.to_vec::<f32>().unwrap()
 }
 
+/// A run's output, batch statistics and gradients.
+type Outcome = (Tensor, BatchStats, Vec<Tensor>);
+
 /// `relu(bn(x) + r)` with `groups` groups and Momentum BN: output, batch
 /// statistics and the gradients of `x`, `r`, `γ`, `β` for upstream `dy`.
 fn run(
     groups: usize,
     [x, r, gamma, beta, dy]: [&Tensor; 5],
     history: (&Tensor, &Tensor),
-) -> (Tensor, BatchStats, Vec<Tensor>) {
+) -> Outcome {
     let mut tape = Tape::new();
     tape.set_bn_groups(groups).unwrap();
     let vars: Vec<Var> = [x, r, gamma, beta]
@@ -71,9 +74,8 @@ fn ghost_groups_are_separate_batch_norms_joined() {
             run(1, [&xs, &rs, &gamma, &beta, &dys], (&hist.0, &hist.1))
         })
         .collect();
-    let joined = |f: &dyn Fn(&(Tensor, BatchStats, Vec<Tensor>)) -> Vec<f32>| -> Vec<f32> {
-        parts.iter().flat_map(f).collect()
-    };
+    let joined =
+        |f: &dyn Fn(&Outcome) -> Vec<f32>| -> Vec<f32> { parts.iter().flat_map(f).collect() };
     // Outputs and input gradients are the groups' exactly.
     assert_eq!(f32s(&y), joined(&|p| f32s(&p.0)));
     assert_eq!(f32s(&grads[0]), joined(&|p| f32s(&p.2[0])));

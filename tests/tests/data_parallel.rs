@@ -9,7 +9,7 @@
 //! 4. a rank that fails (or hangs) stops the others with an error, in
 //!    bounded time.
 
-use engine::comm::{Communicator, HostComm, HostGroup};
+use engine::comm::{Communicator, HostComm, host_group};
 use engine::optim::Sgd;
 use engine::{Device, Rng, Tensor};
 use nets::data_parallel;
@@ -119,7 +119,7 @@ fn rank_steps(
 
 /// Runs `body` on every rank of a `world`-rank host group, one thread each.
 fn on_ranks<T: Send>(world: usize, body: impl Fn(HostComm) -> T + Sync) -> Vec<T> {
-    let comms = HostGroup::new(world, TIMEOUT).unwrap();
+    let comms = host_group(world, TIMEOUT).unwrap();
     std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -312,7 +312,7 @@ fn a_failing_rank_stops_the_others_with_an_error() {
     );
 
     // A rank that silently never joins: the others time out.
-    let comms = HostGroup::new(2, Duration::from_millis(300)).unwrap();
+    let comms = host_group(2, Duration::from_millis(300)).unwrap();
     let mut comms = comms.into_iter();
     let (mut first, _hung) = (comms.next().unwrap(), comms.next().unwrap());
     let started = Instant::now();

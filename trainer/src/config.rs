@@ -132,6 +132,16 @@ pub struct PretrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub deterministic: bool,
+    /// Data-parallel processes, one per GPU (NCCL), as in the authors'
+    /// 8-GPU runs: --bs is then the batch of each GPU, batch norm
+    /// normalises over it, and the default learning rate follows the global
+    /// batch (N·bs). Also read from torchrun's RANK/WORLD_SIZE or Slurm's
+    /// SLURM_PROCID/SLURM_NTASKS. This build refuses more than one process
+    /// with the reason (see the README's "Data parallel"); --bn-group N
+    /// gives the same per-GPU batch norm on one device [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(skip)]
+    pub gpus: Option<usize>,
     /// Data-loading threads, at most 1024 [default: the number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -423,7 +433,7 @@ macro_rules! layered {
                 if self.data.is_some() || self.dataset.is_some() {
                     (base.data, base.dataset) = (None, None);
                 }
-                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, auto_resume: self.auto_resume, config: self.config, profile: self.profile, deterministic: self.deterministic }
+                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, auto_resume: self.auto_resume, config: self.config, profile: self.profile, deterministic: self.deterministic, gpus: self.gpus }
             }
 
             /// The flags of the options that are set, e.g. `--proj-hidden`.

@@ -120,11 +120,13 @@ pub fn check_launch(gpus: usize, world: Option<&World>) -> Result<()> {
     if processes <= 1 && gpus <= 1 {
         return Ok(());
     }
-    let devices = kernels::probe::list_devices().map_err(|why| {
+    let none = |why: String| {
         Error::Usage(format!(
             "data parallel on {processes} processes needs CUDA GPUs, and this machine has none usable ({why})"
         ))
-    })?;
+    };
+    kernels::probe::probe().usable().map_err(none)?;
+    let devices = kernels::probe::list_devices().map_err(none)?;
     if devices.len() < gpus {
         return Err(Error::Usage(format!(
             "--gpus {gpus}: this machine has {} usable GPU(s)",

@@ -550,6 +550,8 @@ fn curves(path: &Path) -> (Series, Series) {
 
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
+    let world = crate::distributed::world_from_env(|name| std::env::var(name).ok())?;
+    crate::distributed::check_launch(flags.gpus.unwrap_or(1), world.as_ref())?;
     engine::set_deterministic(flags.deterministic);
     let resume = flags.resume || (flags.auto_resume && auto_resume_finds_a_run(&flags)?);
     // A resumed run takes the run folder's lock before anything else, so a
