@@ -52,20 +52,27 @@ fn slice(t: &Tensor, g: usize, groups: usize) -> Tensor {
     Tensor::from_vec(f32s(t)[g * per..(g + 1) * per].to_vec(), dims).unwrap()
 }
 
+/// Random `x`, residual, `dy` of shape `dims`, then `γ`, `β` and a
+/// Momentum-BN history (mean, variance) for its channels.
+fn problem(seed: u64, dims: &[usize]) -> ([Tensor; 5], (Tensor, Tensor)) {
+    let mut rng = Rng::new(seed);
+    let c = *dims.last().unwrap();
+    let data = [dims, dims, dims, &[c], &[c]].map(|d| tensor(&mut rng, d));
+    let var = rng
+        .normal_vec(c, 0.2)
+        .iter()
+        .map(|v| 1.0 + v.abs())
+        .collect();
+    let hist = (
+        tensor(&mut rng, &[c]),
+        Tensor::from_vec::<f32>(var, [c]).unwrap(),
+    );
+    (data, hist)
+}
+
 #[test]
 fn ghost_groups_are_separate_batch_norms_joined() {
-    let mut rng = Rng::new(5);
-    let dims = [6, 3, 2, 4];
-    let (x, r, dy) = (
-        tensor(&mut rng, &dims),
-        tensor(&mut rng, &dims),
-        tensor(&mut rng, &dims),
-    );
-    let (gamma, beta) = (tensor(&mut rng, &[4]), tensor(&mut rng, &[4]));
-    let hist = (
-        tensor(&mut rng, &[4]),
-        Tensor::from_vec(vec![1.5f32; 4], [4]).unwrap(),
-    );
+    let ([x, r, dy, gamma, beta], hist) = problem(5, &[6, 3, 2, 4]);
     let groups = 3;
     let (y, stats, grads) = run(groups, [&x, &r, &gamma, &beta, &dy], (&hist.0, &hist.1));
     let parts: Vec<_> = (0..groups)
@@ -104,18 +111,7 @@ fn ghost_groups_are_separate_batch_norms_joined() {
 
 #[test]
 fn one_group_is_plain_batch_norm_bit_for_bit() {
-    let mut rng = Rng::new(6);
-    let dims = [4, 3, 3, 8];
-    let (x, r, dy) = (
-        tensor(&mut rng, &dims),
-        tensor(&mut rng, &dims),
-        tensor(&mut rng, &dims),
-    );
-    let (gamma, beta) = (tensor(&mut rng, &[8]), tensor(&mut rng, &[8]));
-    let hist = (
-        tensor(&mut rng, &[8]),
-        Tensor::from_vec(vec![0.8f32; 8], [8]).unwrap(),
-    );
+    let ([x, r, dy, gamma, beta], hist) = problem(6, &[4, 3, 3, 8]);
     let grouped = run(1, [&x, &r, &gamma, &beta, &dy], (&hist.0, &hist.1));
     // The same op on a tape never told about groups.
     let mut tape = Tape::new();

@@ -11,11 +11,12 @@
 
 use engine::comm::{Communicator, HostComm, host_group};
 use engine::optim::Sgd;
-use engine::{Device, Rng, Tensor};
+use engine::{DType, Device, Rng, Tensor};
 use nets::data_parallel;
 use nets::m2t::{M2t, M2tConfig, Which};
-use nets::resnet::{Arch, ResNetConfig, Stem};
+use nets::resnet::Arch;
 use std::time::{Duration, Instant};
+use tests::parity::step::tiny_with;
 use trainer::checkpoint::{self, State};
 
 const TOTAL: usize = 4;
@@ -23,21 +24,11 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// Images per rank.
 const B: usize = 4;
 
+/// The width-4 ResNet-18 pair of the parity tests, with `bn_groups`, on
+/// the emulator.
 fn model(bn_groups: usize) -> M2t {
-    let backbone = ResNetConfig {
-        arch: Arch::ResNet18,
-        stem: Stem::Small,
-        in_channels: 3,
-        width: 4,
-    };
-    let config = M2tConfig {
-        proj_hidden: 16,
-        proj_out: 8,
-        pred_hidden: 16,
-        bn_groups,
-        ..M2tConfig::new(backbone)
-    };
-    M2t::new(config, 42)
+    let tiny = *tiny_with(Arch::ResNet18, DType::F32, (16, 8)).config();
+    M2t::new(M2tConfig { bn_groups, ..tiny }, 42)
         .unwrap()
         .to_device(Device::Emulator)
         .unwrap()
