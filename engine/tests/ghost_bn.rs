@@ -18,15 +18,18 @@ fn f32s(t: &Tensor) -> Vec<f32> {
 /// A run's output, batch statistics and gradients.
 type Outcome = (Tensor, BatchStats, Vec<Tensor>);
 
-/// `relu(bn(x) + r)` with `groups` groups and Momentum BN: output, batch
-/// statistics and the gradients of `x`, `r`, `γ`, `β` for upstream `dy`.
+/// `relu(bn(x) + r)` with `groups` groups (`None`: a tape never told about
+/// groups) and Momentum BN: output, batch statistics and the gradients of
+/// `x`, `r`, `γ`, `β` for upstream `dy`.
 fn run(
-    groups: usize,
+    groups: Option<usize>,
     [x, r, gamma, beta, dy]: [&Tensor; 5],
     history: (&Tensor, &Tensor),
 ) -> Outcome {
     let mut tape = Tape::new();
-    tape.set_bn_groups(groups).unwrap();
+    if let Some(groups) = groups {
+        tape.set_bn_groups(groups).unwrap();
+    }
     let vars: Vec<Var> = [x, r, gamma, beta]
         .iter()
         .map(|t| tape.param((*t).clone()))
@@ -74,11 +77,15 @@ fn problem(seed: u64, dims: &[usize]) -> ([Tensor; 5], (Tensor, Tensor)) {
 fn ghost_groups_are_separate_batch_norms_joined() {
     let ([x, r, dy, gamma, beta], hist) = problem(5, &[6, 3, 2, 4]);
     let groups = 3;
-    let (y, stats, grads) = run(groups, [&x, &r, &gamma, &beta, &dy], (&hist.0, &hist.1));
+    let (y, stats, grads) = run(
+        Some(groups),
+        [&x, &r, &gamma, &beta, &dy],
+        (&hist.0, &hist.1),
+    );
     let parts: Vec<_> = (0..groups)
         .map(|g| {
             let [xs, rs, dys] = [&x, &r, &dy].map(|t| slice(t, g, groups));
-            run(1, [&xs, &rs, &gamma, &beta, &dys], (&hist.0, &hist.1))
+            run(Some(1), [&xs, &rs, &gamma, &beta, &dys], (&hist.0, &hist.1))
         })
         .collect();
     let joined =
@@ -112,33 +119,14 @@ fn ghost_groups_are_separate_batch_norms_joined() {
 #[test]
 fn one_group_is_plain_batch_norm_bit_for_bit() {
     let ([x, r, dy, gamma, beta], hist) = problem(6, &[4, 3, 3, 8]);
-    let grouped = run(1, [&x, &r, &gamma, &beta, &dy], (&hist.0, &hist.1));
-    // The same op on a tape never told about groups.
-    let mut tape = Tape::new();
-    let vars: Vec<Var> = [&x, &r, &gamma, &beta]
-        .iter()
-        .map(|t| tape.param((*t).clone()))
-        .collect();
-    let norm = BnNorm::Momentum {
-        mean: &hist.0,
-        var: &hist.1,
-        beta: &0.6.into(),
-        correction: BesselCorrection::Double,
-    };
-    let (y, stats) = tape
-        .batch_norm_add_relu(&vars[0], &vars[1], &vars[2], &vars[3], norm, 1e-5)
-        .unwrap();
-    let grads = tape.backward_with(&y, dy.clone()).unwrap();
-    assert_eq!(f32s(&grouped.0), f32s(y.value()));
-    let stats = stats.unwrap();
-    assert_eq!(f32s(&grouped.1.mean), f32s(&stats.mean));
-    assert_eq!(f32s(&grouped.1.var), f32s(&stats.var));
-    for (k, v) in vars.iter().enumerate() {
-        assert_eq!(
-            f32s(&grouped.2[k]),
-            f32s(grads.get(v).unwrap()),
-            "gradient {k}"
-        );
+    let inputs = [&x, &r, &gamma, &beta, &dy];
+    let grouped = run(Some(1), inputs, (&hist.0, &hist.1));
+    let plain = run(None, inputs, (&hist.0, &hist.1));
+    assert_eq!(f32s(&grouped.0), f32s(&plain.0));
+    assert_eq!(f32s(&grouped.1.mean), f32s(&plain.1.mean));
+    assert_eq!(f32s(&grouped.1.var), f32s(&plain.1.var));
+    for k in 0..4 {
+        assert_eq!(f32s(&grouped.2[k]), f32s(&plain.2[k]), "gradient {k}");
     }
 }
 
