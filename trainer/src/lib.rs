@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod distributed;
 mod error;
 pub mod eval;
 pub mod interrupt;
