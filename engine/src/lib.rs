@@ -42,6 +42,7 @@ pub mod nvtx;
 pub mod ops;
 pub mod optim;
 mod params;
+pub mod pipeline;
 pub mod profile;
 mod rng;
 mod scalar;

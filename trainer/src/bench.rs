@@ -259,7 +259,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 &v1,
                 &v2,
                 &numbers,
-                |store, lr| Ok(sgd.step(store, lr.clone())?),
+                |store, lr, skip| Ok(sgd.step_unless(store, lr.clone(), skip)?),
             )?);
         }
     }
