@@ -32,12 +32,13 @@ pub fn wait_for(device: Device, mark: &Mark) -> Result<()> {
 
 /// Runs `f` with `device`'s work on its copy stream, after `after`; returns
 /// `f`'s result and a mark after its work (see [`kernels::Gpu::on_copy_stream`]).
-pub fn on_copy_stream<R>(
+pub fn on_copy_stream<R, E: From<Error>>(
     device: Device,
     after: &Mark,
-    f: impl FnOnce() -> Result<R>,
-) -> Result<(R, Mark)> {
-    let (r, mark) = gpu_of(device, "copy stream")?.on_copy_stream(&after.0, f)?;
+    f: impl FnOnce() -> std::result::Result<R, E>,
+) -> std::result::Result<(R, Mark), E> {
+    let gpu = gpu_of(device, "copy stream")?;
+    let (r, mark) = gpu.on_copy_stream(&after.0, f).map_err(Error::from)?;
     Ok((r?, Mark(mark)))
 }
 
