@@ -19,6 +19,7 @@ pub mod mutation;
 pub mod output;
 pub mod plot;
 pub mod pretrain;
+pub mod roofline;
 pub mod run_lock;
 
 pub use error::{Error, Result};
