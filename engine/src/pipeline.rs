@@ -88,19 +88,21 @@ pub fn copy_selected(dst: &Tensor, (src0, src1): (&Tensor, &Tensor), slot: &Tens
 pub fn copy_at(dst: &mut Tensor, at: usize, src: &Tensor) -> Result<()> {
     let size = dst.dtype().size_in_bytes();
     let (dst_numel, dst_dtype) = (dst.numel(), dst.dtype());
-    let fits = src.dtype() == dst_dtype
-        && src.device() == dst.device()
-        && at + src.numel() <= dst_numel;
-    let from = src.gpu_range().filter(|_| fits).ok_or_else(|| Error::Shape {
-        op: "copy_at",
-        detail: format!(
-            "{} {} on {} at element {at} of {dst_numel} {dst_dtype} on {}",
-            src.shape(),
-            src.dtype(),
-            src.device(),
-            dst.device()
-        ),
-    })?;
+    let fits =
+        src.dtype() == dst_dtype && src.device() == dst.device() && at + src.numel() <= dst_numel;
+    let from = src
+        .gpu_range()
+        .filter(|_| fits)
+        .ok_or_else(|| Error::Shape {
+            op: "copy_at",
+            detail: format!(
+                "{} {} on {} at element {at} of {dst_numel} {dst_dtype} on {}",
+                src.shape(),
+                src.dtype(),
+                src.device(),
+                dst.device()
+            ),
+        })?;
     let offset = dst.gpu_range().map_or(0, |r| r.1);
     let Some(to) = dst.gpu_mut()? else {
         return Err(Error::Device {

@@ -308,10 +308,7 @@ pub struct Readback {
 }
 
 enum HostMem {
-    Pinned {
-        ptr: *mut u8,
-        ctx: Arc<CudaContext>,
-    },
+    Pinned { ptr: *mut u8, ctx: Arc<CudaContext> },
     Plain(Vec<u8>),
 }
 
@@ -690,7 +687,11 @@ impl Gpu {
                 // from pageable memory stages `data` before it returns, so
                 // the caller may drop `data` at once, and nothing waits.
                 unsafe {
-                    result::memcpy_htod_async(ptr + offset as u64, data, self.queue(c).cu_stream())?;
+                    result::memcpy_htod_async(
+                        ptr + offset as u64,
+                        data,
+                        self.queue(c).cu_stream(),
+                    )?;
                 }
                 Ok(())
             }
@@ -869,8 +870,12 @@ impl Gpu {
                 // SAFETY: the range is inside the allocation.
                 unsafe {
                     match value {
-                        Word::U16(v) => sys::cuMemsetD16Async(dst, v, count, self.queue(c).cu_stream()),
-                        Word::U32(v) => sys::cuMemsetD32Async(dst, v, count, self.queue(c).cu_stream()),
+                        Word::U16(v) => {
+                            sys::cuMemsetD16Async(dst, v, count, self.queue(c).cu_stream())
+                        }
+                        Word::U32(v) => {
+                            sys::cuMemsetD32Async(dst, v, count, self.queue(c).cu_stream())
+                        }
                     }
                     .result()?;
                 }

@@ -637,7 +637,12 @@ impl CapturedStep {
     /// Copies two views (shaped as at the capture) into input slot `slot`
     /// (0 or 1), on whichever stream work goes to now: wrapped in
     /// [`engine::pipeline::on_copy_stream`], while a step runs.
-    pub fn stage(&mut self, model: &M2t, slot: usize, (view1, view2): (&Tensor, &Tensor)) -> Result<()> {
+    pub fn stage(
+        &mut self,
+        model: &M2t,
+        slot: usize,
+        (view1, view2): (&Tensor, &Tensor),
+    ) -> Result<()> {
         self.check_model(model)?;
         for (own, v) in self.inputs[slot % 2].iter_mut().zip([view1, view2]) {
             let v = model.input(v)?;

@@ -491,7 +491,10 @@ fn device_loss_scaler(device: Device) {
         let flag = scaler.skip_flag();
         sgd.step_unless(&mut dev, 0.1, Some(&flag)).unwrap();
         let changed = dev.values().to_f64_vec().unwrap() != before;
-        assert_eq!(changed, !skip, "step {k}: the update ran {changed}, skip {skip}");
+        assert_eq!(
+            changed, !skip,
+            "step {k}: the update ran {changed}, skip {skip}"
+        );
     }
     let mut host_sgd = Sgd::new(&cpu, 0.9, 1e-4).unwrap();
     let err = host_sgd
@@ -500,7 +503,11 @@ fn device_loss_scaler(device: Device) {
     assert!(err.to_string().contains("GPU updates only"), "{err}");
     expect_launched(
         device,
-        &["unscale_grads_by_state", "loss_scale_update", "sgd_momentum_step"],
+        &[
+            "unscale_grads_by_state",
+            "loss_scale_update",
+            "sgd_momentum_step",
+        ],
     );
 }
 

@@ -90,10 +90,11 @@ fn replays_the_eager_step(device: Device, precision: DType, rtol: f64) {
     let (v1, v2) = views(1);
     let numbers = graphed.schedule(1, TOTAL, lr(1)).unwrap();
     let teacher_before = bits(graphed.teacher().values());
-    let mut captured = CapturedStep::capture(&mut graphed, &v1, &v2, &numbers, |store, lr, skip| {
-        Ok(graphed_sgd.step_unless(store, lr.clone(), skip)?)
-    })
-    .unwrap();
+    let mut captured =
+        CapturedStep::capture(&mut graphed, &v1, &v2, &numbers, |store, lr, skip| {
+            Ok(graphed_sgd.step_unless(store, lr.clone(), skip)?)
+        })
+        .unwrap();
     assert_eq!(
         bits(graphed.teacher().values()),
         teacher_before,
@@ -192,7 +193,11 @@ fn a_replay_reads_back_only_the_loss() {
             .unwrap();
     });
     assert_eq!(up, (2, 16), "the step's three numbers and its input slot");
-    assert_eq!(down, (1, 28), "the loss, the scaler's state and the gradient check");
+    assert_eq!(
+        down,
+        (1, 28),
+        "the loss, the scaler's state and the gradient check"
+    );
 }
 
 /// fp16 with overflows injected (a scale far too large, growing after every
@@ -240,10 +245,11 @@ fn a_captured_fp16_step_skips_and_rescales_as_the_host_scaler_does() {
     got.push((report.loss.to_bits(), report.skip_update, scale, good));
     let (v1, v2) = views(1);
     let numbers = graphed.schedule(1, STEPS, lr(1)).unwrap();
-    let mut captured = CapturedStep::capture(&mut graphed, &v1, &v2, &numbers, |store, lr, skip| {
-        Ok(graphed_sgd.step_unless(store, lr.clone(), skip)?)
-    })
-    .unwrap();
+    let mut captured =
+        CapturedStep::capture(&mut graphed, &v1, &v2, &numbers, |store, lr, skip| {
+            Ok(graphed_sgd.step_unless(store, lr.clone(), skip)?)
+        })
+        .unwrap();
     for k in 1..STEPS {
         let (v1, v2) = views(k);
         captured.stage(&graphed, k % 2, (&v1, &v2)).unwrap();
@@ -252,7 +258,10 @@ fn a_captured_fp16_step_skips_and_rescales_as_the_host_scaler_does() {
         let s = r.scaler.expect("fp16 results carry the scaler");
         got.push((r.loss.to_bits(), s.skipped, s.scale, s.good_steps));
     }
-    assert_eq!(got, want, "(loss bits, skipped, scale, good steps) per step");
+    assert_eq!(
+        got, want,
+        "(loss bits, skipped, scale, good steps) per step"
+    );
     assert_eq!(
         graphed.loss_scale().unwrap(),
         eager.loss_scale().unwrap(),

@@ -89,6 +89,22 @@ pub struct BenchArgs {
     pub jit: bool,
 }
 
+impl BenchArgs {
+    /// The network these flags describe, at `arch`, `bs` and `res`.
+    fn net(&self, arch: Arch, bs: usize, res: usize) -> Net {
+        Net {
+            arch,
+            stem: self.stem.unwrap_or(Stem::for_res(res)),
+            bs,
+            res,
+            width: self.width,
+            channels: self.channels,
+            proj_hidden: self.proj_hidden,
+            proj_out: self.proj_out,
+        }
+    }
+}
+
 /// `trainer bench --jit`: compile (or load from the disk cache) and load
 /// every kernel family on CUDA device 0; reports the total and per family.
 fn jit(json: bool) -> Result<()> {
@@ -204,16 +220,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.bs.unwrap_or(128),
             args.res.unwrap_or(224),
         );
-        let net = Net {
-            arch,
-            stem: args.stem.unwrap_or(Stem::for_res(res)),
-            bs,
-            res,
-            width: args.width,
-            channels: args.channels,
-            proj_hidden: args.proj_hidden,
-            proj_out: args.proj_out,
-        };
+        let net = args.net(arch, bs, res);
         // The bounds alone need no GPU: the card's peaks say them.
         if let (Some(card), Some(device)) = (card, bounds_only(&args.device)) {
             let dtype = precision_of(args.precision.as_deref().unwrap_or("bf16"))?;
@@ -355,17 +362,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let precision = precision_name(placement.precision);
     let pairs_per_s = bs as f64 / (median / 1000.0);
-    let net = Net {
-        arch,
-        stem,
-        bs,
-        res,
-        width: args.width,
-        channels: args.channels,
-        proj_hidden: args.proj_hidden,
-        proj_out: args.proj_out,
-    };
-    let limits = Limits::of(&net, placement.precision, median / 1e3, card.or_else(|| gpu_card(placement.device)));
+    let net = args.net(arch, bs, res);
+    let limits = Limits::of(
+        &net,
+        placement.precision,
+        median / 1e3,
+        card.or_else(|| gpu_card(placement.device)),
+    );
     if args.json {
         let mut line = json!({
             "arch": arch.to_string(), "bs": bs, "res": res, "stem": stem.to_string(),
@@ -463,13 +466,27 @@ impl Limits {
 
 /// `value` with an SI prefix and three significant digits, e.g. `8.33 T`.
 fn si(value: f64, unit: &str) -> String {
-    let prefixes = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")];
+    let prefixes = [
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+        (1.0, ""),
+        (1e-3, "m"),
+        (1e-6, "µ"),
+    ];
     let (scale, prefix) = prefixes
         .iter()
         .copied()
         .find(|(scale, _)| value.abs() >= *scale)
         .unwrap_or((1e-9, "n"));
     let v = value / scale;
-    let digits = if v.abs() >= 100.0 { 0 } else if v.abs() >= 10.0 { 1 } else { 2 };
+    let digits = if v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
     format!("{v:.digits$} {prefix}{unit}")
 }

@@ -235,9 +235,7 @@ pub fn use_cuda_graph(flag: Option<&str>, device: Device, profile: bool) -> Resu
         )),
         (Some("on"), _) => Ok(true),
         (Some("off"), _) => Ok(false),
-        (Some(other), _) => Err(usage(format!(
-            "--cuda-graph {other}: expected on or off"
-        ))),
+        (Some(other), _) => Err(usage(format!("--cuda-graph {other}: expected on or off"))),
         (None, Device::Cpu) => Ok(false),
         (None, _) => Ok(!profile),
     }
@@ -934,7 +932,13 @@ fn train(
         let lr = schedule.at(step);
         let mut overhead = 0.0;
         if let Some(graph) = &mut graphed {
-            let numbers = graph.queue(&mut model, &batch, gpu_augmenter.as_ref(), (step, cfg.steps), lr)?;
+            let numbers = graph.queue(
+                &mut model,
+                &batch,
+                gpu_augmenter.as_ref(),
+                (step, cfg.steps),
+                lr,
+            )?;
             drop(step_range);
             if let Some((k, lr, numbers)) = pending.take() {
                 let outcome = Outcome::replayed(graph.step.results(k)?, k, lr, &numbers);
@@ -1060,7 +1064,9 @@ impl Progress<'_> {
     /// Whether the kNN monitor runs after step `done` (counted from 1).
     fn knn_due(&self, done: usize) -> bool {
         let epoch = done / self.steps_per_epoch;
-        done % self.steps_per_epoch == 0 && self.cfg.knn_every > 0 && epoch % self.cfg.knn_every == 0
+        done % self.steps_per_epoch == 0
+            && self.cfg.knn_every > 0
+            && epoch % self.cfg.knn_every == 0
     }
 
     /// Whether the model must be at step `done` when it is recorded: for a
@@ -1215,7 +1221,10 @@ impl GraphedStep {
             Ok(optimizer.step_unless(store, lr, skip)?)
         })?;
         let device = model.device();
-        let free = [engine::pipeline::mark(device)?, engine::pipeline::mark(device)?];
+        let free = [
+            engine::pipeline::mark(device)?,
+            engine::pipeline::mark(device)?,
+        ];
         Ok(GraphedStep { step, free, device })
     }
 

@@ -72,7 +72,10 @@ impl Card {
         let key = key.to_ascii_lowercase();
         CARDS.iter().find(|c| c.key == key).ok_or_else(|| {
             let known: Vec<&str> = CARDS.iter().map(|c| c.key).collect();
-            Error::Usage(format!("--card {key}: expected one of {}", known.join(", ")))
+            Error::Usage(format!(
+                "--card {key}: expected one of {}",
+                known.join(", ")
+            ))
         })
     }
 
@@ -191,7 +194,10 @@ pub enum Layer {
     /// Training-mode batch norm over `[n, h, w, c]` (`[n, 1, 1, c]` in the heads).
     Bn { shape: [usize; 4], kind: BnKind },
     /// The stem's 3×3/2 max pool, input to output.
-    MaxPool { input: [usize; 4], output: [usize; 4] },
+    MaxPool {
+        input: [usize; 4],
+        output: [usize; 4],
+    },
     /// The global average pool of `[n, h, w, c]`.
     AvgPool { input: [usize; 4] },
     /// `[n, fin] → [n, fout]` with bias.
@@ -216,15 +222,24 @@ pub fn backbone_layers(net: &Net) -> Vec<Layer> {
     let mut x = match net.stem {
         Stem::ImageNet => {
             let y = conv(&mut layers, image, width, 7, 2, 3, true);
-            layers.push(Layer::Bn { shape: y, kind: BnKind::Relu });
+            layers.push(Layer::Bn {
+                shape: y,
+                kind: BnKind::Relu,
+            });
             // 3×3/2 max pool, padding 1.
             let pooled = [n, y[1].div_ceil(2), y[2].div_ceil(2), width];
-            layers.push(Layer::MaxPool { input: y, output: pooled });
+            layers.push(Layer::MaxPool {
+                input: y,
+                output: pooled,
+            });
             pooled
         }
         Stem::Small => {
             let y = conv(&mut layers, image, width, 3, 1, 1, true);
-            layers.push(Layer::Bn { shape: y, kind: BnKind::Relu });
+            layers.push(Layer::Bn {
+                shape: y,
+                kind: BnKind::Relu,
+            });
             y
         }
     };
@@ -251,7 +266,10 @@ pub fn backbone_layers(net: &Net) -> Vec<Layer> {
             };
             if stride != 1 || x[3] != out {
                 let s = conv(&mut layers, x, out, 1, stride, 0, false);
-                layers.push(Layer::Bn { shape: s, kind: BnKind::Plain });
+                layers.push(Layer::Bn {
+                    shape: s,
+                    kind: BnKind::Plain,
+                });
             }
             x = bn(&mut layers, h, BnKind::AddRelu);
         }
@@ -263,9 +281,20 @@ pub fn backbone_layers(net: &Net) -> Vec<Layer> {
 /// A head's layers: Linear, batch norm + ReLU, Linear.
 fn mlp(n: usize, fin: usize, hidden: usize, fout: usize) -> [Layer; 3] {
     [
-        Layer::Linear { n, fin, fout: hidden },
-        Layer::Bn { shape: [n, 1, 1, hidden], kind: BnKind::Relu },
-        Layer::Linear { n, fin: hidden, fout },
+        Layer::Linear {
+            n,
+            fin,
+            fout: hidden,
+        },
+        Layer::Bn {
+            shape: [n, 1, 1, hidden],
+            kind: BnKind::Relu,
+        },
+        Layer::Linear {
+            n,
+            fin: hidden,
+            fout,
+        },
     ]
 }
 
@@ -340,34 +369,46 @@ pub fn step_ops(net: &Net, dtype: DType) -> Vec<Op> {
     let (projector, predictor) = heads(net);
     let backbone = backbone_layers(net);
     // Forwards: 2 views × (teacher + student); backwards: the student's 2.
-    let nets: [(&[Layer], usize, usize); 3] = [
-        (&backbone, 4, 2),
-        (&projector, 4, 2),
-        (&predictor, 2, 2),
-    ];
+    let nets: [(&[Layer], usize, usize); 3] =
+        [(&backbone, 4, 2), (&projector, 4, 2), (&predictor, 2, 2)];
     for (layers, forwards, backwards) in nets {
         for layer in layers {
             match *layer {
-                Layer::Conv { shape, stem } => {
-                    let (x, w, y) = (numel(shape.input), numel(shape.weight), numel(shape.output()));
-                    let name = format!(
-                        "{:?}*{:?}/{},{}",
-                        shape.input, shape.weight, shape.stride, shape.padding
-                    );
-                    let f = shape.flops();
-                    add(format!("conv fwd {name}"), forwards, f, (x + w + y) * e);
-                    if !stem {
-                        add(format!("conv bwd data {name}"), backwards, f, (y + w + x) * e);
+                Layer::Conv { .. } | Layer::Linear { .. } => {
+                    // Each direction is as many FLOPs and moves x, w and y once.
+                    let (what, wrt_weights, name, f, [x, w, y], data_grad) = match *layer {
+                        Layer::Conv { shape, stem } => (
+                            "conv",
+                            "filter",
+                            format!(
+                                "{:?}*{:?}/{},{}",
+                                shape.input, shape.weight, shape.stride, shape.padding
+                            ),
+                            shape.flops(),
+                            [shape.input, shape.weight, shape.output()].map(numel),
+                            !stem,
+                        ),
+                        Layer::Linear { n, fin, fout } => (
+                            "linear",
+                            "weight",
+                            format!("[{n}, {fin}]x[{fin}, {fout}]"),
+                            2.0 * (n * fin * fout) as f64,
+                            [n * fin, fin * fout, n * fout].map(|v| v as f64),
+                            true,
+                        ),
+                        _ => unreachable!("matched above"),
+                    };
+                    let bytes = (x + w + y) * e;
+                    add(format!("{what} fwd {name}"), forwards, f, bytes);
+                    if data_grad {
+                        add(format!("{what} bwd data {name}"), backwards, f, bytes);
                     }
-                    add(format!("conv bwd filter {name}"), backwards, f, (x + y + w) * e);
-                }
-                Layer::Linear { n, fin, fout } => {
-                    let f = 2.0 * (n * fin * fout) as f64;
-                    let (x, w, y) = ((n * fin) as f64, (fin * fout) as f64, (n * fout) as f64);
-                    let name = format!("[{n}, {fin}]x[{fin}, {fout}]");
-                    add(format!("linear fwd {name}"), forwards, f, (x + w + y) * e);
-                    add(format!("linear bwd data {name}"), backwards, f, (y + w + x) * e);
-                    add(format!("linear bwd weight {name}"), backwards, f, (x + y + w) * e);
+                    add(
+                        format!("{what} bwd {wrt_weights} {name}"),
+                        backwards,
+                        f,
+                        bytes,
+                    );
                 }
                 Layer::Bn { shape, kind } => {
                     let add_read = if kind == BnKind::AddRelu { 1.0 } else { 0.0 };
@@ -379,18 +420,48 @@ pub fn step_ops(net: &Net, dtype: DType) -> Vec<Op> {
                     let x = numel(shape);
                     // Forward reads x (and the shortcut), writes y; backward
                     // reads x and dy, writes dx (and the shortcut's gradient).
-                    add(format!("{what} fwd {shape:?}"), forwards, 0.0, (2.0 + add_read) * x * e);
-                    add(format!("{what} bwd {shape:?}"), backwards, 0.0, (3.0 + add_read) * x * e);
+                    add(
+                        format!("{what} fwd {shape:?}"),
+                        forwards,
+                        0.0,
+                        (2.0 + add_read) * x * e,
+                    );
+                    add(
+                        format!("{what} bwd {shape:?}"),
+                        backwards,
+                        0.0,
+                        (3.0 + add_read) * x * e,
+                    );
                 }
                 Layer::MaxPool { input, output } => {
                     let (x, y) = (numel(input), numel(output));
-                    add(format!("max pool fwd {input:?}"), forwards, 0.0, (x + y) * e);
-                    add(format!("max pool bwd {input:?}"), backwards, 0.0, (2.0 * x + y) * e);
+                    add(
+                        format!("max pool fwd {input:?}"),
+                        forwards,
+                        0.0,
+                        (x + y) * e,
+                    );
+                    add(
+                        format!("max pool bwd {input:?}"),
+                        backwards,
+                        0.0,
+                        (2.0 * x + y) * e,
+                    );
                 }
                 Layer::AvgPool { input } => {
                     let (x, y) = (numel(input), (input[0] * input[3]) as f64);
-                    add(format!("avg pool fwd {input:?}"), forwards, 0.0, (x + y) * e);
-                    add(format!("avg pool bwd {input:?}"), backwards, 0.0, (x + y) * e);
+                    add(
+                        format!("avg pool fwd {input:?}"),
+                        forwards,
+                        0.0,
+                        (x + y) * e,
+                    );
+                    add(
+                        format!("avg pool bwd {input:?}"),
+                        backwards,
+                        0.0,
+                        (x + y) * e,
+                    );
                 }
             }
         }
@@ -404,7 +475,12 @@ pub fn step_ops(net: &Net, dtype: DType) -> Vec<Op> {
     if dtype != DType::F32 {
         add("cast weights".into(), 1, 0.0, (4.0 + e) * (p + t));
     }
-    add("zero + accumulate grads".into(), 1, 0.0, (4.0 + 8.0 + e) * p);
+    add(
+        "zero + accumulate grads".into(),
+        1,
+        0.0,
+        (4.0 + 8.0 + e) * p,
+    );
     if dtype == DType::F16 {
         add("unscale grads".into(), 1, 0.0, 8.0 * p);
     }
@@ -495,7 +571,11 @@ pub fn print_table(
         let measured = measured
             .get(&o.name)
             .map_or("-".to_string(), |ms| format!("{:.3}", ms * n));
-        let tag = if o.memory_bound(card, dtype) { " mem" } else { "" };
+        let tag = if o.memory_bound(card, dtype) {
+            " mem"
+        } else {
+            ""
+        };
         println!(
             "{:<64} {:>5} {:>12.3} {:>12.2} {:>10.4}{tag:<4} {measured:>6}",
             o.name,
@@ -632,14 +712,32 @@ mod tests {
                 o.count as f64 * t
             })
             .sum();
-        assert!((total - by_hand).abs() <= 1e-12 * by_hand, "{total} vs {by_hand}");
+        assert!(
+            (total - by_hand).abs() <= 1e-12 * by_hand,
+            "{total} vs {by_hand}"
+        );
         assert!(memory > 0.0 && memory <= total);
+    }
+
+    #[test]
+    fn resnet18_counts_its_convolutions() {
+        // Small stem, then 8 blocks of two and 3 downsamples.
+        let convs = backbone_layers(&net(Arch::ResNet18, Stem::Small, 2, 32))
+            .into_iter()
+            .filter(|l| matches!(l, Layer::Conv { .. }))
+            .count();
+        assert_eq!(convs, 20);
     }
 
     #[test]
     fn cards_are_found_by_key_and_by_driver_name() {
         assert_eq!(Card::by_key("H200").unwrap().bandwidth_gbs, 4800.0);
-        assert!(Card::by_key("tpu").unwrap_err().to_string().contains("h100-sxm"));
+        assert!(
+            Card::by_key("tpu")
+                .unwrap_err()
+                .to_string()
+                .contains("h100-sxm")
+        );
         for (name, key) in [
             ("NVIDIA H100 80GB HBM3", "h100-sxm"),
             ("NVIDIA H100 PCIe", "h100-pcie"),

@@ -33,10 +33,39 @@ fn tmp(name: &str) -> PathBuf {
 fn emulated(out: &Path, precision: &str, graph: &str, steps: usize, extra: &[&str]) -> Vec<String> {
     let steps = steps.to_string();
     [
-        "--arch", "resnet18", "--bs", "8", "--dataset", "synthetic", "--res", "16", "--width", "4",
-        "--proj-hidden", "16", "--proj-out", "8", "--knn-memory", "64", "--knn-queries", "32",
-        "--log-every", "1", "--checkpoint-every", "2", "--workers", "2", "--device", "emulator",
-        "--precision", precision, "--cuda-graph", graph, "--steps", &steps, "--out",
+        "--arch",
+        "resnet18",
+        "--bs",
+        "8",
+        "--dataset",
+        "synthetic",
+        "--res",
+        "16",
+        "--width",
+        "4",
+        "--proj-hidden",
+        "16",
+        "--proj-out",
+        "8",
+        "--knn-memory",
+        "64",
+        "--knn-queries",
+        "32",
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "2",
+        "--workers",
+        "2",
+        "--device",
+        "emulator",
+        "--precision",
+        precision,
+        "--cuda-graph",
+        graph,
+        "--steps",
+        &steps,
+        "--out",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -101,17 +130,32 @@ fn graph_equals_eager(precision: &str) {
     let graphed = tmp(&format!("graphed-{precision}"));
     let o = run(&emulated(&graphed, precision, "on", steps, &[]));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(metrics(&graphed), want, "replayed steps differ from eager ones");
+    assert_eq!(
+        metrics(&graphed),
+        want,
+        "replayed steps differ from eager ones"
+    );
     assert_eq!(final_knn(&graphed), final_knn(&eager));
 
     // Stopped after three steps (a checkpoint at step 2 or later) and
     // resumed, which recaptures: still the eager run's metrics.
     let resumed = tmp(&format!("resumed-{precision}"));
     let args = emulated(&resumed, precision, "on", steps, &[]);
-    assert_eq!(interrupted(&args, &resumed, 3), Some(130), "stopped mid-way");
+    assert_eq!(
+        interrupted(&args, &resumed, 3),
+        Some(130),
+        "stopped mid-way"
+    );
     let resume = [
-        "--resume", "--out", resumed.to_str().unwrap(), "--device", "emulator", "--precision",
-        precision, "--cuda-graph", "on",
+        "--resume",
+        "--out",
+        resumed.to_str().unwrap(),
+        "--device",
+        "emulator",
+        "--precision",
+        precision,
+        "--cuda-graph",
+        "on",
     ]
     .map(String::from);
     let o = run(&resume);
@@ -168,7 +212,10 @@ fn a_graphed_run_stops_at_the_step_that_diverged() {
         .trim()
         .strip_prefix("step-")
         .map_or(0, |n| n.parse().unwrap());
-    assert!(saved <= logged, "checkpoint {saved} after {logged} good steps");
+    assert!(
+        saved <= logged,
+        "checkpoint {saved} after {logged} good steps"
+    );
 }
 
 #[test]

@@ -24,13 +24,27 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 
 /// The tiny network of the unit test's count by hand (286,144 FLOPs a step).
 const TINY: [&str; 14] = [
-    "--arch", "resnet18", "--bs", "2", "--res", "8", "--width", "1", "--channels", "1",
-    "--proj-hidden", "4", "--proj-out", "3",
+    "--arch",
+    "resnet18",
+    "--bs",
+    "2",
+    "--res",
+    "8",
+    "--width",
+    "1",
+    "--channels",
+    "1",
+    "--proj-hidden",
+    "4",
+    "--proj-out",
+    "3",
 ];
 
 #[test]
 fn the_bounds_need_no_gpu_and_sum_their_ops() {
-    let mut a = vec!["bench", "--ops", "--card", "h200", "--device", "cpu", "--json"];
+    let mut a = vec![
+        "bench", "--ops", "--card", "h200", "--device", "cpu", "--json",
+    ];
     a.extend(TINY);
     let o = run(&a);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -47,17 +61,26 @@ fn the_bounds_need_no_gpu_and_sum_their_ops() {
 
     let text = run(&["bench", "--ops", "--card", "h100-sxm", "--device", "cpu"]);
     let out = String::from_utf8_lossy(&text.stdout);
-    assert!(out.contains("resnet50 (imagenet stem), width 64, bs 128, 224 px, bf16 on H100 SXM5"), "{out}");
+    assert!(
+        out.contains("resnet50 (imagenet stem), width 64, bs 128, 224 px, bf16 on H100 SXM5"),
+        "{out}"
+    );
     assert!(out.contains("total: 8332.6 GFLOP"), "{out}");
 
     let o = run(&["bench", "--ops", "--card", "tpu", "--device", "cpu"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("expected one of a100"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("expected one of a100"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn a_benchmarked_step_reports_model_flops_and_mfu_against_a_card() {
-    let mut a = vec!["bench", "--device", "cpu", "--steps", "1", "--json", "--card", "a100"];
+    let mut a = vec![
+        "bench", "--device", "cpu", "--steps", "1", "--json", "--card", "a100",
+    ];
     a.extend(TINY);
     let o = run(&a);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -65,6 +88,9 @@ fn a_benchmarked_step_reports_model_flops_and_mfu_against_a_card() {
     assert_eq!(line["model_flops_per_step"].as_f64(), Some(286_144.0));
     let seconds = line["step_ms_median"].as_f64().unwrap() / 1e3;
     let mfu = 286_144.0 / seconds / 19.5e12;
-    assert!((line["mfu"].as_f64().unwrap() - mfu).abs() <= 1e-9 * mfu, "{line}");
+    assert!(
+        (line["mfu"].as_f64().unwrap() - mfu).abs() <= 1e-9 * mfu,
+        "{line}"
+    );
     assert!(line["bound_ms"].as_f64().unwrap() > 0.0, "{line}");
 }
