@@ -294,16 +294,19 @@ impl M2t {
     /// student normalises with its running statistics, the teacher with its
     /// Momentum-BN history.
     pub fn features(&self, which: Which, images: &Tensor) -> Result<Tensor> {
+        Ok(self.device_features(which, images)?.to_device(Device::Cpu)?)
+    }
+
+    /// [`M2t::features`] left on the model's device (f32), computed there in
+    /// the training precision: for evaluation that stays on the GPU.
+    pub fn device_features(&self, which: Which, images: &Tensor) -> Result<Tensor> {
         let (store, buffers) = self.network(which);
         let mut tape = Tape::no_grad();
         let params = store.attach_mixed(&mut tape, self.config.precision)?;
         let mut f = Forward::new(&mut tape, &params, BnMode::Eval, buffers);
         let x = f.tape.constant(self.input(images)?);
         let h = self.backbone.forward(&mut f, &x)?;
-        Ok(self
-            .widened(&mut tape, &h)?
-            .value()
-            .to_device(Device::Cpu)?)
+        Ok(self.widened(&mut tape, &h)?.value().clone())
     }
 
     /// Student output for one view (from [`Self::input`]):

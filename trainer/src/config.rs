@@ -139,7 +139,8 @@ pub struct PretrainOptions {
     /// kNN monitor every N epochs (0: only at the end) [default: 10].
     #[arg(long)]
     pub knn_every: Option<usize>,
-    /// Labelled training images used as kNN memory (0: all) [default: 10000].
+    /// Labelled training images used as kNN memory (0: all) [default: all on
+    /// a GPU whose memory holds their features, else 10000].
     #[arg(long)]
     pub knn_memory: Option<usize>,
     /// Test images used as kNN queries (0: all) [default: all].

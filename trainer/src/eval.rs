@@ -3,7 +3,7 @@
 
 use crate::augment::AugmentConfig;
 use crate::data::Dataset;
-use crate::knn::{Features, knn_accuracy};
+use crate::knn::{DeviceFeatures, Features, knn_accuracy, knn_accuracy_device};
 use crate::loader::eval_batches;
 use crate::{Error, Result};
 use nets::m2t::{M2t, Which};
@@ -14,6 +14,26 @@ pub const FEATURE_BATCH: usize = 256;
 pub const KNN_K: usize = 200;
 /// kNN temperature.
 pub const KNN_T: f64 = 0.1;
+/// kNN memory rows on the CPU when none are asked for.
+pub const CPU_KNN_MEMORY: usize = 10_000;
+
+/// The kNN memory (0: all) when none is asked for: the whole training set
+/// (`rows` images of `dim` features) on a GPU where its f32 features take
+/// at most a quarter of the memory (the rest holds the model, the queries
+/// and the similarities), the rows that fit there if not; on the CPU
+/// [`CPU_KNN_MEMORY`], whose search already takes seconds.
+pub fn default_knn_memory(device: engine::Device, rows: usize, dim: usize) -> usize {
+    let engine::Device::Cuda(ordinal) = device else {
+        return CPU_KNN_MEMORY;
+    };
+    let memory = kernels::probe::probe()
+        .devices
+        .ok()
+        .and_then(|all| all.into_iter().find(|d| d.ordinal == ordinal))
+        .map_or(0, |d| d.memory_bytes);
+    let fits = memory / 4 / (4 * dim.max(1));
+    if rows <= fits { 0 } else { fits.max(CPU_KNN_MEMORY) }
+}
 
 /// `limit` (0: all) images of `dataset`, in order, mapped by `f` from eval
 /// views, with the dataset index of each row (unreadable images are left
@@ -24,12 +44,32 @@ fn collect(
     limit: usize,
     mut f: impl FnMut(&engine::Tensor) -> Result<engine::Tensor>,
 ) -> Result<(Features, Vec<usize>)> {
+    let (mut data, mut dim) = (Vec::new(), 0);
+    let (labels, indices) = each_batch(dataset, aug, limit, |images, take| {
+        let feats = f(images)?;
+        dim = feats.dims()[1];
+        data.extend_from_slice(&feats.as_slice::<f32>()?[..take * dim]);
+        Ok(())
+    })?;
+    Ok((Features { data, dim, labels }, indices))
+}
+
+/// Runs `keep` on the eval views of `limit` (0: all) images of `dataset`, a
+/// batch at a time, with how many of the batch's rows to keep; returns the
+/// labels and dataset indices of the rows kept (unreadable images are left
+/// out). Stops between batches after SIGINT or SIGTERM.
+fn each_batch(
+    dataset: &Dataset,
+    aug: &AugmentConfig,
+    limit: usize,
+    mut keep: impl FnMut(&engine::Tensor, usize) -> Result<()>,
+) -> Result<(Vec<i64>, Vec<usize>)> {
     let limit = if limit == 0 {
         dataset.len()
     } else {
         limit.min(dataset.len())
     };
-    let (mut data, mut labels, mut indices, mut dim) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let (mut labels, mut indices) = (Vec::new(), Vec::new());
     for batch in eval_batches(dataset, aug, FEATURE_BATCH) {
         if crate::interrupt::requested() {
             return Err(Error::Interrupted(format!(
@@ -39,17 +79,46 @@ fn collect(
             )));
         }
         let batch = batch?;
-        let feats = f(&batch.images)?;
-        dim = feats.dims()[1];
         let take = (limit - labels.len()).min(batch.labels.len());
-        data.extend_from_slice(&feats.as_slice::<f32>()?[..take * dim]);
+        keep(&batch.images, take)?;
         labels.extend_from_slice(&batch.labels[..take]);
         indices.extend_from_slice(&batch.indices[..take]);
         if labels.len() >= limit {
             break;
         }
     }
-    Ok((Features { data, dim, labels }, indices))
+    Ok((labels, indices))
+}
+
+/// Eval-mode backbone features of up to `limit` images (0: all), computed
+/// and kept on the model's GPU in batches: the kNN memory bank.
+pub fn device_network_features(
+    model: &M2t,
+    which: Which,
+    dataset: &Dataset,
+    aug: &AugmentConfig,
+    limit: usize,
+) -> Result<DeviceFeatures> {
+    let rows = if limit == 0 {
+        dataset.len()
+    } else {
+        limit.min(dataset.len())
+    };
+    let dim = model.config().backbone.feature_dim();
+    let mut bank = engine::Tensor::zeros([rows * dim], engine::DType::F32, model.device())?;
+    let mut filled = 0;
+    let (labels, _) = each_batch(dataset, aug, limit, |images, take| {
+        let feats = model.device_features(which, images)?;
+        let n = feats.dims()[0];
+        let kept = feats.reshape([n * dim])?.narrow(0, take * dim)?;
+        engine::pipeline::copy_at(&mut bank, filled * dim, &kept)?;
+        filled += take;
+        Ok(())
+    })?;
+    Ok(DeviceFeatures {
+        data: bank.narrow(0, filled * dim)?.reshape([filled, dim])?,
+        labels,
+    })
 }
 
 /// Eval-mode backbone features of up to `limit` images (0: all).
@@ -93,7 +162,9 @@ fn classes(memory: &Dataset) -> Result<usize> {
 }
 
 /// kNN top-1 accuracy of a network's features: `memory_limit` labelled training
-/// images as memory, `query_limit` test images as queries (0: all).
+/// images as memory, `query_limit` test images as queries (0: all). A model
+/// on a GPU computes it there: features in the training precision, the
+/// memory bank, similarities, top-k and vote on the device.
 pub fn knn_of_network(
     model: &M2t,
     which: Which,
@@ -103,9 +174,15 @@ pub fn knn_of_network(
     memory_limit: usize,
     query_limit: usize,
 ) -> Result<f64> {
+    let classes = classes(memory)?;
+    if model.device().is_gpu() {
+        let mem = device_network_features(model, which, memory, aug, memory_limit)?;
+        let q = device_network_features(model, which, queries, aug, query_limit)?;
+        return knn_accuracy_device(mem, q, KNN_K, KNN_T, classes);
+    }
     let mem = network_features(model, which, memory, aug, memory_limit)?;
     let q = network_features(model, which, queries, aug, query_limit)?;
-    knn_accuracy(&mem, &q, KNN_K, KNN_T, classes(memory)?)
+    knn_accuracy(&mem, &q, KNN_K, KNN_T, classes)
 }
 
 /// A probe loss above this has diverged: its logits are batch-normalised, so

@@ -246,7 +246,12 @@ fn usage(msg: impl Into<String>) -> Error {
 }
 
 /// Resolves flags (already layered over any `--config` file) against the data.
-fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<RunConfig> {
+fn resolve(
+    o: &PretrainOptions,
+    splits: &Splits,
+    source: DataSource,
+    device: Device,
+) -> Result<RunConfig> {
     let arch = o.arch.ok_or_else(|| {
         usage("missing --arch (resnet18, resnet34, resnet50, resnet101 or resnet152)")
     })?;
@@ -367,7 +372,11 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         crop_min,
         seed: o.seed.unwrap_or(0),
         knn_every: o.knn_every.unwrap_or(10),
-        knn_memory: o.knn_memory.unwrap_or(10_000),
+        knn_memory: o.knn_memory.unwrap_or_else(|| {
+            let rows = splits.labelled_train.as_ref().map_or(0, |d| d.len());
+            let width = size("width", o.width, 64, limits::MAX_WIDTH).unwrap_or(64);
+            eval::default_knn_memory(device, rows, 8 * width * arch.expansion())
+        }),
         knn_queries: o.knn_queries.unwrap_or(0),
         log_every: positive("log-every", o.log_every, 10)?,
         checkpoint_every: o.checkpoint_every.unwrap_or(0),
@@ -588,7 +597,7 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         let cfg = RunConfig::load(&out.join("config.toml"))?;
         let placement = resolve_device(flags.device.as_deref(), flags.precision.as_deref())?;
         let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
-        refuse_changed_flags(&flags, &cfg, &splits)?;
+        refuse_changed_flags(&flags, &cfg, &splits, placement.0.device)?;
         refuse_changed_data(&cfg, &splits)?;
         (cfg, out, splits, placement, Some(lock), None)
     } else {
@@ -605,7 +614,7 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             synthetic_images(res).check_fits(placement.0.device)?;
         }
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
-        let cfg = resolve(&opts, &splits, source)?;
+        let cfg = resolve(&opts, &splits, source, placement.0.device)?;
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
         refuse_existing_run(&out)?;
         let graph_flag = opts.cuda_graph.clone();
@@ -682,7 +691,12 @@ fn auto_resume_finds_a_run(flags: &PretrainOptions) -> Result<bool> {
 /// Refuses flags given with `--resume` that would change the saved run: each
 /// given flag (over any `--config` file) must resolve to the saved value.
 /// The flags of where a run computes may change; so may nothing else.
-fn refuse_changed_flags(flags: &PretrainOptions, saved: &RunConfig, splits: &Splits) -> Result<()> {
+fn refuse_changed_flags(
+    flags: &PretrainOptions,
+    saved: &RunConfig,
+    splits: &Splits,
+    device: Device,
+) -> Result<()> {
     let given: Vec<String> = flags
         .given()
         .into_iter()
@@ -701,7 +715,7 @@ fn refuse_changed_flags(flags: &PretrainOptions, saved: &RunConfig, splits: &Spl
         base = PretrainOptions::from_file(file)?.over(base);
     }
     let opts = flags.clone().over(base);
-    let mut asked = resolve(&opts, splits, data_source(&opts)?)?;
+    let mut asked = resolve(&opts, splits, data_source(&opts)?, device)?;
     // The data itself is checked by its fingerprint, and the output folder
     // is the run's.
     asked.data_fingerprint = saved.data_fingerprint.clone();
