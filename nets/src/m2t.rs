@@ -294,7 +294,9 @@ impl M2t {
     /// student normalises with its running statistics, the teacher with its
     /// Momentum-BN history.
     pub fn features(&self, which: Which, images: &Tensor) -> Result<Tensor> {
-        Ok(self.device_features(which, images)?.to_device(Device::Cpu)?)
+        Ok(self
+            .device_features(which, images)?
+            .to_device(Device::Cpu)?)
     }
 
     /// [`M2t::features`] left on the model's device (f32), computed there in

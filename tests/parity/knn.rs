@@ -22,7 +22,11 @@ fn normalize_and_vote(device: Device) {
                 .collect::<Vec<_>>()
         })
         .collect();
-    assert_bits_equal("unit rows", &unit, &Tensor::from_vec(want, [rows, dim]).unwrap());
+    assert_bits_equal(
+        "unit rows",
+        &unit,
+        &Tensor::from_vec(want, [rows, dim]).unwrap(),
+    );
 
     // Similarities with repeated values, so the k-th place has ties.
     let queries = 5;
@@ -32,7 +36,10 @@ fn normalize_and_vote(device: Device) {
     let labels: Vec<i64> = (0..rows as i64).map(|i| (i * 3) % classes as i64).collect();
     for (k, t) in [(1, 0.1), (6, 0.1), (rows, 1.0)] {
         let got = knn_vote(
-            &to(device, &Tensor::from_vec(sims.clone(), [queries, rows]).unwrap()),
+            &to(
+                device,
+                &Tensor::from_vec(sims.clone(), [queries, rows]).unwrap(),
+            ),
             &to(device, &Tensor::from_vec(labels.clone(), [rows]).unwrap()),
             k,
             t,

@@ -228,7 +228,12 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
     let (classes, label) = label;
     let classes = classes.ok_or_else(|| Error::Usage("kNN needs a labelled dataset".into()))?;
     let acc = crate::knn::knn_accuracy(&memory, &queries, args.k, args.t, classes)?;
-    Ok(report_knn(&args, &label, acc, (memory.len(), queries.len())))
+    Ok(report_knn(
+        &args,
+        &label,
+        acc,
+        (memory.len(), queries.len()),
+    ))
 }
 
 /// Prints `trainer knn`'s result line; returns the accuracy.

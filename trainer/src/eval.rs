@@ -23,16 +23,29 @@ pub const CPU_KNN_MEMORY: usize = 10_000;
 /// and the similarities), the rows that fit there if not; on the CPU
 /// [`CPU_KNN_MEMORY`], whose search already takes seconds.
 pub fn default_knn_memory(device: engine::Device, rows: usize, dim: usize) -> usize {
-    let engine::Device::Cuda(ordinal) = device else {
+    let Some(budget) = feature_budget(device) else {
         return CPU_KNN_MEMORY;
+    };
+    let fits = budget / (4 * dim.max(1));
+    if rows <= fits {
+        0
+    } else {
+        fits.max(CPU_KNN_MEMORY)
+    }
+}
+
+/// The bytes of features evaluation keeps on a CUDA `device`: a quarter of
+/// its memory, the rest left to the model and the work; `None` elsewhere.
+fn feature_budget(device: engine::Device) -> Option<usize> {
+    let engine::Device::Cuda(ordinal) = device else {
+        return None;
     };
     let memory = kernels::probe::probe()
         .devices
         .ok()
         .and_then(|all| all.into_iter().find(|d| d.ordinal == ordinal))
         .map_or(0, |d| d.memory_bytes);
-    let fits = memory / 4 / (4 * dim.max(1));
-    if rows <= fits { 0 } else { fits.max(CPU_KNN_MEMORY) }
+    Some(memory / 4)
 }
 
 /// `limit` (0: all) images of `dataset`, in order, mapped by `f` from eval
@@ -185,6 +198,88 @@ pub fn knn_of_network(
     knn_accuracy(&mem, &q, KNN_K, KNN_T, classes)
 }
 
+/// Test rows per evaluation chunk of the linear probe.
+const TEST_CHUNK: usize = 16 * FEATURE_BATCH;
+
+/// The linear probe's test features, computed once: cached on the model's
+/// device when they take at most a quarter of its memory (always on the CPU
+/// and the emulator), else kept in host memory and uploaded a chunk at a time.
+struct TestFeatures {
+    cached: Option<engine::Tensor>,
+    host: Features,
+    labels: Vec<i64>,
+    device: engine::Device,
+}
+
+impl TestFeatures {
+    fn of(model: &M2t, which: Which, test: &Dataset, aug: &AugmentConfig) -> Result<TestFeatures> {
+        let device = model.device();
+        let bytes = 4 * test.len() * model.config().backbone.feature_dim();
+        if feature_budget(device).is_none_or(|budget| bytes <= budget) {
+            let f = device_or_host_features(model, which, test, aug)?;
+            return Ok(TestFeatures {
+                labels: f.labels,
+                cached: Some(f.data),
+                host: Features::default(),
+                device,
+            });
+        }
+        let host = network_features(model, which, test, aug, 0)?;
+        Ok(TestFeatures {
+            labels: host.labels.clone(),
+            cached: None,
+            host,
+            device,
+        })
+    }
+
+    /// The first row of each chunk of [`TEST_CHUNK`] rows.
+    fn starts(&self) -> std::iter::StepBy<std::ops::Range<usize>> {
+        (0..self.labels.len()).step_by(TEST_CHUNK)
+    }
+
+    /// The chunk from row `start`, on the model's device.
+    fn chunk(&self, start: usize) -> Result<engine::Tensor> {
+        let rows = self.labels.len();
+        let n = TEST_CHUNK.min(rows - start);
+        Ok(match &self.cached {
+            Some(all) => {
+                let dim = all.dims()[1];
+                all.reshape([rows * dim])?
+                    .narrow(start * dim, n * dim)?
+                    .reshape([n, dim])?
+            }
+            None => {
+                let dim = self.host.dim;
+                engine::Tensor::from_vec(
+                    self.host.data[start * dim..(start + n) * dim].to_vec(),
+                    [n, dim],
+                )?
+                .to_device(self.device)?
+            }
+        })
+    }
+}
+
+/// Every image's features as one `[rows, dim]` tensor on the model's
+/// device (the host for a CPU model).
+fn device_or_host_features(
+    model: &M2t,
+    which: Which,
+    dataset: &Dataset,
+    aug: &AugmentConfig,
+) -> Result<DeviceFeatures> {
+    if model.device().is_gpu() {
+        return device_network_features(model, which, dataset, aug, 0);
+    }
+    let f = network_features(model, which, dataset, aug, 0)?;
+    let rows = f.labels.len();
+    Ok(DeviceFeatures {
+        data: engine::Tensor::from_vec(f.data, [rows, f.dim])?,
+        labels: f.labels,
+    })
+}
+
 /// A probe loss above this has diverged: its logits are batch-normalised, so
 /// a sane probe stays near ln(classes) (2.3 for 10 classes).
 const DIVERGED_PROBE_LOSS: f64 = 1e4;
@@ -231,12 +326,15 @@ pub fn linear_eval(
     let mut b = NetBuilder::new(seed);
     let fc = Linear::new(&mut b, "fc", dim, classes)?;
     let bn = BatchNorm::new(&mut b, "bn", classes)?;
-    let mut buffers = BnBuffers::new(&b.bn_layers)?;
+    let device = model.device();
+    let mut buffers = BnBuffers::new(&b.bn_layers)?.to_device(device)?;
     let mut store = b.params.build()?;
     let mut rng = Rng::new(seed);
     store.set(fc.weight, &rng.normal_vec(classes * dim, 0.01))?;
     store.set(fc.bias, &vec![0.0; classes])?;
     debug_assert_eq!(store.info(fc.weight).kind, ParamKind::Weight);
+    // The head trains where the backbone runs.
+    let mut store = store.to_device(device)?;
     let mut sgd = Sgd::new(&store, 0.9, 0.0)?;
 
     let n = if train_limit == 0 {
@@ -255,9 +353,7 @@ pub fn linear_eval(
         warmup_iters: 0,
         total_iters: epochs * steps_per_epoch,
     };
-    let test_features = network_features(model, which, test, aug, 0)?;
-    let rows = test_features.labels.len();
-    let test_inputs = Tensor::from_vec(test_features.data.clone(), [rows, dim])?;
+    let test_features = TestFeatures::of(model, which, test, aug)?;
     let sample = aug.sample_len();
     let mut per_epoch = Vec::new();
     for epoch in 0..epochs {
@@ -279,7 +375,7 @@ pub fn linear_eval(
                 labels.push(train.label(i).unwrap_or(0));
             }
             let images = Tensor::from_vec(pixels, [batch, aug.size, aug.size, aug.channels])?;
-            let features = model.features(which, &images)?;
+            let features = model.device_features(which, &images)?;
             let mut tape = Tape::new();
             let params = store.attach(&mut tape);
             let mut f = Forward::new(&mut tape, &params, BnMode::Train, &buffers);
@@ -287,7 +383,7 @@ pub fn linear_eval(
             let logits = fc.forward(&mut f, &x)?;
             let logits = bn.forward(&mut f, &logits)?;
             let stats = std::mem::take(&mut f.stats);
-            let labels = Tensor::from_vec(labels, [batch])?;
+            let labels = Tensor::from_vec(labels, [batch])?.to_device(device)?;
             let loss = tape.cross_entropy(&logits, &labels)?;
             let loss_value = loss
                 .value()
@@ -321,33 +417,39 @@ pub fn linear_eval(
                 schedule.at(epoch * steps_per_epoch + step) as f32,
             )?;
         }
-        // Test accuracy with the probe in eval mode.
-        let mut tape = Tape::no_grad();
-        let params = store.attach(&mut tape);
-        let mut f = Forward::new(&mut tape, &params, BnMode::Eval, &buffers);
-        let x = f.tape.constant(test_inputs.clone());
-        let logits = fc.forward(&mut f, &x)?;
-        let logits = bn.forward(&mut f, &logits)?;
-        let scores = logits.value().as_slice::<f32>()?;
-        // Weights or BN statistics that overflowed give non-finite scores
-        // even while the training loss, normalised by batch statistics, is finite.
-        if scores.iter().any(|v| !v.is_finite()) {
-            return Err(diverged(format!(
-                "epoch {}: the probe's test scores are not finite",
-                epoch + 1
-            )));
+        // Test accuracy with the probe in eval mode, a chunk of rows at a time.
+        let mut correct = 0;
+        for start in test_features.starts() {
+            let inputs = test_features.chunk(start)?;
+            let mut tape = Tape::no_grad();
+            let params = store.attach(&mut tape);
+            let mut f = Forward::new(&mut tape, &params, BnMode::Eval, &buffers);
+            let x = f.tape.constant(inputs);
+            let logits = fc.forward(&mut f, &x)?;
+            let logits = bn.forward(&mut f, &logits)?;
+            let scores = logits.value().to_vec::<f32>()?;
+            // Weights or BN statistics that overflowed give non-finite scores
+            // even while the training loss, normalised by batch statistics, is finite.
+            if scores.iter().any(|v| !v.is_finite()) {
+                return Err(diverged(format!(
+                    "epoch {}: the probe's test scores are not finite",
+                    epoch + 1
+                )));
+            }
+            let labels = &test_features.labels[start..];
+            correct += scores
+                .chunks(classes)
+                .zip(labels)
+                .filter(|&(row, &label)| {
+                    let best = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
+                    best as i64 == label
+                })
+                .count();
         }
-        let correct = scores
-            .chunks(classes)
-            .zip(&test_features.labels)
-            .filter(|&(row, &label)| {
-                let best = row
-                    .iter()
-                    .enumerate()
-                    .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-                best as i64 == label
-            })
-            .count();
+        let rows = test_features.labels.len();
         per_epoch.push(correct as f64 / rows.max(1) as f64);
     }
     let best = per_epoch.iter().copied().fold(0.0, f64::max);

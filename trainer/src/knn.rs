@@ -569,25 +569,44 @@ mod tests {
     fn the_device_vote_predicts_as_the_cpu_does() -> Result<()> {
         let memory = clustered(300, 16, 5, 1);
         let queries = clustered(130, 16, 5, 2);
-        for (k, t, chunk_bytes) in [(20, 0.1, 1 << 20), (1, 0.1, 4 * 300 * 7), (300, 1.0, 1), (7, 1e-6, 1 << 20)] {
+        for (k, t, chunk_bytes) in [
+            (20, 0.1, 1 << 20),
+            (1, 0.1, 4 * 300 * 7),
+            (300, 1.0, 1),
+            (7, 1e-6, 1 << 20),
+        ] {
             let want = knn_predict(&memory, &queries, k, t, 5, QUERY_CHUNK)?;
-            let got = knn_predict_device(on_emulator(&memory), on_emulator(&queries), (k, t, 5), chunk_bytes)?;
+            let got = knn_predict_device(
+                on_emulator(&memory),
+                on_emulator(&queries),
+                (k, t, 5),
+                chunk_bytes,
+            )?;
             assert_eq!(got, want, "k {k}, t {t}, chunk {chunk_bytes} bytes");
         }
         // Equal rows of different classes: the earlier rows win the k-th
         // place; equal scores go to the lowest class.
-        let memory = features(&[&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0], &[0.0, 1.0]], &[2, 1, 0, 1]);
+        let memory = features(
+            &[&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0], &[0.0, 1.0]],
+            &[2, 1, 0, 1],
+        );
         let queries = features(&[&[1.0, 0.0], &[0.0, 1.0], &[0.0, 0.0]], &[1, 1, 0]);
         for k in 1..=4 {
             let want = knn_predict(&memory, &queries, k, 0.1, 3, QUERY_CHUNK)?;
-            let got = knn_predict_device(on_emulator(&memory), on_emulator(&queries), (k, 0.1, 3), 1 << 20)?;
+            let got = knn_predict_device(
+                on_emulator(&memory),
+                on_emulator(&queries),
+                (k, 0.1, 3),
+                1 << 20,
+            )?;
             assert_eq!(got, want, "k {k}");
         }
         let acc = knn_accuracy_device(on_emulator(&memory), on_emulator(&queries), 2, 0.1, 3)?;
         assert_eq!(acc, knn_accuracy(&memory, &queries, 2, 0.1, 3)?);
         // NaN features are refused on the device too.
         let nan = features(&[&[f32::NAN, 0.0]], &[0]);
-        let err = knn_accuracy_device(on_emulator(&memory), on_emulator(&nan), 1, 0.1, 3).unwrap_err();
+        let err =
+            knn_accuracy_device(on_emulator(&memory), on_emulator(&nan), 1, 0.1, 3).unwrap_err();
         assert!(err.to_string().contains("non-finite"), "{err}");
         Ok(())
     }
