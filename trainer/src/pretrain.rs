@@ -1104,7 +1104,7 @@ impl Progress<'_> {
         }
         if !o.grads_finite {
             return Err(Error::Diverged(format!(
-                "step {}: non-finite gradients (loss {}); stopped before the update. Last good checkpoint: {kept}. Try a lower --lr.",
+                "step {}: non-finite gradients (loss {}); stopped, nothing saved after it. Last good checkpoint: {kept}. Try a lower --lr.",
                 o.step + 1,
                 o.report.loss
             )));
