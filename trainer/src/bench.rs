@@ -67,7 +67,8 @@ pub struct BenchArgs {
     pub profile: bool,
     /// Capture the step (M2T step and SGD update) as a CUDA graph after the
     /// warm-up step and time its replays: one launch per step instead of
-    /// thousands. GPU (or emulator) only; bf16 or fp32.
+    /// thousands. GPU (or emulator) only; in fp16 the loss scaler runs on
+    /// the device.
     #[arg(long)]
     pub cuda_graph: bool,
     /// The card whose peaks the figures are measured against: a100,

@@ -669,10 +669,6 @@ pub struct LinearEvalArgs {
 
 /// Runs `trainer linear-eval`.
 pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
-    let loaded = load_checkpoint_on(&args.checkpoint, args.place.resolve()?)?;
-    let splits = loaded.splits(args.data.as_ref())?;
-    let (train, test) = labelled(&splits, &args.checkpoint)?;
-    let aug = loaded.eval_transform()?;
     let lr = args.lr.unwrap_or(0.2 * args.bs as f64 / 256.0);
     if args.bs < 2 {
         return Err(Error::Usage(format!(
@@ -689,6 +685,11 @@ pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
     if args.epochs == 0 {
         return Err(Error::Usage("--epochs 0: train at least one epoch".into()));
     }
+    // After the flags, so that a usage error stays one line, before any device note.
+    let loaded = load_checkpoint_on(&args.checkpoint, args.place.resolve()?)?;
+    let splits = loaded.splits(args.data.as_ref())?;
+    let (train, test) = labelled(&splits, &args.checkpoint)?;
+    let aug = loaded.eval_transform()?;
     let report = eval::linear_eval(
         &loaded.model,
         args.which.into(),
