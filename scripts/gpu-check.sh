@@ -20,7 +20,8 @@
 # JIT cold and warm; `trainer bench` (resnet50, bs 128, 224 px, bf16) beside
 # PyTorch eager AMP channels_last, eager, as a CUDA graph and with
 # --deterministic; two --deterministic runs compared bit for bit; a short
-# Fashion-MNIST pretrain with kNN; the op benchmark;
+# Fashion-MNIST pretrain with kNN, with --cuda-graph on and off (pairs/s and
+# kNN accuracy of each); the op benchmark with the H200 roofline beside it;
 # torch.compile.
 #
 # OUT receives summary.json, logs.tgz and check.txt only (the device machine
@@ -80,7 +81,7 @@ export M2T_KERNEL_CACHE=$work/kernel-cache
 
 # The steps in order; a step missing from steps.tsv at the end was not reached.
 plan=(nvidia-smi torch-control check test-cuda_graph test-cuda_parity jit-cold jit-warm p1-eager)
-[ -n "${QUICK:-}" ] || plan+=(p1-graph p1-deterministic deterministic-repeat pretrain ops p1-compile)
+[ -n "${QUICK:-}" ] || plan+=(p1-graph p1-deterministic deterministic-repeat pretrain-graph pretrain-eager ops p1-compile)
 printf '%s\n' "${plan[@]}" >"$logs/plan.txt"
 printf 'deadline\t%s\n' "$deadline" >"$logs/meta.tsv"
 : >"$logs/steps.tsv"
@@ -197,8 +198,17 @@ PY
 export -f repeat_deterministic
 export bin work
 step deterministic-repeat 60 bash -c repeat_deterministic
-step pretrain 120 "$bin/trainer" pretrain --data "$bin/fashion-mnist" --arch resnet18 --width 32 \
-    --device cuda --precision bf16 --bs 256 --res 32 --steps 1000 --lr 0.1 --crop-min 0.2 \
-    --out "$work/fashion-run"
-step ops 60 "$bin/trainer" bench --ops --device cuda --precision bf16 --steps 5
+# The same short Fashion-MNIST run replaying the captured step and launching
+# every kernel; each log ends with the run's summary.json (pairs/s, kNN).
+fashion_pretrain() {
+    "$bin/trainer" pretrain --data "$bin/fashion-mnist" --arch resnet18 --width 32 \
+        --device cuda --precision bf16 --bs 256 --res 32 --steps 600 --lr 0.1 --crop-min 0.2 \
+        --cuda-graph "$1" --out "$work/fashion-$1" || return 1
+    tr -d '\n' <"$work/fashion-$1/summary.json"
+    echo
+}
+export -f fashion_pretrain
+step pretrain-graph 100 bash -c 'fashion_pretrain on'
+step pretrain-eager 100 bash -c 'fashion_pretrain off'
+step ops 60 "$bin/trainer" bench --ops --device cuda --precision bf16 --steps 5 --card h200
 compare p1-compile 150 1 --compile --steps 10

@@ -136,7 +136,15 @@ def summarise(logs):
         ),
     }
     check = read(os.path.join(logs, "check.log"))
-    knn = re.findall(r"kNN accuracy \(teacher, k=200\): ([0-9.]+)%", read(os.path.join(logs, "pretrain.log")))
+    pretrain = {}
+    for mode in ("graph", "eager"):
+        text = read(os.path.join(logs, f"pretrain-{mode}.log"))
+        knn = re.findall(r"kNN accuracy \(teacher, k=200\): ([0-9.]+)%", text)
+        run = last_json(text) or {}
+        pretrain[mode] = {
+            "pairs_per_s": run.get("pairs_per_s"),
+            "knn_percent": float(knn[-1]) if knn else None,
+        }
     summary = {
         "card": meta.get("card") or "unknown",
         "verdict": verdict(cuda_tests, steps, not_reached),
@@ -155,7 +163,8 @@ def summarise(logs):
         "p1_deterministic": last_json(read(os.path.join(logs, "p1-deterministic.json"))),
         "p1_compile": last_json(read(os.path.join(logs, "p1-compile.json"))),
         "deterministic_repeat": last_json(read(os.path.join(logs, "deterministic-repeat.log"))),
-        "fashion_mnist_knn_percent": float(knn[-1]) if knn else None,
+        "fashion_mnist_knn_percent": pretrain["graph"]["knn_percent"],
+        "fashion_mnist_pretrain": pretrain,
         "steps": steps,
         "not_reached": not_reached,
         "deadline_s": int(meta["deadline"]) if meta.get("deadline", "").isdigit() else None,
@@ -333,7 +342,21 @@ def self_test():
     expect("no test result line", e["result"] == "no test result", e["result"])
     expect("no test result line", s["verdict"].startswith("FAILED"), s["verdict"])
 
-    cases = 8
+    run = '{"steps": 600, "knn_acc": 0.71, "pairs_per_s": %s, "train_seconds": 9.0}'
+    s = canned(
+        {
+            "pretrain-graph.log": "kNN accuracy (teacher, k=200): 71.25%\nrun folder: x\n" + run % 9000.5 + "\n",
+            "pretrain-eager.log": "kNN accuracy (teacher, k=200): 71.30%\nrun folder: y\n" + run % 4000.0 + "\n",
+        },
+        [("pretrain-graph", 0, 20), ("pretrain-eager", 0, 30)],
+        ["pretrain-graph", "pretrain-eager"],
+    )
+    p = s["fashion_mnist_pretrain"]
+    expect("pretrain graph vs eager", p["graph"] == {"pairs_per_s": 9000.5, "knn_percent": 71.25}, str(p["graph"]))
+    expect("pretrain graph vs eager", p["eager"] == {"pairs_per_s": 4000.0, "knn_percent": 71.3}, str(p["eager"]))
+    expect("pretrain graph vs eager", s["fashion_mnist_knn_percent"] == 71.25, str(s["fashion_mnist_knn_percent"]))
+
+    cases = 9
     print(f"{cases - len(set(failures))} passed, {len(set(failures))} failed")
     return 1 if failures else 0
 

@@ -44,6 +44,7 @@ pub mod nvtx;
 pub mod ops;
 pub mod optim;
 mod params;
+pub mod pipeline;
 pub mod profile;
 mod rng;
 mod scalar;

@@ -293,6 +293,24 @@ impl ParamStore {
         ))
     }
 
+    /// Queues [`Self::grad_norm`]'s reduction on a GPU store without reading
+    /// it back: Σg² (f32) into `out[0]` and, into `out[1]`, the bits of an
+    /// i32 that is 1 when a gradient is NaN or ±∞. `out` is two f32 words on
+    /// the store's device. Nothing waits, so a captured step may hold it.
+    pub fn queue_grad_check(&self, out: &Tensor) -> Result<()> {
+        match out.gpu_range() {
+            Some((buf, offset, 8)) if self.grads.gpu().is_some() && out.dtype() == DType::F32 => {
+                crate::optim::cuda::queue_grad_sum_squares(&self.grads, (buf, offset))
+            }
+            _ => Err(Error::Param(format!(
+                "a queued gradient check writes two f32 words on the store's GPU, not {} {} on {}",
+                out.numel(),
+                out.dtype(),
+                out.device()
+            ))),
+        }
+    }
+
     /// Puts every parameter on `tape` as a gradient-tracked variable.
     pub fn attach(&self, tape: &mut Tape) -> ParamVars {
         ParamVars(self.ids().map(|id| tape.param(self.value(id))).collect())

@@ -29,6 +29,12 @@ impl Scalar {
         self.cell.is_some()
     }
 
+    /// The device cell kernels read this number from (`None` for a constant
+    /// or on the CPU), e.g. for a kernel outside the engine.
+    pub fn device_cell(&self) -> Option<&Tensor> {
+        self.cell.as_ref()
+    }
+
     /// The f32 cell on `g`'s device that holds the value: this scalar's own,
     /// or a new one (one 4-byte copy, refused during a graph capture).
     pub(crate) fn cell(&self, g: &GpuBuffer) -> Result<Tensor> {

@@ -119,6 +119,104 @@ impl LossScaler {
     }
 }
 
+/// Words of [`DeviceScaler`]'s state: the scale (f32), good steps, the
+/// overflow flag and the skip flag (i32s, stored as their bits).
+pub const DEVICE_STATE_WORDS: usize = 4;
+
+/// The loss scaler's state machine on a GPU, for captured fp16 steps: the
+/// scale lives in device memory, the backward pass seeds from it, one kernel
+/// unscales the gradients and flags an overflow, another advances the state
+/// exactly as [`LossScaler::update`] does and sets the skip flag the
+/// optimiser kernels read ([`crate::optim::Sgd::step_unless`]). The host
+/// learns what happened from [`DeviceScaler::state`] when it reads it.
+#[derive(Clone, Debug)]
+pub struct DeviceScaler {
+    /// `[scale, good steps, overflow, skip]`, four 4-byte words.
+    state: crate::Tensor,
+    growth_factor: f32,
+    backoff_factor: f32,
+    growth_interval: u32,
+    min_scale: f32,
+}
+
+/// What one step left in a [`DeviceScaler`]'s state.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScalerState {
+    /// The scale for the next step.
+    pub scale: f32,
+    /// Overflow-free steps since the last growth or overflow.
+    pub good_steps: u32,
+    /// Whether the step overflowed and its update was skipped.
+    pub skipped: bool,
+}
+
+impl ScalerState {
+    /// Decodes the four state words (as f32 values holding their bits).
+    pub fn from_words(words: &[f32]) -> ScalerState {
+        ScalerState {
+            scale: words[0],
+            good_steps: words[1].to_bits(),
+            skipped: words[3].to_bits() != 0,
+        }
+    }
+}
+
+impl DeviceScaler {
+    /// The state of `host` on `device` (a GPU).
+    pub fn new(host: &LossScaler, device: crate::Device) -> Result<DeviceScaler> {
+        if !device.is_gpu() {
+            return Err(Error::Device {
+                op: "device loss scaler",
+                device,
+            });
+        }
+        let words = [host.scale, f32::from_bits(host.good_steps), 0.0, 0.0];
+        Ok(DeviceScaler {
+            state: crate::Tensor::from_vec(words.to_vec(), [DEVICE_STATE_WORDS])?
+                .to_device(device)?,
+            growth_factor: host.growth_factor,
+            backoff_factor: host.backoff_factor,
+            growth_interval: host.growth_interval,
+            min_scale: host.min_scale,
+        })
+    }
+
+    /// The state words, e.g. to copy into a step's results.
+    pub fn state(&self) -> &crate::Tensor {
+        &self.state
+    }
+
+    /// The current scale as a device tensor of `shape` (one element): the
+    /// seed of the backward pass of the scaled loss.
+    pub fn seed(&self, shape: crate::Shape) -> Result<crate::Tensor> {
+        self.state.view(0, [1].into()).reshape(shape)
+    }
+
+    /// The skip flag: set when the last step overflowed.
+    pub fn skip_flag(&self) -> crate::Tensor {
+        self.state.view(3, [1].into())
+    }
+
+    /// Unscales `store`'s gradients by the current scale, flags an overflow
+    /// and advances the state: two launches, nothing read back.
+    pub fn unscale_and_update(&self, store: &mut ParamStore) -> Result<()> {
+        let grads = store.grads_mut();
+        grads.gpu_mut()?;
+        crate::optim::cuda::unscale_by_state(grads, &self.state)?;
+        crate::optim::cuda::loss_scale_update(
+            &self.state,
+            (self.growth_factor, self.backoff_factor),
+            self.growth_interval,
+            self.min_scale,
+        )
+    }
+
+    /// Reads the state (waits for the device).
+    pub fn read(&self) -> Result<ScalerState> {
+        Ok(ScalerState::from_words(&self.state.to_vec::<f32>()?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

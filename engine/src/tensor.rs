@@ -459,6 +459,18 @@ impl Tensor {
         })
     }
 
+    /// Elements `start..start + len` of a rank-1 tensor: a view sharing its
+    /// storage, so writes through either show in both.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Tensor> {
+        if self.shape.rank() != 1 || start.checked_add(len).is_none_or(|end| end > self.numel()) {
+            return Err(shape_err(
+                "narrow",
+                format!("elements {start}..{} of {}", start + len, self.shape),
+            ));
+        }
+        Ok(self.view(start, [len].into()))
+    }
+
     /// A copy converted to another float dtype, rounding to nearest even
     /// (f16 overflows to ±∞); the same tensor if it already has that dtype.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {

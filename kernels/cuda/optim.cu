@@ -16,10 +16,12 @@ extern "C" __global__ void accumulate_grad_f16(float* acc, const f16* g, int64_t
 
 // PyTorch's SGD: v ← μ·v + (g + wd·w), w ← w − lr·v, over the whole buffer
 // (padding is zero in w, g and v, and stays zero). The learning rate, which
-// changes every step, is read from device memory so a captured step replays.
+// changes every step, is read from device memory so a captured step replays;
+// so is the skip flag that fp16's loss scaler sets on an overflowed step.
 extern "C" __global__ void sgd_momentum_step(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ v,
                                              int64_t n, const float* __restrict__ lr_cell, float momentum,
-                                             float weight_decay) {
+                                             float weight_decay, const int* __restrict__ skip) {
+    if (*skip != 0) return;
     const float lr = *lr_cell;
     FOR_EACH(i, n) {
         float vi = momentum * v[i] + (g[i] + weight_decay * w[i]);
@@ -68,8 +70,9 @@ extern "C" __global__ void lars_momentum_step(float* __restrict__ w, const float
                                               float* __restrict__ v, const int64_t* __restrict__ chunks,
                                               int64_t n_chunks, const float* __restrict__ partials,
                                               const float* __restrict__ lr_cell, float eta, float momentum,
-                                              float weight_decay) {
+                                              float weight_decay, const int* __restrict__ skip) {
     __shared__ float scratch[32];
+    if (*skip != 0) return;
     const float lr = *lr_cell;
     for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
         const int64_t* row = chunks + c * LARS_CHUNK_FIELDS;
@@ -115,6 +118,57 @@ extern "C" __global__ void unscale_grads_check_finite(float* __restrict__ g, int
         bad |= !is_finite(x);
     }
     if (bad) *found_inf = 1;
+}
+
+// The same with the scale read from the device loss scaler's state (see
+// loss_scale_update), so a captured fp16 step unscales by each step's scale.
+extern "C" __global__ void unscale_grads_by_state(float* __restrict__ g, int64_t n, int* __restrict__ state) {
+    const float inv_scale = 1.0f / __int_as_float(state[0]);
+    bool bad = false;
+    FOR_EACH(i, n) {
+        float x = g[i] * inv_scale;
+        g[i] = x;
+        bad |= !is_finite(x);
+    }
+    if (bad) state[2] = 1;
+}
+
+// The loss scaler's state machine on the device, one thread, after the
+// unscale: state = [scale (f32 bits), good steps, overflow flag, skip flag].
+// An overflow backs the scale off (not below min_scale), restarts the count
+// and sets skip, which the optimiser kernels read; `interval` good steps in a
+// row grow the scale unless that overflows f32. The overflow flag is cleared
+// for the next step. As engine/src/scaler.rs does on the host.
+extern "C" __global__ void loss_scale_update(int* __restrict__ state, float growth, float backoff, int interval,
+                                             float min_scale) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    float scale = __int_as_float(state[0]);
+    int good = state[1];
+    const bool overflow = state[2] != 0;
+    if (overflow) {
+        scale = fmaxf(scale * backoff, min_scale);
+        good = 0;
+    } else {
+        good += 1;
+        if (good >= interval) {
+            const float grown = scale * growth;
+            if (is_finite(grown)) scale = grown;
+            good = 0;
+        }
+    }
+    state[0] = __float_as_int(scale);
+    state[1] = good;
+    state[2] = 0;
+    state[3] = overflow ? 1 : 0;
+}
+
+// dst ← srcs[*slot] (slot 0 or 1), in 16-bit words: a captured step reads
+// the input buffer its cell names, while the other one is being filled.
+extern "C" __global__ void copy_selected_u16(uint16_t* __restrict__ dst, const uint16_t* __restrict__ src0,
+                                             const uint16_t* __restrict__ src1, const int* __restrict__ slot,
+                                             int64_t n) {
+    const uint16_t* src = *slot == 0 ? src0 : src1;
+    FOR_EACH(i, n) { dst[i] = src[i]; }
 }
 
 // Global gradient check, pass 1: each block's Σg² over its finite elements

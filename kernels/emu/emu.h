@@ -116,5 +116,10 @@ inline float __uint_as_float(unsigned u) {
     std::memcpy(&x, &u, 4);
     return x;
 }
+inline double __longlong_as_double(long long x) {
+    double d;
+    std::memcpy(&d, &x, 8);
+    return d;
+}
 inline float __int_as_float(int i) { return __uint_as_float(static_cast<unsigned>(i)); }
 inline int __float_as_int(float x) { return static_cast<int>(__float_as_uint(x)); }

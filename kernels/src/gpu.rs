@@ -256,8 +256,11 @@ impl Buffer {
 pub struct CudaParts {
     /// The device context.
     pub ctx: Arc<CudaContext>,
-    /// The single compute stream every op runs on.
+    /// The compute stream every op runs on.
     pub stream: Arc<CudaStream>,
+    /// The second stream [`Gpu::on_copy_stream`] queues work on, so that
+    /// the next step's inputs upload while the compute stream runs a step.
+    copy_stream: Arc<CudaStream>,
     /// The arch kernels are compiled for, e.g. `sm_90`.
     pub arch: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -289,6 +292,62 @@ impl Stamp {
     }
 }
 
+/// A point in a stream's queue that work on the other stream can wait for
+/// ([`Gpu::mark`], [`Gpu::wait_for`]): a CUDA event, or nothing on the
+/// emulator, whose work runs as it is queued.
+pub struct Mark(Option<cudarc::driver::CudaEvent>);
+
+/// Host memory that the device copies results into while the host goes on
+/// ([`Gpu::queue_read`]); [`Readback::wait`] waits for that copy alone.
+/// Page-locked on CUDA, so the copy is a DMA the host need not stage.
+pub struct Readback {
+    bytes: usize,
+    host: Mutex<HostMem>,
+    /// Recorded after the last queued copy (CUDA).
+    done: Mutex<Option<cudarc::driver::CudaEvent>>,
+}
+
+enum HostMem {
+    Pinned { ptr: *mut u8, ctx: Arc<CudaContext> },
+    Plain(Vec<u8>),
+}
+
+// SAFETY: the page-locked pointer is only used under the `host` lock.
+unsafe impl Send for Readback {}
+unsafe impl Sync for Readback {}
+
+impl Readback {
+    /// Waits for the last queued copy and returns the bytes it copied.
+    pub fn wait(&self) -> Result<Vec<u8>> {
+        if let Some(event) = &*self.done.lock().unwrap() {
+            event.synchronize()?;
+        }
+        Ok(match &*self.host.lock().unwrap() {
+            // SAFETY: the copy into it has finished; `bytes` long.
+            HostMem::Pinned { ptr, .. } => unsafe {
+                std::slice::from_raw_parts(*ptr, self.bytes).to_vec()
+            },
+            HostMem::Plain(v) => v.clone(),
+        })
+    }
+}
+
+impl Drop for Readback {
+    fn drop(&mut self) {
+        if let Some(event) = self.done.get_mut().unwrap_or_else(|e| e.into_inner()) {
+            let _ = event.synchronize();
+        }
+        if let HostMem::Pinned { ptr, ctx } = self.host.get_mut().unwrap_or_else(|e| e.into_inner())
+        {
+            // SAFETY: allocated by `malloc_host`, no copy pending, freed once.
+            unsafe {
+                let _ = sys::cuCtxSetCurrent(ctx.cu_ctx());
+                let _ = result::free_host(ptr.cast());
+            }
+        }
+    }
+}
+
 /// A timed section: its label and its start and end stamps.
 type Timed = (&'static str, Stamp, Stamp);
 
@@ -308,6 +367,8 @@ pub struct Gpu {
     timings: Mutex<Vec<Timed>>,
     transfers: Mutex<Transfers>,
     book: Arc<CaptureBook>,
+    /// Set inside [`Gpu::on_copy_stream`]: work goes to the copy stream.
+    on_copy: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -347,6 +408,7 @@ impl Gpu {
         // SAFETY: all work of this context goes to the one stream below.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream()?;
+        let copy_stream = ctx.new_stream()?;
         // SAFETY: plain driver calls on a live context's device.
         unsafe {
             let mut pool = std::ptr::null_mut();
@@ -363,6 +425,7 @@ impl Gpu {
         Ok(Gpu::with(Kind::Cuda(CudaParts {
             ctx,
             stream,
+            copy_stream,
             arch: format!("sm_{major}{minor}"),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
@@ -376,6 +439,112 @@ impl Gpu {
             timings: Mutex::new(Vec::new()),
             transfers: Mutex::new(Transfers::default()),
             book: Arc::default(),
+            on_copy: false.into(),
+        }
+    }
+
+    /// The stream this device's work is queued on now: the compute stream,
+    /// or the copy stream inside [`Gpu::on_copy_stream`].
+    fn queue<'c>(&self, c: &'c CudaParts) -> &'c Arc<CudaStream> {
+        if self.on_copy.load(std::sync::atomic::Ordering::Relaxed) {
+            &c.copy_stream
+        } else {
+            &c.stream
+        }
+    }
+
+    /// A mark after all work queued so far (on the stream work goes to now).
+    pub fn mark(&self) -> Result<Mark> {
+        self.refuse_while_capturing("a stream mark")?;
+        match &self.kind {
+            Kind::Cuda(c) => {
+                let flags = Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+                Ok(Mark(Some(self.queue(c).record_event(flags)?)))
+            }
+            Kind::Emulator(_) => Ok(Mark(None)),
+        }
+    }
+
+    /// Makes the work queued from now on wait until the device reaches `mark`.
+    pub fn wait_for(&self, mark: &Mark) -> Result<()> {
+        self.refuse_while_capturing("a stream wait")?;
+        if let (Kind::Cuda(c), Some(event)) = (&self.kind, &mark.0) {
+            self.queue(c).wait(event)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f`, whose device work (uploads, launches, allocations) goes to
+    /// the device's copy stream, after `after`; returns `f`'s result and a
+    /// mark after that work, for the compute stream to [`Gpu::wait_for`].
+    /// Buffers made inside are freed on the copy stream, so `f` should drop
+    /// its temporaries before it returns. Meanwhile no other thread may use
+    /// this device. On the emulator, where work runs as it is queued, this
+    /// is just `f`.
+    pub fn on_copy_stream<R>(&self, after: &Mark, f: impl FnOnce() -> R) -> Result<(R, Mark)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.refuse_while_capturing("the copy stream")?;
+        if self.on_copy.swap(true, Relaxed) {
+            return Err(Error::Driver("the copy stream is already in use".into()));
+        }
+        let result = self.wait_for(after).map(|()| f());
+        let mark = self.mark();
+        self.on_copy.store(false, Relaxed);
+        Ok((result?, mark?))
+    }
+
+    /// Page-locked host memory of `bytes` (plain host memory on the
+    /// emulator) for [`Gpu::queue_read`].
+    pub fn readback(&self, bytes: usize) -> Result<Readback> {
+        let host = match &self.kind {
+            Kind::Cuda(c) => {
+                c.ctx.bind_to_thread()?;
+                // SAFETY: a page-locked allocation, freed once in `Drop`.
+                let ptr = unsafe { result::malloc_host(bytes.max(1), 0)? };
+                HostMem::Pinned {
+                    ptr: ptr.cast(),
+                    ctx: c.ctx.clone(),
+                }
+            }
+            Kind::Emulator(_) => HostMem::Plain(vec![0; bytes]),
+        };
+        Ok(Readback {
+            bytes,
+            host: Mutex::new(host),
+            done: Mutex::new(None),
+        })
+    }
+
+    /// Queues a copy of `buffer`'s bytes from `offset` into `dst` (its
+    /// length) after the work queued so far, without waiting for it:
+    /// [`Readback::wait`] does. Counted as a transfer to the host.
+    pub fn queue_read(&self, buffer: &Buffer, offset: usize, dst: &Readback) -> Result<()> {
+        buffer.check_range("read", offset, dst.bytes)?;
+        self.refuse_while_capturing("a copy to the host")?;
+        self.count_transfer(false, dst.bytes);
+        let mut host = dst.host.lock().unwrap();
+        match (&self.kind, &buffer.mem, &mut *host) {
+            (Kind::Cuda(c), Mem::Cuda { ptr, .. }, HostMem::Pinned { ptr: out, .. }) => {
+                c.ctx.bind_to_thread()?;
+                let stream = self.queue(c);
+                // SAFETY: both ranges are inside their allocations; the host
+                // side is page-locked and lives until the copy is waited for
+                // (`Readback` waits in `Drop`).
+                unsafe {
+                    let out = std::slice::from_raw_parts_mut(*out, dst.bytes);
+                    result::memcpy_dtoh_async(out, ptr + offset as u64, stream.cu_stream())?;
+                }
+                let flags = Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING);
+                *dst.done.lock().unwrap() = Some(stream.record_event(flags)?);
+                Ok(())
+            }
+            (Kind::Emulator(lock), Mem::Emulated(m), HostMem::Plain(out)) => {
+                let _g = lock.lock().unwrap();
+                // SAFETY: under the emulator's lock.
+                out.copy_from_slice(&(unsafe { m.bytes_mut() })[offset..offset + dst.bytes]);
+                Ok(())
+            }
+            _ => Err(foreign()),
         }
     }
 
@@ -441,11 +610,11 @@ impl Gpu {
                 let ptr = if bytes == 0 {
                     0
                 } else {
-                    unsafe { result::malloc_async(c.stream.cu_stream(), bytes)? }
+                    unsafe { result::malloc_async(self.queue(c).cu_stream(), bytes)? }
                 };
                 Mem::Cuda {
                     ptr,
-                    stream: c.stream.clone(),
+                    stream: self.queue(c).clone(),
                 }
             }
             Kind::Emulator(_) => Mem::Emulated(Arc::new(Memory::new(bytes))),
@@ -518,7 +687,11 @@ impl Gpu {
                 // from pageable memory stages `data` before it returns, so
                 // the caller may drop `data` at once, and nothing waits.
                 unsafe {
-                    result::memcpy_htod_async(ptr + offset as u64, data, c.stream.cu_stream())?;
+                    result::memcpy_htod_async(
+                        ptr + offset as u64,
+                        data,
+                        self.queue(c).cu_stream(),
+                    )?;
                 }
                 Ok(())
             }
@@ -546,9 +719,9 @@ impl Gpu {
                 c.ctx.bind_to_thread()?;
                 // SAFETY: the range is inside the allocation; synchronised below.
                 unsafe {
-                    result::memcpy_dtoh_async(out, ptr + offset as u64, c.stream.cu_stream())?
+                    result::memcpy_dtoh_async(out, ptr + offset as u64, self.queue(c).cu_stream())?
                 };
-                c.stream.synchronize()?;
+                self.queue(c).synchronize()?;
                 Ok(())
             }
             (Kind::Emulator(lock), Mem::Emulated(m)) => {
@@ -584,7 +757,7 @@ impl Gpu {
                         d + dst_offset as u64,
                         s + src_offset as u64,
                         bytes,
-                        c.stream.cu_stream(),
+                        self.queue(c).cu_stream(),
                     )
                     .result()?
                 };
@@ -625,7 +798,7 @@ impl Gpu {
                         ptr + offset as u64,
                         value,
                         bytes,
-                        c.stream.cu_stream(),
+                        self.queue(c).cu_stream(),
                     )?
                 };
                 Ok(())
@@ -697,8 +870,12 @@ impl Gpu {
                 // SAFETY: the range is inside the allocation.
                 unsafe {
                     match value {
-                        Word::U16(v) => sys::cuMemsetD16Async(dst, v, count, c.stream.cu_stream()),
-                        Word::U32(v) => sys::cuMemsetD32Async(dst, v, count, c.stream.cu_stream()),
+                        Word::U16(v) => {
+                            sys::cuMemsetD16Async(dst, v, count, self.queue(c).cu_stream())
+                        }
+                        Word::U32(v) => {
+                            sys::cuMemsetD32Async(dst, v, count, self.queue(c).cu_stream())
+                        }
                     }
                     .result()?;
                 }
@@ -729,6 +906,7 @@ impl Gpu {
         self.refuse_while_capturing("waiting for the device")?;
         if let Kind::Cuda(c) = &self.kind {
             c.stream.synchronize()?;
+            c.copy_stream.synchronize()?;
         }
         Ok(())
     }
@@ -804,7 +982,7 @@ impl Gpu {
                         cfg.grid,
                         cfg.block,
                         cfg.shared_bytes,
-                        c.stream.cu_stream(),
+                        self.queue(c).cu_stream(),
                         params,
                     )?;
                 }

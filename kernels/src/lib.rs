@@ -21,4 +21,6 @@ pub mod registry;
 
 pub use emulator::take_launch_log;
 pub use error::{Error, Result};
-pub use gpu::{Arg, Buffer, CudaParts, Gpu, Graph, LaunchConfig, Stamp, Transfers, Word};
+pub use gpu::{
+    Arg, Buffer, CudaParts, Gpu, Graph, LaunchConfig, Mark, Readback, Stamp, Transfers, Word,
+};

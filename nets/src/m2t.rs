@@ -9,7 +9,8 @@ use crate::{Error, Result};
 use engine::graph::StepGraph;
 use engine::ops::{BatchStats, BesselCorrection};
 use engine::optim::ema_update;
-use engine::scaler::LossScaler;
+use engine::pipeline::{Readback, copy_at, copy_selected};
+use engine::scaler::{DeviceScaler, LossScaler, ScalerState};
 use engine::schedule::{ema_momentum, mbn_beta};
 use engine::{DType, Device, ParamStore, ParamVars, Scalar, StepScalars, Tape, Tensor, Var};
 use std::fmt;
@@ -126,6 +127,9 @@ pub struct M2t {
     teacher_bn: BnBuffers,
     /// The dynamic loss scale of fp16 training.
     scaler: Option<LossScaler>,
+    /// Its state on the device once a step is captured: the scale then
+    /// lives there, and `scaler` is brought up to date by [`M2t::loss_scale`].
+    device_scaler: Option<DeviceScaler>,
     /// Where the per-step numbers live: EMA momentum, β, learning rate.
     cells: StepScalars,
 }
@@ -186,6 +190,7 @@ impl M2t {
             student_bn,
             teacher_bn,
             scaler: (config.precision == DType::F16).then(LossScaler::new),
+            device_scaler: None,
             cells: StepScalars::new(Device::Cpu, 3)?,
         })
     }
@@ -200,8 +205,23 @@ impl M2t {
         self.scaler.as_mut()
     }
 
+    /// The fp16 loss scaler's state (scale, good steps), read from the device
+    /// once a captured step keeps it there; `None` in other precisions.
+    pub fn loss_scale(&mut self) -> Result<Option<(f32, u32)>> {
+        if let (Some(host), Some(device)) = (&mut self.scaler, &self.device_scaler) {
+            let state = device.read()?;
+            host.restore(state.scale, state.good_steps)?;
+        }
+        Ok(self.scaler.as_ref().map(|s| (s.scale(), s.good_steps())))
+    }
+
     /// The pair moved to `device` (parameters, gradients and BN buffers).
     pub fn to_device(self, device: Device) -> Result<M2t> {
+        if self.device_scaler.is_some() {
+            return Err(Error::Config(
+                "a model whose step was captured stays on its device".into(),
+            ));
+        }
         Ok(M2t {
             student: self.student.to_device(device)?,
             teacher: self.teacher.to_device(device)?,
@@ -279,16 +299,21 @@ impl M2t {
     /// student normalises with its running statistics, the teacher with its
     /// Momentum-BN history.
     pub fn features(&self, which: Which, images: &Tensor) -> Result<Tensor> {
+        Ok(self
+            .device_features(which, images)?
+            .to_device(Device::Cpu)?)
+    }
+
+    /// [`M2t::features`] left on the model's device (f32), computed there in
+    /// the training precision: for evaluation that stays on the GPU.
+    pub fn device_features(&self, which: Which, images: &Tensor) -> Result<Tensor> {
         let (store, buffers) = self.network(which);
         let mut tape = Tape::no_grad();
         let params = store.attach_mixed(&mut tape, self.config.precision)?;
         let mut f = Forward::new(&mut tape, &params, BnMode::Eval, buffers);
         let x = f.tape.constant(self.input(images)?);
         let h = self.backbone.forward(&mut f, &x)?;
-        Ok(self
-            .widened(&mut tape, &h)?
-            .value()
-            .to_device(Device::Cpu)?)
+        Ok(self.widened(&mut tape, &h)?.value().clone())
     }
 
     /// Student output for one view (from [`Self::input`]):
@@ -360,6 +385,11 @@ impl M2t {
         view2: &Tensor,
         schedule: &StepSchedule,
     ) -> Result<StepReport> {
+        if self.device_scaler.is_some() {
+            return Err(Error::Config(
+                "this fp16 model's loss scale lives on the device since its step was captured: run the captured step".into(),
+            ));
+        }
         // Each view is moved and cast once, for the teacher and the student.
         let (view1, view2) = (&self.input(view1)?, &self.input(view2)?);
         let loss = self.queue_step(view1, view2, schedule)?;
@@ -448,9 +478,11 @@ impl M2t {
         let loss_tensor = loss.value().clone();
         drop(student);
         let backward = phase("student backward");
-        let grads = match &self.scaler {
+        let grads = match (&self.device_scaler, &self.scaler) {
+            // A captured fp16 step seeds from the device's scale.
+            (Some(device), _) => tape.backward_with(&loss, device.seed(loss.shape().clone())?)?,
             // fp16: scale the loss so small gradients do not flush to zero.
-            Some(scaler) => {
+            (None, Some(scaler)) => {
                 let seed = Tensor::full(
                     loss.shape().clone(),
                     scaler.scale() as f64,
@@ -459,7 +491,7 @@ impl M2t {
                 )?;
                 tape.backward_with(&loss, seed)?
             }
-            None => tape.backward(&loss)?,
+            (None, None) => tape.backward(&loss)?,
         };
         self.student.zero_grad()?;
         self.student.accumulate_grads(params, &grads)?;
@@ -470,84 +502,161 @@ impl M2t {
     }
 }
 
-/// A whole training step — [`M2t::step`] and the optimiser's update —
-/// captured once as a CUDA graph and replayed: one launch per step instead
-/// of thousands. Results are the eager step's: bit for bit on the emulator,
-/// and on a GPU up to cuDNN algorithms that sum in no fixed order.
+/// Words of a captured step's results: the loss, the device loss scaler's
+/// four state words (zero without one), Σg² and the non-finite-gradient flag.
+const RESULT_WORDS: usize = 7;
+
+/// A whole training step — [`M2t::step`], fp16's loss scaling, the gradient
+/// check and the optimiser's update — captured once as a CUDA graph and
+/// replayed: one launch per step instead of thousands. Results are the eager
+/// step's: bit for bit on the emulator, and on a GPU up to cuDNN algorithms
+/// that sum in no fixed order.
+///
+/// The graph reads its views from one of two input slots, the one a device
+/// cell names, so the next step's views can be staged into the other slot
+/// (on the copy stream) while a step runs; and it leaves its results where
+/// [`CapturedStep::launch`] queues their copy to page-locked host memory, so
+/// the host reads a step's results after queueing the next.
 pub struct CapturedStep {
     graph: StepGraph,
     /// The captured model's step cells, which identify it: the graph
     /// reads and writes that model's buffers by address.
     cells: StepScalars,
-    /// The graph's inputs, in the model's device and precision.
-    views: [Tensor; 2],
-    /// The graph's result, f32 `[1]`.
-    loss: Tensor,
+    /// The input slot the next replay reads (0.0 or 1.0).
+    slot: StepScalars,
+    /// Two slots of the two views, in the model's device and precision.
+    inputs: [[Tensor; 2]; 2],
+    /// The graph's results, [`RESULT_WORDS`] f32 words.
+    results: Tensor,
+    /// One host copy of the results per slot: step k's lands in k % 2.
+    readbacks: [Readback; 2],
+    /// Whether the loss scaler runs on the device (fp16).
+    scaled: bool,
+}
+
+/// What a replayed step left in its results.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepResults {
+    /// The symmetric loss.
+    pub loss: f64,
+    /// Whether every (unscaled) gradient was finite.
+    pub grads_finite: bool,
+    /// fp16: the loss scaler after the step, and whether it skipped the update.
+    pub scaler: Option<ScalerState>,
+}
+
+impl StepResults {
+    fn from_words(words: &[f32], scaled: bool) -> StepResults {
+        StepResults {
+            loss: words[0] as f64,
+            grads_finite: words[6].to_bits() == 0,
+            scaler: scaled.then(|| ScalerState::from_words(&words[1..5])),
+        }
+    }
+
+    /// Whether the step's update was skipped (fp16 overflow).
+    pub fn skipped(&self) -> bool {
+        self.scaler.is_some_and(|s| s.skipped)
+    }
 }
 
 impl CapturedStep {
     /// Captures a step on views shaped like `view1` and `view2`, then
-    /// `update` (the optimiser, given the student's parameters and the
-    /// learning rate's cell), with the cells of `schedule` (from
-    /// [`M2t::schedule`] on this model). Runs nothing: [`CapturedStep::run`]
-    /// does.
+    /// `update` (the optimiser, given the student's parameters, the
+    /// learning rate's cell and, in fp16, the device flag that skips the
+    /// update), with the cells of `schedule` (from [`M2t::schedule`] on this
+    /// model). Runs nothing: [`CapturedStep::run`] does. Slot 0 holds these
+    /// views.
     ///
     /// The model must have run an eager step with these shapes first: cuDNN's
-    /// algorithm searches and workspace growth cannot be captured. fp16 is
-    /// refused: its loss scaler decides on the host whether to skip an update.
+    /// algorithm searches and workspace growth cannot be captured. In fp16
+    /// the loss scaler's state moves to the device here, where the step
+    /// advances it; [`M2t::loss_scale`] reads it.
     pub fn capture(
         model: &mut M2t,
         view1: &Tensor,
         view2: &Tensor,
         schedule: &StepSchedule,
-        update: impl FnOnce(&mut ParamStore, &Scalar) -> Result<()>,
+        update: impl FnOnce(&mut ParamStore, &Scalar, Option<&Tensor>) -> Result<()>,
     ) -> Result<Self> {
-        if model.scaler.is_some() {
-            return Err(Error::Config(
-                "a CUDA-graph step needs bf16 or fp32: fp16's loss scaler decides on the host whether to skip each update".into(),
-            ));
-        }
         let device = model.device();
-        let mut views = Vec::with_capacity(2);
-        for v in [view1, view2] {
-            let v = model.input(v)?;
-            let mut own = Tensor::zeros(v.shape().clone(), v.dtype(), device)?;
-            own.copy_from(&v)?;
-            views.push(own);
+        if let Some(host) = &model.scaler {
+            model.device_scaler = Some(DeviceScaler::new(host, device)?);
         }
-        let views: [Tensor; 2] = views.try_into().expect("two views");
-        let mut loss = Tensor::zeros([1], DType::F32, device)?;
+        let mut inputs = Vec::with_capacity(4);
+        for _slot in 0..2 {
+            for v in [view1, view2] {
+                let v = model.input(v)?;
+                let mut own = Tensor::zeros(v.shape().clone(), v.dtype(), device)?;
+                own.copy_from(&v)?;
+                inputs.push(own);
+            }
+        }
+        let mut inputs = inputs.into_iter();
+        let mut pair = || -> [Tensor; 2] { [inputs.next().unwrap(), inputs.next().unwrap()] };
+        let inputs = [pair(), pair()];
+        let views = inputs[0]
+            .iter()
+            .map(|v| Tensor::zeros(v.shape().clone(), v.dtype(), device))
+            .collect::<engine::Result<Vec<_>>>()?;
+        let slot = StepScalars::new(device, 1)?;
+        let slot_cell = slot.set(&[0.0])?;
+        let mut results = Tensor::zeros([RESULT_WORDS], DType::F32, device)?;
         let ((), graph) = engine::graph::capture(device, || {
+            let cell = slot_cell[0].device_cell().ok_or(engine::Error::Device {
+                op: "captured step (the slot cell)",
+                device,
+            })?;
+            for (i, view) in views.iter().enumerate() {
+                copy_selected(view, (&inputs[0][i], &inputs[1][i]), cell)?;
+            }
             let step_loss = model.queue_step(&views[0], &views[1], schedule)?;
-            update(&mut model.student, &schedule.lr)?;
-            Ok::<(), Error>(loss.copy_from(&step_loss.reshape([1])?)?)
+            let skip = match &model.device_scaler {
+                Some(scaler) => {
+                    scaler.unscale_and_update(&mut model.student)?;
+                    copy_at(&mut results, 1, scaler.state())?;
+                    Some(scaler.skip_flag())
+                }
+                None => None,
+            };
+            model.student.queue_grad_check(&results.narrow(5, 2)?)?;
+            update(&mut model.student, &schedule.lr, skip.as_ref())?;
+            Ok::<(), Error>(copy_at(&mut results, 0, &step_loss)?)
         })?;
         Ok(CapturedStep {
             graph,
             cells: model.cells.clone(),
-            views,
-            loss,
+            slot,
+            inputs,
+            readbacks: [
+                Readback::new(device, RESULT_WORDS)?,
+                Readback::new(device, RESULT_WORDS)?,
+            ],
+            results,
+            scaled: model.device_scaler.is_some(),
         })
     }
 
-    /// Iteration `k` of `total` with learning rate `lr` on two new views
-    /// (shaped as at the capture): writes the step's numbers, copies the
-    /// views into the graph's inputs, replays it and reads the loss. The
-    /// optimiser's update is part of the replay.
-    pub fn run(
-        &mut self,
-        model: &mut M2t,
-        (view1, view2): (&Tensor, &Tensor),
-        (k, total): (usize, usize),
-        lr: f64,
-    ) -> Result<StepReport> {
+    fn check_model(&self, model: &M2t) -> Result<()> {
         if !self.cells.same_cells(&model.cells) {
             return Err(Error::Config(
                 "this captured step belongs to another model (or to this one before it moved device)".into(),
             ));
         }
-        let schedule = model.schedule(k, total, lr)?;
-        for (own, v) in self.views.iter_mut().zip([view1, view2]) {
+        Ok(())
+    }
+
+    /// Copies two views (shaped as at the capture) into input slot `slot`
+    /// (0 or 1), on whichever stream work goes to now: wrapped in
+    /// [`engine::pipeline::on_copy_stream`], while a step runs.
+    pub fn stage(
+        &mut self,
+        model: &M2t,
+        slot: usize,
+        (view1, view2): (&Tensor, &Tensor),
+    ) -> Result<()> {
+        self.check_model(model)?;
+        for (own, v) in self.inputs[slot % 2].iter_mut().zip([view1, view2]) {
             let v = model.input(v)?;
             if v.shape() != own.shape() {
                 return Err(Error::Config(format!(
@@ -558,12 +667,54 @@ impl CapturedStep {
             }
             own.copy_from(&v)?;
         }
+        Ok(())
+    }
+
+    /// Queues iteration `k` of `total` with learning rate `lr` on the views
+    /// staged in slot `k % 2`: writes the step's numbers and the slot,
+    /// replays the graph and queues the copy of its results, waiting for
+    /// nothing. Returns the step's schedule; [`CapturedStep::results`] reads
+    /// what it did.
+    pub fn launch(
+        &mut self,
+        model: &mut M2t,
+        (k, total): (usize, usize),
+        lr: f64,
+    ) -> Result<StepSchedule> {
+        self.check_model(model)?;
+        let schedule = model.schedule(k, total, lr)?;
+        self.slot.set(&[(k % 2) as f64])?;
         self.graph.launch()?;
+        self.readbacks[k % 2].queue(&self.results)?;
+        Ok(schedule)
+    }
+
+    /// The results of iteration `k`, launched last or the time before: waits
+    /// for that replay only.
+    pub fn results(&self, k: usize) -> Result<StepResults> {
+        let words = self.readbacks[k % 2].wait()?;
+        Ok(StepResults::from_words(&words, self.scaled))
+    }
+
+    /// Iteration `k` of `total` with learning rate `lr` on two new views, in
+    /// one call: [`CapturedStep::stage`], [`CapturedStep::launch`] and
+    /// [`CapturedStep::results`]. The optimiser's update is part of the
+    /// replay; `skip_update` says whether fp16's scaler skipped it.
+    pub fn run(
+        &mut self,
+        model: &mut M2t,
+        views: (&Tensor, &Tensor),
+        (k, total): (usize, usize),
+        lr: f64,
+    ) -> Result<StepReport> {
+        self.stage(model, k % 2, views)?;
+        let schedule = self.launch(model, (k, total), lr)?;
+        let results = self.results(k)?;
         Ok(StepReport {
-            loss: self.loss.to_f64_vec()?[0],
+            loss: results.loss,
             ema_momentum: schedule.ema_momentum.value(),
             mbn_beta: schedule.mbn_beta.value(),
-            skip_update: false,
+            skip_update: results.skipped(),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod batchnorm;
 pub mod cast;
 pub mod conv;
 pub mod elementwise;
+pub mod knn;
 pub mod linear;
 pub mod loss;
 pub mod optim;
@@ -32,6 +33,7 @@ pub const FAMILIES: &[(&str, &[Case])] = &[
     ("cast", cast::CASES),
     ("conv", conv::CASES),
     ("elementwise", elementwise::CASES),
+    ("knn", knn::CASES),
     ("linear", linear::CASES),
     ("loss", loss::CASES),
     ("optim", optim::CASES),
@@ -46,6 +48,7 @@ pub const SOURCES: &[&str] = &[
     include_str!("cast.rs"),
     include_str!("conv.rs"),
     include_str!("elementwise.rs"),
+    include_str!("knn.rs"),
     include_str!("linear.rs"),
     include_str!("loss.rs"),
     include_str!("optim.rs"),
@@ -171,7 +174,7 @@ pub const GPU_DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 #[macro_export]
 macro_rules! parity_tests {
     ($device:expr) => {
-        $crate::parity_tests!(@ $device; augment, batchnorm, cast, conv, elementwise, linear, loss, optim, pool, step);
+        $crate::parity_tests!(@ $device; augment, batchnorm, cast, conv, elementwise, knn, linear, loss, optim, pool, step);
     };
     (@ $device:expr; $($family:ident),*) => {
         $(

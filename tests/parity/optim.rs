@@ -4,7 +4,7 @@
 
 use super::*;
 use engine::optim::{Lars, Sgd, ema_update};
-use engine::scaler::LossScaler;
+use engine::scaler::{DeviceScaler, LossScaler};
 use engine::{Error, ParamId, ParamKind, ParamStore, ParamStoreBuilder, StepScalars, Tape};
 
 pub const CASES: &[Case] = &[
@@ -14,6 +14,8 @@ pub const CASES: &[Case] = &[
     ("ema", ema),
     ("cast_values", cast_values),
     ("loss_scaler", loss_scaler),
+    ("device_loss_scaler", device_loss_scaler),
+    ("copy_selected", copy_selected),
 ];
 
 type Layout = &'static [(&'static str, &'static [usize], ParamKind)];
@@ -440,4 +442,96 @@ fn loss_scaler(device: Device) {
             "accumulate_grad_f32",
         ],
     );
+}
+
+/// The loss scaler's state machine on the device against the host's, over
+/// steps that overflow (a NaN, an ∞) or not, with a growth interval of two
+/// and a floor it reaches; the skip flag it sets stops an SGD update.
+fn device_loss_scaler(device: Device) {
+    let mut cpu = cpu_store(LAYOUT, 12);
+    let mut dev = cpu.to_device(device).unwrap();
+    let mut host = LossScaler::new();
+    host.growth_interval = 2;
+    host.min_scale = 2.0;
+    host.restore(8.0, 1).unwrap();
+    let scaler = DeviceScaler::new(&host, device).unwrap();
+    let mut sgd = Sgd::new(&dev, 0.9, 1e-4).unwrap();
+    let big = cpu.find("big.weight").unwrap();
+    let steps: [Option<f32>; 7] = [
+        None,
+        Some(f32::NAN),
+        Some(f32::INFINITY),
+        Some(f32::NAN),
+        None,
+        None,
+        None,
+    ];
+    for (k, bad) in steps.into_iter().enumerate() {
+        cpu.zero_grad().unwrap();
+        dev.zero_grad().unwrap();
+        let mut g: Vec<f32> = (0..4200).map(|i| (i % 97) as f32 * 0.25).collect();
+        if let Some(bad) = bad {
+            g[1234] = bad;
+        }
+        let g = Tensor::from_vec(g, [60, 70]).unwrap();
+        add_grad(&mut cpu, big, &g);
+        add_grad(&mut dev, big, &g);
+        let found = host.unscale_and_check(&mut cpu).unwrap();
+        let skip = host.update(found);
+        scaler.unscale_and_update(&mut dev).unwrap();
+        let state = scaler.read().unwrap();
+        let want = (host.scale(), host.good_steps(), skip);
+        assert_eq!(
+            (state.scale, state.good_steps, state.skipped),
+            want,
+            "step {k}: (scale, good steps, skipped)"
+        );
+        assert_bits_equal(&format!("step {k} unscaled"), dev.grads(), cpu.grads());
+        let before = dev.values().to_f64_vec().unwrap();
+        let flag = scaler.skip_flag();
+        sgd.step_unless(&mut dev, 0.1, Some(&flag)).unwrap();
+        let changed = dev.values().to_f64_vec().unwrap() != before;
+        assert_eq!(
+            changed, !skip,
+            "step {k}: the update ran {changed}, skip {skip}"
+        );
+    }
+    let mut host_sgd = Sgd::new(&cpu, 0.9, 1e-4).unwrap();
+    let err = host_sgd
+        .step_unless(&mut cpu, 0.1, Some(&scaler.skip_flag()))
+        .unwrap_err();
+    assert!(err.to_string().contains("GPU updates only"), "{err}");
+    expect_launched(
+        device,
+        &[
+            "unscale_grads_by_state",
+            "loss_scale_update",
+            "sgd_momentum_step",
+        ],
+    );
+}
+
+/// A slot cell picks which of two buffers a copy reads, in every dtype.
+fn copy_selected(device: Device) {
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let a = rounded(&uniform(&[3, 5, 7], 1, -1.0, 1.0), dtype);
+        let b = rounded(&uniform(&[3, 5, 7], 2, -1.0, 1.0), dtype);
+        let slot = StepScalars::new(device, 1).unwrap();
+        for (which, want) in [(0.0, &a), (1.0, &b)] {
+            let cell = slot.set(&[which]).unwrap();
+            let dst = Tensor::zeros([3, 5, 7], dtype, device).unwrap();
+            engine::pipeline::copy_selected(
+                &dst,
+                (&to(device, &a), &to(device, &b)),
+                cell[0].device_cell().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                dst.to_f64_vec().unwrap(),
+                want.to_f64_vec().unwrap(),
+                "{dtype} slot {which}"
+            );
+        }
+    }
+    expect_launched(device, &["copy_selected_u16"]);
 }

@@ -90,10 +90,11 @@ fn replays_the_eager_step(device: Device, precision: DType, rtol: f64) {
     let (v1, v2) = views(1);
     let numbers = graphed.schedule(1, TOTAL, lr(1)).unwrap();
     let teacher_before = bits(graphed.teacher().values());
-    let mut captured = CapturedStep::capture(&mut graphed, &v1, &v2, &numbers, |store, lr| {
-        Ok(graphed_sgd.step(store, lr.clone())?)
-    })
-    .unwrap();
+    let mut captured =
+        CapturedStep::capture(&mut graphed, &v1, &v2, &numbers, |store, lr, skip| {
+            Ok(graphed_sgd.step_unless(store, lr.clone(), skip)?)
+        })
+        .unwrap();
     assert_eq!(
         bits(graphed.teacher().values()),
         teacher_before,
@@ -182,8 +183,8 @@ fn a_replay_reads_back_only_the_loss() {
         v2.to_device(Device::Emulator).unwrap(),
     );
     let numbers = model.schedule(1, TOTAL, lr(1)).unwrap();
-    let mut captured = CapturedStep::capture(&mut model, &v1, &v2, &numbers, |store, lr| {
-        Ok(sgd.step(store, lr.clone())?)
+    let mut captured = CapturedStep::capture(&mut model, &v1, &v2, &numbers, |store, lr, skip| {
+        Ok(sgd.step_unless(store, lr.clone(), skip)?)
     })
     .unwrap();
     let (up, down) = tests::transfers_during(Device::Emulator, || {
@@ -191,27 +192,143 @@ fn a_replay_reads_back_only_the_loss() {
             .run(&mut model, (&v1, &v2), (1, TOTAL), lr(1))
             .unwrap();
     });
-    assert_eq!(up, (1, 12), "the step's three numbers");
-    assert_eq!(down, (1, 4), "the loss");
+    assert_eq!(up, (2, 16), "the step's three numbers and its input slot");
+    assert_eq!(
+        down,
+        (1, 28),
+        "the loss, the scaler's state and the gradient check"
+    );
+}
+
+/// fp16 with overflows injected (a scale far too large, growing after every
+/// good step): the captured step's on-device skip and scale changes are the
+/// host scaler's, step by step, and so are the weights.
+#[test]
+fn a_captured_fp16_step_skips_and_rescales_as_the_host_scaler_does() {
+    let _device = take_device();
+    const STEPS: usize = 8;
+    let inject = |model: &mut M2t| {
+        let scaler = model.scaler_mut().expect("fp16 has a scaler");
+        scaler.growth_interval = 1;
+        scaler.restore(2f32.powi(11), 0).unwrap();
+    };
+    let (mut eager, mut eager_sgd) = pair(Device::Emulator, DType::F16);
+    let (mut graphed, mut graphed_sgd) = pair(Device::Emulator, DType::F16);
+    inject(&mut eager);
+    inject(&mut graphed);
+    let mut want = Vec::new();
+    for k in 0..STEPS {
+        let (v1, v2) = views(k);
+        let numbers = eager.schedule(k, STEPS, lr(k)).unwrap();
+        let report = eager.step(&v1, &v2, &numbers).unwrap();
+        if !report.skip_update {
+            eager_sgd.step(eager.student_mut(), numbers.lr).unwrap();
+        }
+        let (scale, good) = eager.loss_scale().unwrap().unwrap();
+        want.push((report.loss.to_bits(), report.skip_update, scale, good));
+    }
+    let skips = want.iter().filter(|w| w.1).count();
+    assert!(
+        skips > 0 && skips < STEPS,
+        "the injection must overflow some steps but not all: {want:?}"
+    );
+
+    // Step 0 eagerly with the host scaler, the rest captured.
+    let mut got = Vec::new();
+    let (v1, v2) = views(0);
+    let numbers = graphed.schedule(0, STEPS, lr(0)).unwrap();
+    let report = graphed.step(&v1, &v2, &numbers).unwrap();
+    if !report.skip_update {
+        graphed_sgd.step(graphed.student_mut(), numbers.lr).unwrap();
+    }
+    let (scale, good) = graphed.loss_scale().unwrap().unwrap();
+    got.push((report.loss.to_bits(), report.skip_update, scale, good));
+    let (v1, v2) = views(1);
+    let numbers = graphed.schedule(1, STEPS, lr(1)).unwrap();
+    let mut captured =
+        CapturedStep::capture(&mut graphed, &v1, &v2, &numbers, |store, lr, skip| {
+            Ok(graphed_sgd.step_unless(store, lr.clone(), skip)?)
+        })
+        .unwrap();
+    for k in 1..STEPS {
+        let (v1, v2) = views(k);
+        captured.stage(&graphed, k % 2, (&v1, &v2)).unwrap();
+        captured.launch(&mut graphed, (k, STEPS), lr(k)).unwrap();
+        let r = captured.results(k).unwrap();
+        let s = r.scaler.expect("fp16 results carry the scaler");
+        got.push((r.loss.to_bits(), s.skipped, s.scale, s.good_steps));
+    }
+    assert_eq!(
+        got, want,
+        "(loss bits, skipped, scale, good steps) per step"
+    );
+    assert_eq!(
+        graphed.loss_scale().unwrap(),
+        eager.loss_scale().unwrap(),
+        "the scaler state a checkpoint saves"
+    );
+    check(
+        "student weights",
+        &values(graphed.student().values()),
+        &values(eager.student().values()),
+        0.0,
+    );
+    check(
+        "SGD velocity",
+        &values(graphed_sgd.velocity()),
+        &values(eager_sgd.velocity()),
+        0.0,
+    );
+    let err = graphed.step(&v1, &v2, &numbers).unwrap_err();
+    assert!(err.to_string().contains("lives on the device"), "{err}");
+}
+
+/// The two input slots: a replay reads the slot of its step, so views
+/// staged into the other slot meanwhile do not reach it; and results are
+/// read a step late from their own host copy.
+#[test]
+fn a_replay_reads_its_own_slot_and_results_arrive_a_step_late() {
+    let _device = take_device();
+    let (mut eager, mut eager_sgd) = pair(Device::Emulator, DType::F32);
+    let want: Vec<f64> = (0..4)
+        .map(|k| eager_step(&mut eager, &mut eager_sgd, k))
+        .collect();
+    let (mut model, mut sgd) = pair(Device::Emulator, DType::F32);
+    eager_step(&mut model, &mut sgd, 0);
+    let (v1, v2) = views(1);
+    let numbers = model.schedule(1, TOTAL, lr(1)).unwrap();
+    let mut captured = CapturedStep::capture(&mut model, &v1, &v2, &numbers, |store, lr, skip| {
+        Ok(sgd.step_unless(store, lr.clone(), skip)?)
+    })
+    .unwrap();
+    // Step 1's views into slot 1 and step 2's into slot 0 before either
+    // replay, then step 3's into slot 1 while step 2 is queued.
+    let (a1, a2) = views(1);
+    let (b1, b2) = views(2);
+    captured.stage(&model, 1, (&a1, &a2)).unwrap();
+    captured.stage(&model, 0, (&b1, &b2)).unwrap();
+    captured.launch(&mut model, (1, TOTAL), lr(1)).unwrap();
+    captured.launch(&mut model, (2, TOTAL), lr(2)).unwrap();
+    let (c1, c2) = views(3);
+    captured.stage(&model, 1, (&c1, &c2)).unwrap();
+    let one = captured.results(1).unwrap();
+    captured.launch(&mut model, (3, TOTAL), lr(3)).unwrap();
+    let two = captured.results(2).unwrap();
+    let three = captured.results(3).unwrap();
+    let got = [want[0], one.loss, two.loss, three.loss];
+    check("losses", &got, &want, 0.0);
+    assert!(one.grads_finite && two.grads_finite && three.grads_finite);
+    assert_eq!(one.scaler, None, "no scaler outside fp16");
 }
 
 #[test]
-fn fp16_another_model_and_mismatched_views_are_refused_with_the_reason() {
+fn another_model_and_mismatched_views_are_refused_with_the_reason() {
     let _device = take_device();
-    let (mut model, mut sgd) = pair(Device::Emulator, DType::F16);
     let (v1, v2) = views(0);
-    let numbers = model.schedule(0, TOTAL, lr(0)).unwrap();
-    let err = CapturedStep::capture(&mut model, &v1, &v2, &numbers, |store, lr| {
-        Ok(sgd.step(store, lr.clone())?)
-    })
-    .err()
-    .expect("fp16 refused");
-    assert!(err.to_string().contains("fp16's loss scaler"), "{err}");
-
     let (mut model, mut sgd) = pair(Device::Emulator, DType::F32);
     let numbers = model.schedule(0, TOTAL, lr(0)).unwrap();
-    let mut captured = CapturedStep::capture(&mut model, &v1, &v2, &numbers, |store, lr| {
-        Ok(sgd.step(store, lr.clone())?)
+    let mut captured = CapturedStep::capture(&mut model, &v1, &v2, &numbers, |store, lr, skip| {
+        Ok(sgd.step_unless(store, lr.clone(), skip)?)
     })
     .unwrap();
     let (mut other, _) = pair(Device::Emulator, DType::F32);

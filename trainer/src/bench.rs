@@ -4,10 +4,11 @@
 use crate::config::parse;
 use crate::limits::{MAX_BS, MAX_HEAD, MAX_RES, MAX_WIDTH, at_most};
 use crate::pretrain::{precision_name, resolve_device};
+use crate::roofline::{Card, Net, model_flops, step_bound, step_bytes, step_ops};
 use crate::{Error, Result};
 use clap::Args;
 use engine::optim::Sgd;
-use engine::{Device, Rng, Tensor};
+use engine::{DType, Device, Rng, Tensor};
 use nets::m2t::{CapturedStep, M2t, M2tConfig};
 use nets::resnet::{Arch, ResNetConfig, Stem};
 use serde_json::json;
@@ -66,9 +67,19 @@ pub struct BenchArgs {
     pub profile: bool,
     /// Capture the step (M2T step and SGD update) as a CUDA graph after the
     /// warm-up step and time its replays: one launch per step instead of
-    /// thousands. GPU (or emulator) only; bf16 or fp32.
+    /// thousands. GPU (or emulator) only; in fp16 the loss scaler runs on
+    /// the device.
     #[arg(long)]
     pub cuda_graph: bool,
+    /// The card whose peaks the figures are measured against: a100,
+    /// a100-pcie, h100-sxm, h100-pcie, h200, l40s, l4, a10, rtx-4090,
+    /// rtx-3090 [default: the GPU's own, when in that table]. Steps then
+    /// report MFU (model FLOPs per second against the card's dense peak in
+    /// the precision) and the least time a step could take; with --ops, the
+    /// roofline of every op of the step (FLOPs, bytes, bound, and on a GPU
+    /// the measured time), also on a machine without a GPU.
+    #[arg(long)]
+    pub card: Option<String>,
     /// Only cuDNN's deterministic convolution algorithms (see `trainer
     /// pretrain --deterministic`), to measure what bit-reproducibility costs.
     #[arg(long)]
@@ -102,6 +113,22 @@ pub struct BenchArgs {
     /// decoding) or image (zune-jpeg, full size).
     #[arg(long, default_value = "turbojpeg")]
     pub decoder: String,
+}
+
+impl BenchArgs {
+    /// The network these flags describe, at `arch`, `bs` and `res`.
+    fn net(&self, arch: Arch, bs: usize, res: usize) -> Net {
+        Net {
+            arch,
+            stem: self.stem.unwrap_or(Stem::for_res(res)),
+            bs,
+            res,
+            width: self.width,
+            channels: self.channels,
+            proj_hidden: self.proj_hidden,
+            proj_out: self.proj_out,
+        }
+    }
 }
 
 /// `trainer bench --jit`: compile (or load from the disk cache) and load
@@ -148,6 +175,41 @@ fn jit(json: bool) -> Result<()> {
     Ok(())
 }
 
+/// Why `--ops --card` prints bounds without timing on `--device`: the CPU,
+/// or `auto` on a machine without a usable GPU; `None` to time the ops.
+fn bounds_only(device: &str) -> Option<String> {
+    match device {
+        "cpu" => Some("--device cpu".into()),
+        "auto" => kernels::probe::probe()
+            .usable()
+            .err()
+            .map(|why| format!("no GPU ({why})")),
+        _ => None,
+    }
+}
+
+/// The compute dtype `--precision` names.
+fn precision_of(name: &str) -> Result<DType> {
+    match name {
+        "bf16" => Ok(DType::BF16),
+        "fp16" => Ok(DType::F16),
+        "fp32" => Ok(DType::F32),
+        other => Err(Error::Usage(format!(
+            "--precision {other}: expected bf16, fp16 or fp32"
+        ))),
+    }
+}
+
+/// The card of CUDA `device`, when its name is in the table.
+fn gpu_card(device: Device) -> Option<&'static Card> {
+    let Device::Cuda(ordinal) = device else {
+        return None;
+    };
+    let devices = kernels::probe::probe().devices.ok()?;
+    let info = devices.into_iter().find(|i| i.ordinal == ordinal)?;
+    Card::by_gpu_name(&info.name)
+}
+
 /// Peak resident memory of this process in MiB (Linux), 0 where unknown.
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -180,24 +242,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
     ] {
         at_most(name, value, max)?;
     }
+    let card = args.card.as_deref().map(Card::by_key).transpose()?;
     if args.ops {
-        let (placement, note) = resolve_device(Some(&args.device), args.precision.as_deref())?;
-        if let Some(note) = note {
-            eprintln!("{note}");
-        }
         let (arch, bs, res) = (
             args.arch.unwrap_or(Arch::ResNet50),
             args.bs.unwrap_or(128),
             args.res.unwrap_or(224),
         );
-        let stem = args.stem.unwrap_or(Stem::for_res(res));
-        let net = (arch, stem, bs, res, args.width);
+        let net = args.net(arch, bs, res);
+        // The bounds alone need no GPU: the card's peaks say them.
+        if let (Some(card), Some(device)) = (card, bounds_only(&args.device)) {
+            let dtype = precision_of(args.precision.as_deref().unwrap_or("bf16"))?;
+            eprintln!("{device}: the bounds alone, nothing timed");
+            crate::roofline::print_table(&net, dtype, card, &Default::default(), args.json);
+            return Ok(());
+        }
+        let (placement, note) = resolve_device(Some(&args.device), args.precision.as_deref())?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        let card = card.or_else(|| gpu_card(placement.device));
         return crate::bench_ops::run(
             placement.device,
             placement.precision,
-            net,
-            args.steps.max(1),
-            args.json,
+            &net,
+            card,
+            (args.steps.max(1), args.json),
         );
     }
     let (arch, bs, res) = (
@@ -287,7 +357,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 &v1,
                 &v2,
                 &numbers,
-                |store, lr| Ok(sgd.step(store, lr.clone())?),
+                |store, lr, skip| Ok(sgd.step_unless(store, lr.clone(), skip)?),
             )?);
         }
     }
@@ -321,13 +391,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let precision = precision_name(placement.precision);
     let pairs_per_s = bs as f64 / (median / 1000.0);
+    let net = args.net(arch, bs, res);
+    let limits = Limits::of(
+        &net,
+        placement.precision,
+        median / 1e3,
+        card.or_else(|| gpu_card(placement.device)),
+    );
     if args.json {
-        let line = json!({
+        let mut line = json!({
             "arch": arch.to_string(), "bs": bs, "res": res, "stem": stem.to_string(),
             "precision": precision, "device": device, "steps": args.steps,
             "cuda_graph": args.cuda_graph,
             "step_ms_median": median, "pairs_per_s": pairs_per_s, "peak_mem_mb": peak_mb,
         });
+        limits.add_to(&mut line);
         println!("{line}");
     } else {
         let graph = if args.cuda_graph { ", CUDA graph" } else { "" };
@@ -335,6 +413,109 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "{} {stem} stem, width {}, bs {}, {} px, {precision}{graph} on {device}: {median:.1} ms/step (median of {}), {pairs_per_s:.1} pairs/s, peak memory {peak_mb:.0} MiB",
             arch, args.width, bs, res, args.steps,
         );
+        println!("{}", limits.describe());
     }
     Ok(())
+}
+
+/// A measured step against the limits: model FLOPs and bytes, and with a
+/// card, MFU, achieved bandwidth and the roofline's least step time.
+struct Limits {
+    flops: f64,
+    bytes: f64,
+    seconds: f64,
+    card: Option<(&'static Card, f64, f64)>,
+    dtype: DType,
+}
+
+impl Limits {
+    fn of(net: &Net, dtype: DType, seconds: f64, card: Option<&'static Card>) -> Limits {
+        let ops = step_ops(net, dtype);
+        Limits {
+            flops: model_flops(&ops),
+            bytes: step_bytes(&ops),
+            seconds,
+            card: card.map(|c| {
+                let (bound, memory) = step_bound(&ops, c, dtype);
+                (c, bound, memory)
+            }),
+            dtype,
+        }
+    }
+
+    fn add_to(&self, line: &mut serde_json::Value) {
+        line["model_flops_per_step"] = json!(self.flops);
+        line["achieved_tflops"] = json!(self.flops / self.seconds / 1e12);
+        line["bytes_per_step"] = json!(self.bytes);
+        line["achieved_gbs"] = json!(self.bytes / self.seconds / 1e9);
+        if let Some((card, bound, memory)) = self.card {
+            line["card"] = json!(card.key);
+            line["peak_tflops"] = json!(card.peak_flops(self.dtype) / 1e12);
+            line["mfu"] = json!(self.flops / self.seconds / card.peak_flops(self.dtype));
+            line["bandwidth_share"] = json!(self.bytes / self.seconds / card.bandwidth());
+            line["bound_ms"] = json!(1e3 * bound);
+            line["memory_bound_ms"] = json!(1e3 * memory);
+        }
+    }
+
+    fn describe(&self) -> String {
+        let achieved = self.flops / self.seconds;
+        let mut text = format!(
+            "model FLOPs {}/step, {}FLOP/s achieved",
+            si(self.flops, "FLOP"),
+            si(achieved, "")
+        );
+        match self.card {
+            Some((card, bound, memory)) => {
+                let gbs = self.bytes / self.seconds;
+                text += &format!(
+                    "; MFU {:.3}% of {}'s {:.0} TFLOP/s dense {}; roofline bound {}s/step ({:.3}% of the measured step)",
+                    100.0 * achieved / card.peak_flops(self.dtype),
+                    card.name,
+                    card.peak_flops(self.dtype) / 1e12,
+                    precision_name(self.dtype),
+                    si(bound, ""),
+                    100.0 * bound / self.seconds
+                );
+                // Where memory-bound ops are most of the bound, the bandwidth says more.
+                if memory > bound / 2.0 {
+                    text += &format!(
+                        "; memory-bound: {}B/s achieved, {:.3}% of {:.0} GB/s",
+                        si(gbs, ""),
+                        100.0 * gbs / card.bandwidth(),
+                        card.bandwidth_gbs
+                    );
+                }
+            }
+            None => text += " (no card: pass --card NAME for MFU)",
+        }
+        text
+    }
+}
+
+/// `value` with an SI prefix and three significant digits, e.g. `8.33 T`.
+fn si(value: f64, unit: &str) -> String {
+    let prefixes = [
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+        (1.0, ""),
+        (1e-3, "m"),
+        (1e-6, "µ"),
+    ];
+    let (scale, prefix) = prefixes
+        .iter()
+        .copied()
+        .find(|(scale, _)| value.abs() >= *scale)
+        .unwrap_or((1e-9, "n"));
+    let v = value / scale;
+    let digits = if v.abs() >= 100.0 {
+        0
+    } else if v.abs() >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {prefix}{unit}")
 }

@@ -5,90 +5,22 @@
 //! GPU), medians over repetitions after a warm-up that includes cuDNN's
 //! algorithm search.
 
+use crate::roofline::{Card, ConvShape, Layer, Net, backbone_layers};
 use crate::{Error, Result};
 use engine::ops::{BnNorm, Conv2dParams, cudnn_algorithms};
 use engine::profile::{self, Report};
 use engine::{DType, Device, Rng, Tape, Tensor};
-use nets::resnet::{Arch, Stem};
+use nets::resnet::Arch;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// One distinct convolution of a network: input NHWC, weight KRSC, stride,
-/// padding, and how many layers have it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ConvShape {
-    /// `[n, h, w, c]`.
-    pub input: [usize; 4],
-    /// `[k, r, s, c]`.
-    pub weight: [usize; 4],
-    /// Stride.
-    pub stride: usize,
-    /// Zero padding.
-    pub padding: usize,
-}
-
-impl ConvShape {
-    fn output(&self) -> [usize; 4] {
-        let [n, h, w, _] = self.input;
-        let [k, r, s, _] = self.weight;
-        let o = |x: usize, f: usize| (x + 2 * self.padding - f) / self.stride + 1;
-        [n, o(h, r), o(w, s), k]
-    }
-
-    /// Multiply-adds × 2 of one direction.
-    fn flops(&self) -> f64 {
-        let [n, oh, ow, k] = self.output();
-        let [_, r, s, c] = self.weight;
-        2.0 * (n * oh * ow * k * r * s * c) as f64
-    }
-}
-
-/// Every convolution of `arch` at batch `n`, `res` px, with `stem`, by
-/// distinct shape, with its count (the ResNet layout of nets::resnet).
-pub fn conv_shapes(
-    arch: Arch,
-    stem: Stem,
-    n: usize,
-    res: usize,
-    width: usize,
-) -> BTreeMap<ConvShape, usize> {
+/// Every convolution of `net`'s backbone (one view) by distinct shape, with
+/// how many layers have it.
+pub fn conv_shapes(net: &Net) -> BTreeMap<ConvShape, usize> {
     let mut shapes = BTreeMap::new();
-    let mut add = |input: [usize; 4], k: usize, f: usize, stride: usize, padding: usize| {
-        *shapes
-            .entry(ConvShape {
-                input,
-                weight: [k, f, f, input[3]],
-                stride,
-                padding,
-            })
-            .or_insert(0) += 1;
-        let o = |x: usize| (x + 2 * padding - f) / stride + 1;
-        [input[0], o(input[1]), o(input[2]), k]
-    };
-    let mut x = match stem {
-        Stem::ImageNet => {
-            let y = add([n, res, res, 3], width, 7, 2, 3);
-            [n, y[1].div_ceil(2), y[2].div_ceil(2), width] // 3×3/2 max pool, padding 1
-        }
-        Stem::Small => add([n, res, res, 3], width, 3, 1, 1),
-    };
-    for (stage, &blocks) in arch.blocks().iter().enumerate() {
-        let planes = width << stage;
-        for b in 0..blocks {
-            let stride = if stage > 0 && b == 0 { 2 } else { 1 };
-            let out = planes * arch.expansion();
-            let h = if arch.bottleneck() {
-                let h = add(x, planes, 1, 1, 0);
-                let h = add(h, planes, 3, stride, 1);
-                add(h, out, 1, 1, 0)
-            } else {
-                let h = add(x, planes, 3, stride, 1);
-                add(h, planes, 3, 1, 1)
-            };
-            if stride != 1 || x[3] != out {
-                add(x, out, 1, stride, 0);
-            }
-            x = h;
+    for layer in backbone_layers(net) {
+        if let Layer::Conv { shape, .. } = layer {
+            *shapes.entry(shape).or_insert(0) += 1;
         }
     }
     shapes
@@ -126,19 +58,23 @@ fn timed(
     Ok(per_call(&profile::finish()?, reps))
 }
 
-/// `trainer bench --ops`.
+/// `trainer bench --ops`: times the ops on `device`, then, given a `card`,
+/// prints the step's roofline at its peaks with the measured times beside
+/// the bounds (a CUDA GPU's only: the emulator's mean nothing).
 pub fn run(
     device: Device,
     dtype: DType,
-    (arch, stem, bs, res, width): (Arch, Stem, usize, usize, usize),
-    reps: usize,
-    json_out: bool,
+    net: &Net,
+    card: Option<&Card>,
+    (reps, json_out): (usize, bool),
 ) -> Result<()> {
     if device == Device::Cpu {
         return Err(Error::Usage(
-            "--ops times the GPU path's kernels: use --device cuda (or emulator); for the CPU, cargo bench -p benches --bench conv_cpu".into(),
+            "--ops times the GPU path's kernels: use --device cuda (or emulator), or --card NAME for the bounds alone; for the CPU, cargo bench -p benches --bench conv_cpu".into(),
         ));
     }
+    let (arch, stem, bs, res, width) = (net.arch, net.stem, net.bs, net.res, net.width);
+    let mut measured = BTreeMap::new();
     let bandwidth = match device {
         Device::Cuda(i) => kernels::probe::list_devices()
             .ok()
@@ -166,7 +102,7 @@ pub fn run(
             "backward filter"
         );
     }
-    for (shape, count) in conv_shapes(arch, stem, bs, res, width) {
+    for (shape, count) in conv_shapes(net) {
         let x = random(&shape.input, dtype, device, &mut rng)?;
         let w = random(&shape.weight, dtype, device, &mut rng)?;
         let dy = random(&shape.output(), dtype, device, &mut rng)?;
@@ -199,6 +135,11 @@ pub fn run(
             "{:?}*{:?}/{},{}",
             shape.input, shape.weight, shape.stride, shape.padding
         );
+        for (dir, (t, _, _)) in ["fwd", "bwd data", "bwd filter"].iter().zip(&cells) {
+            if t.is_finite() {
+                measured.insert(format!("conv {dir} {name}"), *t);
+            }
+        }
         if json_out {
             let dirs: Vec<_> = cells
                 .iter()
@@ -234,11 +175,17 @@ pub fn run(
         device,
         dtype,
         (arch, bs, res, width),
-        reps,
-        bandwidth,
-        json_out,
+        (reps, bandwidth, json_out),
         &mut rng,
-    )
+        &mut measured,
+    )?;
+    if let Some(card) = card {
+        if !matches!(device, Device::Cuda(_)) {
+            measured.clear();
+        }
+        crate::roofline::print_table(net, dtype, card, &measured, json_out);
+    }
+    Ok(())
 }
 
 /// The fused BN+ReLU and BN+add+ReLU at each stage's output shape, in GB/s
@@ -250,10 +197,9 @@ fn batch_norm_kernels(
     device: Device,
     dtype: DType,
     (arch, bs, res, width): (Arch, usize, usize, usize),
-    reps: usize,
-    bandwidth: f64,
-    json_out: bool,
+    (reps, bandwidth, json_out): (usize, f64, bool),
     rng: &mut Rng,
+    measured: &mut BTreeMap<String, f64>,
 ) -> Result<()> {
     if !json_out {
         let peak = if bandwidth > 0.0 {
@@ -320,6 +266,8 @@ fn batch_norm_kernels(
                 }
             };
             let op = if residual { "bn+add+relu" } else { "bn+relu" };
+            measured.insert(format!("{op} fwd {shape:?}"), fwd_ms);
+            measured.insert(format!("{op} bwd {shape:?}"), bwd_ms);
             if json_out {
                 println!(
                     "{}",
@@ -338,47 +286,4 @@ fn batch_norm_kernels(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resnet50_has_its_distinct_convolutions() {
-        let shapes = conv_shapes(Arch::ResNet50, Stem::ImageNet, 128, 224, 64);
-        // 53 convolutions: the stem, 16 blocks of three, and 4 downsamples.
-        assert_eq!(shapes.values().sum::<usize>(), 53);
-        let stem = ConvShape {
-            input: [128, 224, 224, 3],
-            weight: [64, 7, 7, 3],
-            stride: 2,
-            padding: 3,
-        };
-        assert_eq!(shapes.get(&stem), Some(&1));
-        assert_eq!(stem.output(), [128, 112, 112, 64]);
-        // The last stage's 3×3 convolutions at 7×7 (two blocks after the first).
-        let late = ConvShape {
-            input: [128, 7, 7, 512],
-            weight: [512, 3, 3, 512],
-            stride: 1,
-            padding: 1,
-        };
-        assert_eq!(shapes.get(&late), Some(&2));
-        assert_eq!(
-            late.flops(),
-            2.0 * (128usize * 7 * 7 * 512 * 9 * 512) as f64
-        );
-    }
-
-    #[test]
-    fn resnet18_counts_its_convolutions() {
-        // Small stem, then 8 blocks of two and 3 downsamples.
-        assert_eq!(
-            conv_shapes(Arch::ResNet18, Stem::Small, 2, 32, 64)
-                .values()
-                .sum::<usize>(),
-            20
-        );
-    }
 }

@@ -12,6 +12,7 @@
 
 use crate::augment::{AugmentConfig, GpuAugmenter, View, ViewParams, apply_view};
 use crate::data::Image;
+use crate::knn::{DeviceFeatures, Features, knn_accuracy, knn_accuracy_device};
 use engine::ops::Conv2dParams;
 use engine::optim::Sgd;
 use engine::{DType, Device, Rng, Tape, Tensor};
@@ -32,7 +33,7 @@ pub fn run(device: Device) -> Vec<(&'static str, Outcome)> {
         ("matrix product f32 forward+backward", product),
     ];
     if device.is_gpu() {
-        checks.extend::<[Check; 4]>([
+        checks.extend::<[Check; 5]>([
             ("convolution bf16 forward+backward", |d| {
                 conv(d, DType::BF16)
             }),
@@ -43,6 +44,7 @@ pub fn run(device: Device) -> Vec<(&'static str, Outcome)> {
                 step(d, DType::BF16)
             }),
             ("augmentation (view kernels)", augmentation),
+            ("kNN vote (unit rows, top-k, vote)", knn_vote),
         ]);
     } else {
         checks.push(("M2T step f32, run twice: identical", cpu_step));
@@ -372,6 +374,38 @@ fn augmentation(device: Device) -> Outcome {
         errors.push(compare("views", &got, &want, 1e-4)?);
     }
     Ok(worst_of(&errors))
+}
+
+/// The device's kNN (unit rows, similarities, top-k and vote) predicts what
+/// the CPU's does, query for query.
+fn knn_vote(device: Device) -> Outcome {
+    let (rows, queries, dim, classes) = (50, 20, 8, 3);
+    let features = |n: usize, seed: u64| -> Result<Features, String> {
+        let data = uniform(&[n, dim], seed, 1.0, DType::F32)?
+            .to_vec::<f32>()
+            .map_err(err)?;
+        let labels = (0..n as i64).map(|i| i % classes as i64).collect();
+        Ok(Features { data, dim, labels })
+    };
+    let (memory, query) = (features(rows, 21)?, features(queries, 22)?);
+    let on_device = |f: &Features| -> Result<DeviceFeatures, String> {
+        let data = Tensor::from_vec(f.data.clone(), [f.len(), dim]).map_err(err)?;
+        Ok(DeviceFeatures {
+            data: data.to_device(device).map_err(err)?,
+            labels: f.labels.clone(),
+        })
+    };
+    let mut got = Vec::new();
+    let mut want = Vec::new();
+    for k in [1, 5, rows] {
+        want.push(knn_accuracy(&memory, &query, k, 0.1, classes).map_err(err)?);
+        let acc = knn_accuracy_device(on_device(&memory)?, on_device(&query)?, k, 0.1, classes);
+        got.push(acc.map_err(err)?);
+    }
+    if got != want {
+        return Err(format!("accuracies {got:?}, the CPU's {want:?}"));
+    }
+    Ok(format!("accuracies {got:?} as on the CPU"))
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@ use crate::config::{DataSource, RunConfig};
 use crate::data::{Dataset, Splits};
 use crate::eval;
 use crate::output::write_user_file;
-use crate::pretrain::{model_config, open_data};
+use crate::pretrain::{Placement, model_config, open_data, resolve_device};
 use crate::{Error, Result};
 use clap::{Args, ValueEnum};
-use engine::{Device, Tensor};
-use nets::m2t::{M2t, Which};
+use engine::{DType, Device, Tensor};
+use nets::m2t::{M2t, M2tConfig, Which};
 use nets::weights::{Part, export_bytes, f32_values};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::path::{Path, PathBuf};
@@ -43,6 +43,30 @@ impl From<Network> for Which {
     }
 }
 
+/// Where an evaluation computes.
+#[derive(Args, Debug, Default)]
+pub struct EvalDevice {
+    /// auto, cpu, cuda[:N] or emulator: a GPU computes the features in
+    /// batches in the precision, and for kNN keeps the memory bank there
+    /// and votes there too [default: auto].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// bf16, fp16 or fp32 [default: bf16 on a GPU, fp32 on the CPU].
+    #[arg(long)]
+    pub precision: Option<String>,
+}
+
+impl EvalDevice {
+    /// The placement these flags resolve to (saying why `auto` chose the CPU).
+    fn resolve(&self) -> Result<Placement> {
+        let (placement, note) = resolve_device(self.device.as_deref(), self.precision.as_deref())?;
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        Ok(placement)
+    }
+}
+
 /// A checkpoint loaded with the configuration of its run.
 pub struct Loaded {
     /// The run's resolved configuration.
@@ -71,15 +95,31 @@ impl Loaded {
 
 /// Loads the model of a run folder (its latest checkpoint) or of a checkpoint folder.
 pub fn load_checkpoint(path: &Path) -> Result<Loaded> {
+    load_checkpoint_on(
+        path,
+        Placement {
+            device: Device::Cpu,
+            precision: DType::F32,
+        },
+    )
+}
+
+/// [`load_checkpoint`], the model on `placement`'s device in its precision.
+pub fn load_checkpoint_on(path: &Path, placement: Placement) -> Result<Loaded> {
     let dir = checkpoint::locate(path)?;
     let run = dir
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| Error::data(&dir, "checkpoint folder is not inside a run folder"))?;
     let config = RunConfig::load(&run.join("config.toml"))?;
-    let mut model = M2t::new(model_config(&config), config.seed)?;
+    let shape = M2tConfig {
+        precision: placement.precision,
+        ..model_config(&config)
+    };
+    let mut model = M2t::new(shape, config.seed)?;
     checkpoint::restore_network(&dir, &mut model, Which::Student)?;
     checkpoint::restore_network(&dir, &mut model, Which::Teacher)?;
+    let model = model.to_device(placement.device)?;
     Ok(Loaded { config, model })
 }
 
@@ -101,9 +141,10 @@ pub struct KnnArgs {
     /// Network whose backbone features are used.
     #[arg(long, value_enum, default_value_t = Network::Teacher)]
     pub which: Network,
-    /// Labelled training images used as memory (0: all).
-    #[arg(long, default_value_t = 10_000)]
-    pub memory: usize,
+    /// Labelled training images used as memory (0: all) [default: all on a
+    /// GPU whose memory holds their features, else 10000].
+    #[arg(long)]
+    pub memory: Option<usize>,
     /// Test images used as queries (0: all).
     #[arg(long, default_value_t = 0)]
     pub queries: usize,
@@ -113,6 +154,9 @@ pub struct KnnArgs {
     /// Image size for --raw-pixels [default: the dataset's].
     #[arg(long)]
     pub res: Option<usize>,
+    /// Where the network's features and the vote are computed.
+    #[command(flatten)]
+    pub place: EvalDevice,
 }
 
 /// The labelled training split (kNN memory, probe training) and the test split.
@@ -147,7 +191,8 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             .unwrap_or(224);
         crate::limits::at_most("res", res, crate::limits::MAX_RES)?;
         let aug = AugmentConfig::new(res, memory.channels())?;
-        let mem = eval::pixel_features(memory, &aug, args.memory)?;
+        let limit = args.memory.unwrap_or(eval::CPU_KNN_MEMORY);
+        let mem = eval::pixel_features(memory, &aug, limit)?;
         let q = eval::pixel_features(queries, &aug, args.queries)?;
         let (mem, q) = crate::knn::centre_on(&mem, &q);
         (mem, q, (memory.num_classes(), "raw pixels".to_string()))
@@ -156,27 +201,50 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             .checkpoint
             .clone()
             .ok_or_else(|| Error::Usage("--checkpoint is required".into()))?;
-        let loaded = load_checkpoint(&path)?;
+        let loaded = load_checkpoint_on(&path, args.place.resolve()?)?;
         let splits = loaded.splits(args.data.as_ref())?;
         let (memory, queries) = labelled(&splits, &path)?;
         let aug = loaded.eval_transform()?;
         let which = Which::from(args.which);
-        let mem = eval::network_features(&loaded.model, which, memory, &aug, args.memory)?;
-        let q = eval::network_features(&loaded.model, which, queries, &aug, args.queries)?;
+        let model = &loaded.model;
+        let dim = model.config().backbone.feature_dim();
+        let limit = args
+            .memory
+            .unwrap_or_else(|| eval::default_knn_memory(model.device(), memory.len(), dim));
+        if model.device().is_gpu() {
+            let classes = memory
+                .num_classes()
+                .ok_or_else(|| Error::Usage("kNN needs a labelled dataset".into()))?;
+            let mem = eval::device_network_features(model, which, memory, &aug, limit)?;
+            let q = eval::device_network_features(model, which, queries, &aug, args.queries)?;
+            let (rows, n) = (mem.labels.len(), q.labels.len());
+            let acc = crate::knn::knn_accuracy_device(mem, q, args.k, args.t, classes)?;
+            return Ok(report_knn(&args, &args.which.to_string(), acc, (rows, n)));
+        }
+        let mem = eval::network_features(model, which, memory, &aug, limit)?;
+        let q = eval::network_features(model, which, queries, &aug, args.queries)?;
         (mem, q, (memory.num_classes(), args.which.to_string()))
     };
     let (classes, label) = label;
     let classes = classes.ok_or_else(|| Error::Usage("kNN needs a labelled dataset".into()))?;
     let acc = crate::knn::knn_accuracy(&memory, &queries, args.k, args.t, classes)?;
+    Ok(report_knn(
+        &args,
+        &label,
+        acc,
+        (memory.len(), queries.len()),
+    ))
+}
+
+/// Prints `trainer knn`'s result line; returns the accuracy.
+fn report_knn(args: &KnnArgs, label: &str, acc: f64, (memory, queries): (usize, usize)) -> f64 {
     println!(
-        "knn {label} k={} t={}: {:.2}% ({} memory, {} queries)",
+        "knn {label} k={} t={}: {:.2}% ({memory} memory, {queries} queries)",
         args.k,
         args.t,
         100.0 * acc,
-        memory.len(),
-        queries.len()
     );
-    Ok(acc)
+    acc
 }
 
 /// Options of `trainer export`.
@@ -228,6 +296,9 @@ pub struct EmbedArgs {
     /// Network whose backbone embeds.
     #[arg(long, value_enum, default_value_t = Network::Teacher)]
     pub which: Network,
+    /// Where the network's features are computed.
+    #[command(flatten)]
+    pub place: EvalDevice,
 }
 
 /// The `images` tensor of a safetensors file: NHWC f32 values and the shape.
@@ -310,7 +381,7 @@ fn report_skipped(set: &Dataset, indices: &[usize]) {
 
 /// Runs `trainer embed`.
 pub fn embed(args: EmbedArgs) -> Result<()> {
-    let loaded = load_checkpoint(&args.checkpoint)?;
+    let loaded = load_checkpoint_on(&args.checkpoint, args.place.resolve()?)?;
     let which = Which::from(args.which);
     let (features, rows) = match (&args.input, &args.data) {
         (Some(input), _) => {
@@ -660,14 +731,13 @@ pub struct LinearEvalArgs {
     /// Network whose frozen backbone is probed.
     #[arg(long, value_enum, default_value_t = Network::Teacher)]
     pub which: Network,
+    /// Where the network's features are computed.
+    #[command(flatten)]
+    pub place: EvalDevice,
 }
 
 /// Runs `trainer linear-eval`.
 pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
-    let loaded = load_checkpoint(&args.checkpoint)?;
-    let splits = loaded.splits(args.data.as_ref())?;
-    let (train, test) = labelled(&splits, &args.checkpoint)?;
-    let aug = loaded.eval_transform()?;
     let lr = args.lr.unwrap_or(0.2 * args.bs as f64 / 256.0);
     if args.bs < 2 {
         return Err(Error::Usage(format!(
@@ -684,6 +754,11 @@ pub fn linear_eval(args: LinearEvalArgs) -> Result<()> {
     if args.epochs == 0 {
         return Err(Error::Usage("--epochs 0: train at least one epoch".into()));
     }
+    // After the flags, so that a usage error stays one line, before any device note.
+    let loaded = load_checkpoint_on(&args.checkpoint, args.place.resolve()?)?;
+    let splits = loaded.splits(args.data.as_ref())?;
+    let (train, test) = labelled(&splits, &args.checkpoint)?;
+    let aug = loaded.eval_transform()?;
     let report = eval::linear_eval(
         &loaded.model,
         args.which.into(),

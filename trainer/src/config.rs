@@ -49,6 +49,14 @@ pub struct PretrainOptions {
     /// bf16, fp16 or fp32 [default: bf16 on a GPU, fp32 on the CPU].
     #[arg(long)]
     pub precision: Option<String>,
+    /// on: capture the whole step (fp16 loss scaling, gradient check and
+    /// update included) as a CUDA graph after the first step and replay it,
+    /// the next step's views staged on a copy stream meanwhile and each
+    /// step's loss read a step later; off: launch every kernel from the host.
+    /// May change on --resume [default: on on a GPU, off with --profile; the
+    /// CPU has no graphs].
+    #[arg(long, value_name = "on|off")]
+    pub cuda_graph: Option<String>,
     /// sgd or lars [default: sgd].
     #[arg(long)]
     pub optimizer: Option<String>,
@@ -148,7 +156,8 @@ pub struct PretrainOptions {
     /// kNN monitor every N epochs (0: only at the end) [default: 10].
     #[arg(long)]
     pub knn_every: Option<usize>,
-    /// Labelled training images used as kNN memory (0: all) [default: 10000].
+    /// Labelled training images used as kNN memory (0: all) [default: all on
+    /// a GPU whose memory holds their features, else 10000].
     #[arg(long)]
     pub knn_memory: Option<usize>,
     /// Test images used as kNN queries (0: all) [default: all].
@@ -462,6 +471,7 @@ layered!(
     steps,
     device,
     precision,
+    cuda_graph,
     optimizer,
     lr,
     wd,

@@ -72,12 +72,109 @@ pub fn knn_accuracy(
     classes: usize,
 ) -> Result<f64> {
     let predicted = knn_predict(memory, queries, k, temperature, classes, QUERY_CHUNK)?;
+    Ok(accuracy(&predicted, &queries.labels))
+}
+
+/// The share of `predicted` classes equal to their `labels`.
+fn accuracy(predicted: &[usize], labels: &[i64]) -> f64 {
     let correct = predicted
         .iter()
-        .zip(&queries.labels)
+        .zip(labels)
         .filter(|&(&p, &label)| i64::try_from(p).is_ok_and(|p| p == label))
         .count();
-    Ok(correct as f64 / queries.len() as f64)
+    correct as f64 / labels.len() as f64
+}
+
+/// Labelled feature rows on a GPU.
+#[derive(Clone, Debug)]
+pub struct DeviceFeatures {
+    /// `[n, dim]` f32 on the device.
+    pub data: Tensor,
+    /// The class index of each row.
+    pub labels: Vec<i64>,
+}
+
+/// Bytes of similarities one chunk of queries may hold on the device.
+const DEVICE_CHUNK_BYTES: usize = 256 << 20;
+
+/// [`knn_accuracy`] with everything on the GPU the features are on: rows
+/// normalised there, similarities by cuBLAS a chunk of queries at a time,
+/// each query's top-k and vote by a kernel; only the predicted classes come
+/// back. The same rules and the same errors as on the CPU (`k` at most
+/// 1024 and at most 2048 classes, the vote's shared memory).
+pub fn knn_accuracy_device(
+    memory: DeviceFeatures,
+    queries: DeviceFeatures,
+    k: usize,
+    temperature: f64,
+    classes: usize,
+) -> Result<f64> {
+    let labels = queries.labels.clone();
+    let predicted = knn_predict_device(
+        memory,
+        queries,
+        (k, temperature, classes),
+        DEVICE_CHUNK_BYTES,
+    )?;
+    Ok(accuracy(&predicted, &labels))
+}
+
+/// The predicted class of every query, on the device, with at most
+/// `chunk_bytes` of similarities at a time.
+fn knn_predict_device(
+    memory: DeviceFeatures,
+    queries: DeviceFeatures,
+    (k, temperature, classes): (usize, f64, usize),
+    chunk_bytes: usize,
+) -> Result<Vec<usize>> {
+    check_settings(k, temperature, classes)?;
+    for (f, what) in [(&memory, "memory"), (&queries, "query")] {
+        check_labels(&f.labels, what, classes)?;
+        if f.data.dims().len() != 2 || f.data.dims()[0] != f.labels.len() || f.data.dims()[1] == 0 {
+            return Err(shape_error(format!(
+                "{what} set has {} features for {} labels",
+                f.data.shape(),
+                f.labels.len()
+            )));
+        }
+    }
+    let (rows, dim) = (memory.labels.len(), memory.data.dims()[1]);
+    if queries.data.dims()[1] != dim {
+        return Err(shape_error(format!(
+            "memory rows have {dim} values but query rows have {}",
+            queries.data.dims()[1]
+        )));
+    }
+    check_not_empty(rows, queries.labels.len())?;
+    let k = k.min(rows);
+    let labels = Tensor::from_vec(memory.labels, [rows])?.to_device(memory.data.device())?;
+    let (mut bank, mut query_rows) = (memory.data, queries.data);
+    for (set, what) in [(&mut bank, "memory"), (&mut query_rows, "query")] {
+        if !engine::ops::knn::normalize_rows(set)? {
+            return Err(Error::Diverged(format!(
+                "kNN: a {what} row has a non-finite feature"
+            )));
+        }
+    }
+    let n = queries.labels.len();
+    let chunk = (chunk_bytes / (4 * rows)).clamp(1, n);
+    let flat = query_rows.reshape([n * dim])?;
+    let mut tape = Tape::no_grad();
+    let bank = tape.constant(bank);
+    let mut predicted = Vec::with_capacity(n);
+    for start in (0..n).step_by(chunk) {
+        let c = chunk.min(n - start);
+        let q = tape.constant(flat.narrow(start * dim, c * dim)?.reshape([c, dim])?);
+        let sims = tape.linear(&q, &bank, None)?;
+        predicted.extend(engine::ops::knn::knn_vote(
+            sims.value(),
+            &labels,
+            k,
+            temperature,
+            classes,
+        )?);
+    }
+    Ok(predicted)
 }
 
 /// `memory` and `queries` with the per-dimension mean of the memory's rows
@@ -130,17 +227,7 @@ fn knn_predict(
     classes: usize,
     chunk: usize,
 ) -> Result<Vec<usize>> {
-    if k == 0 {
-        return Err(Error::Usage("kNN: k must be at least 1".into()));
-    }
-    if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(Error::Usage(format!(
-            "kNN: the temperature must be a positive number, got {temperature}"
-        )));
-    }
-    if classes == 0 {
-        return Err(Error::Usage("kNN: there must be at least one class".into()));
-    }
+    check_settings(k, temperature, classes)?;
     check(memory, "memory", classes)?;
     check(queries, "query", classes)?;
     if memory.dim != queries.dim {
@@ -149,12 +236,7 @@ fn knn_predict(
             memory.dim, queries.dim
         )));
     }
-    if memory.is_empty() {
-        return Err(Error::Usage("kNN: the memory bank is empty".into()));
-    }
-    if queries.is_empty() {
-        return Err(Error::Usage("kNN: there are no queries".into()));
-    }
+    check_not_empty(memory.len(), queries.len())?;
 
     let (rows, dim) = (memory.len(), memory.dim);
     // Neighbour indices are u32 to halve the per-query selection buffer.
@@ -230,6 +312,47 @@ fn vote(
     winner
 }
 
+/// Fails unless `k`, `temperature` and `classes` make a classifier.
+fn check_settings(k: usize, temperature: f64, classes: usize) -> Result<()> {
+    if k == 0 {
+        return Err(Error::Usage("kNN: k must be at least 1".into()));
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::Usage(format!(
+            "kNN: the temperature must be a positive number, got {temperature}"
+        )));
+    }
+    if classes == 0 {
+        return Err(Error::Usage("kNN: there must be at least one class".into()));
+    }
+    Ok(())
+}
+
+/// Fails when the memory bank or the queries are empty.
+fn check_not_empty(memory: usize, queries: usize) -> Result<()> {
+    if memory == 0 {
+        return Err(Error::Usage("kNN: the memory bank is empty".into()));
+    }
+    if queries == 0 {
+        return Err(Error::Usage("kNN: there are no queries".into()));
+    }
+    Ok(())
+}
+
+/// Fails unless every label is in `0..classes`.
+fn check_labels(labels: &[i64], what: &str, classes: usize) -> Result<()> {
+    if let Some((row, &label)) = labels
+        .iter()
+        .enumerate()
+        .find(|&(_, &l)| !usize::try_from(l).is_ok_and(|l| l < classes))
+    {
+        return Err(Error::Usage(format!(
+            "kNN: {what} row {row} has label {label}, outside 0..{classes}"
+        )));
+    }
+    Ok(())
+}
+
 /// Fails unless `f` holds `len() × dim` finite values with labels in `0..classes`.
 fn check(f: &Features, what: &str, classes: usize) -> Result<()> {
     if f.dim == 0 {
@@ -244,16 +367,7 @@ fn check(f: &Features, what: &str, classes: usize) -> Result<()> {
             f.len() * f.dim
         )));
     }
-    if let Some((row, &label)) = f
-        .labels
-        .iter()
-        .enumerate()
-        .find(|&(_, &l)| !usize::try_from(l).is_ok_and(|l| l < classes))
-    {
-        return Err(Error::Usage(format!(
-            "kNN: {what} row {row} has label {label}, outside 0..{classes}"
-        )));
-    }
+    check_labels(&f.labels, what, classes)?;
     if let Some(at) = f.data.iter().position(|v| !v.is_finite()) {
         return Err(Error::Diverged(format!(
             "kNN: {what} row {} has a non-finite feature",
@@ -435,6 +549,65 @@ mod tests {
         assert_eq!(acc, correct as f64 / queries.len() as f64);
         // The clusters are separable enough for the monitor to see them.
         assert!(acc > 0.6, "{acc}");
+        Ok(())
+    }
+
+    fn on_emulator(f: &Features) -> DeviceFeatures {
+        DeviceFeatures {
+            data: Tensor::from_vec(f.data.clone(), [f.len(), f.dim])
+                .unwrap()
+                .to_device(engine::Device::Emulator)
+                .unwrap(),
+            labels: f.labels.clone(),
+        }
+    }
+
+    /// The device's normalisation, similarities, top-k and vote give the
+    /// CPU's predictions, query for query, over several chunkings, k and
+    /// temperatures, with ties at the k-th place and between classes.
+    #[test]
+    fn the_device_vote_predicts_as_the_cpu_does() -> Result<()> {
+        let memory = clustered(300, 16, 5, 1);
+        let queries = clustered(130, 16, 5, 2);
+        for (k, t, chunk_bytes) in [
+            (20, 0.1, 1 << 20),
+            (1, 0.1, 4 * 300 * 7),
+            (300, 1.0, 1),
+            (7, 1e-6, 1 << 20),
+        ] {
+            let want = knn_predict(&memory, &queries, k, t, 5, QUERY_CHUNK)?;
+            let got = knn_predict_device(
+                on_emulator(&memory),
+                on_emulator(&queries),
+                (k, t, 5),
+                chunk_bytes,
+            )?;
+            assert_eq!(got, want, "k {k}, t {t}, chunk {chunk_bytes} bytes");
+        }
+        // Equal rows of different classes: the earlier rows win the k-th
+        // place; equal scores go to the lowest class.
+        let memory = features(
+            &[&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0], &[0.0, 1.0]],
+            &[2, 1, 0, 1],
+        );
+        let queries = features(&[&[1.0, 0.0], &[0.0, 1.0], &[0.0, 0.0]], &[1, 1, 0]);
+        for k in 1..=4 {
+            let want = knn_predict(&memory, &queries, k, 0.1, 3, QUERY_CHUNK)?;
+            let got = knn_predict_device(
+                on_emulator(&memory),
+                on_emulator(&queries),
+                (k, 0.1, 3),
+                1 << 20,
+            )?;
+            assert_eq!(got, want, "k {k}");
+        }
+        let acc = knn_accuracy_device(on_emulator(&memory), on_emulator(&queries), 2, 0.1, 3)?;
+        assert_eq!(acc, knn_accuracy(&memory, &queries, 2, 0.1, 3)?);
+        // NaN features are refused on the device too.
+        let nan = features(&[&[f32::NAN, 0.0]], &[0]);
+        let err =
+            knn_accuracy_device(on_emulator(&memory), on_emulator(&nan), 1, 0.1, 3).unwrap_err();
+        assert!(err.to_string().contains("non-finite"), "{err}");
         Ok(())
     }
 

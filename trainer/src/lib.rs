@@ -22,6 +22,7 @@ pub mod output;
 pub mod packing;
 pub mod plot;
 pub mod pretrain;
+pub mod roofline;
 pub mod run_lock;
 
 pub use error::{Error, Result};

@@ -8,7 +8,7 @@ use crate::config::{DataSource, OptimizerKind, PretrainOptions, RunConfig};
 use crate::data::{self, Fingerprint, Splits};
 use crate::eval;
 use crate::limits::{self, MemoryEstimate};
-use crate::loader::{Augmentation, PairLoader};
+use crate::loader::{Augmentation, PairBatch, PairLoader};
 use crate::run_lock::RunLock;
 use crate::{Error, Result, interrupt, plot};
 use engine::ops::BesselCorrection;
@@ -17,7 +17,7 @@ use engine::schedule::LrSchedule;
 use engine::{DType, Device};
 use engine::{ParamStore, Scalar, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use nets::m2t::{M2t, M2tConfig, Which};
+use nets::m2t::{CapturedStep, M2t, M2tConfig, StepReport, StepResults, StepSchedule, Which};
 use nets::resnet::{ResNetConfig, Stem};
 use serde_json::json;
 use std::fs;
@@ -47,12 +47,21 @@ impl Optimizer {
     }
 
     /// One update with learning rate `lr`.
-    pub fn step(&mut self, store: &mut ParamStore, lr: &Scalar) -> Result<()> {
+    pub fn step(&mut self, store: &mut ParamStore, lr: &Scalar) -> engine::Result<()> {
+        self.step_unless(store, lr, None)
+    }
+
+    /// One update, cancelled on a GPU by the device flag `skip` when set.
+    pub fn step_unless(
+        &mut self,
+        store: &mut ParamStore,
+        lr: &Scalar,
+        skip: Option<&Tensor>,
+    ) -> engine::Result<()> {
         match self {
-            Optimizer::Sgd(o) => o.step(store, lr.clone())?,
-            Optimizer::Lars(o) => o.step(store, lr.clone())?,
+            Optimizer::Sgd(o) => o.step_unless(store, lr.clone(), skip),
+            Optimizer::Lars(o) => o.step_unless(store, lr.clone(), skip),
         }
-        Ok(())
     }
 
     /// The momentum buffer, for checkpoints.
@@ -215,9 +224,22 @@ pub fn precision_name(dtype: DType) -> &'static str {
     }
 }
 
-/// The fp16 loss scaler's state, for checkpoints.
-fn loss_scale(model: &M2t) -> Option<(f32, u32)> {
-    model.scaler().map(|s| (s.scale(), s.good_steps()))
+/// Whether `--cuda-graph` (on, off, or unset: on on a GPU unless profiling)
+/// captures the step; refused on the CPU, and with `--profile` when asked for.
+pub fn use_cuda_graph(flag: Option<&str>, device: Device, profile: bool) -> Result<bool> {
+    match (flag, device) {
+        (Some("on"), Device::Cpu) => Err(usage(
+            "--cuda-graph on needs a GPU (--device cuda) or the emulator (--device emulator); the CPU runs each step as it comes",
+        )),
+        (Some("on"), _) if profile => Err(usage(
+            "--profile times each launch, and a replayed graph is one launch: profile with --cuda-graph off",
+        )),
+        (Some("on"), _) => Ok(true),
+        (Some("off"), _) => Ok(false),
+        (Some(other), _) => Err(usage(format!("--cuda-graph {other}: expected on or off"))),
+        (None, Device::Cpu) => Ok(false),
+        (None, _) => Ok(!profile),
+    }
 }
 
 fn usage(msg: impl Into<String>) -> Error {
@@ -225,7 +247,12 @@ fn usage(msg: impl Into<String>) -> Error {
 }
 
 /// Resolves flags (already layered over any `--config` file) against the data.
-fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<RunConfig> {
+fn resolve(
+    o: &PretrainOptions,
+    splits: &Splits,
+    source: DataSource,
+    device: Device,
+) -> Result<RunConfig> {
     let arch = o.arch.ok_or_else(|| {
         usage("missing --arch (resnet18, resnet34, resnet50, resnet101 or resnet152)")
     })?;
@@ -348,7 +375,11 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         crop_min,
         seed: o.seed.unwrap_or(0),
         knn_every: o.knn_every.unwrap_or(10),
-        knn_memory: o.knn_memory.unwrap_or(10_000),
+        knn_memory: o.knn_memory.unwrap_or_else(|| {
+            let rows = splits.labelled_train.as_ref().map_or(0, |d| d.len());
+            let width = size("width", o.width, 64, limits::MAX_WIDTH).unwrap_or(64);
+            eval::default_knn_memory(device, rows, 8 * width * arch.expansion())
+        }),
         knn_queries: o.knn_queries.unwrap_or(0),
         log_every: positive("log-every", o.log_every, 10)?,
         checkpoint_every: o.checkpoint_every.unwrap_or(0),
@@ -556,7 +587,7 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
     let resume = flags.resume || (flags.auto_resume && auto_resume_finds_a_run(&flags)?);
     // A resumed run takes the run folder's lock before anything else, so a
     // second trainer is refused at once; a new run once it is known to fit.
-    let (cfg, out, splits, placement, resumed_lock) = if resume {
+    let (cfg, out, splits, placement, resumed_lock, graph_flag) = if resume {
         let out = flags
             .out
             .clone()
@@ -571,9 +602,9 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         let cfg = RunConfig::load(&out.join("config.toml"))?;
         let placement = resolve_device(flags.device.as_deref(), flags.precision.as_deref())?;
         let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
-        refuse_changed_flags(&flags, &cfg, &splits)?;
+        refuse_changed_flags(&flags, &cfg, &splits, placement.0.device)?;
         refuse_changed_data(&cfg, &splits)?;
-        (cfg, out, splits, placement, Some(lock))
+        (cfg, out, splits, placement, Some(lock), None)
     } else {
         let opts = match &flags.config {
             Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
@@ -588,10 +619,11 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             synthetic_images(res).check_fits(placement.0.device)?;
         }
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
-        let cfg = resolve(&opts, &splits, source)?;
+        let cfg = resolve(&opts, &splits, source, placement.0.device)?;
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
         refuse_existing_run(&out)?;
-        (cfg, out, splits, placement, None)
+        let graph_flag = opts.cuda_graph.clone();
+        (cfg, out, splits, placement, None, graph_flag)
     };
     let (placement, note) = placement;
     if let Some(note) = note {
@@ -621,6 +653,13 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             lock
         }
     };
+    let graph_flag = flags.cuda_graph.as_deref().or(graph_flag.as_deref());
+    let cuda_graph = use_cuda_graph(graph_flag, placement.device, flags.profile)?;
+    if flags.profile && graph_flag.is_none() && placement.device != Device::Cpu {
+        eprintln!(
+            "--profile: steps run eagerly, without the CUDA graph (a replay is one launch; the tables time each)"
+        );
+    }
     train(
         &cfg,
         &out,
@@ -628,7 +667,7 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         resume,
         workers,
         placement,
-        flags.profile,
+        (flags.profile, cuda_graph),
     )
 }
 
@@ -657,14 +696,19 @@ fn auto_resume_finds_a_run(flags: &PretrainOptions) -> Result<bool> {
 /// Refuses flags given with `--resume` that would change the saved run: each
 /// given flag (over any `--config` file) must resolve to the saved value.
 /// The flags of where a run computes may change; so may nothing else.
-fn refuse_changed_flags(flags: &PretrainOptions, saved: &RunConfig, splits: &Splits) -> Result<()> {
+fn refuse_changed_flags(
+    flags: &PretrainOptions,
+    saved: &RunConfig,
+    splits: &Splits,
+    device: Device,
+) -> Result<()> {
     let given: Vec<String> = flags
         .given()
         .into_iter()
         .filter(|f| {
             !matches!(
                 f.as_str(),
-                "--out" | "--workers" | "--device" | "--precision"
+                "--out" | "--workers" | "--device" | "--precision" | "--cuda-graph"
             )
         })
         .collect();
@@ -676,7 +720,7 @@ fn refuse_changed_flags(flags: &PretrainOptions, saved: &RunConfig, splits: &Spl
         base = PretrainOptions::from_file(file)?.over(base);
     }
     let opts = flags.clone().over(base);
-    let mut asked = resolve(&opts, splits, data_source(&opts)?)?;
+    let mut asked = resolve(&opts, splits, data_source(&opts)?, device)?;
     // The data itself is checked by its fingerprint, and the output folder
     // is the run's.
     asked.data_fingerprint = saved.data_fingerprint.clone();
@@ -734,7 +778,7 @@ fn train(
     resume: bool,
     workers: usize,
     placement: Placement,
-    profile: bool,
+    (profile, cuda_graph): (bool, bool),
 ) -> Result<()> {
     let channels = splits.train.channels();
     if channels != cfg.channels {
@@ -798,7 +842,7 @@ fn train(
     if let Some(dir) = &resumed_from {
         optimizer.set_velocity(&checkpoint::load_velocity(dir, model.student())?)?;
     }
-    let mut metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
+    let metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
     eprintln!(
         "on {} in {}",
         placement.device,
@@ -823,7 +867,7 @@ fn train(
         // run saves the initial networks.
         interrupt::install();
         if !resume {
-            state.loss_scale = loss_scale(&model);
+            state.loss_scale = model.loss_scale()?;
             let dir = checkpoint::save(out, &model, optimizer.velocity(), &state, &config_toml)?;
             eprintln!("checkpoint: {}", dir.display());
         }
@@ -872,140 +916,107 @@ fn train(
     } else {
         cfg.checkpoint_every
     };
-    let (mut window_start, mut window_pairs, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
-    let mut final_knn = None;
-    let mut last_checkpoint = resumed_from;
     if profile {
         engine::profile::start(placement.device)?;
     }
-    for step in state.step..cfg.steps {
+    let mut progress = Progress {
+        cfg,
+        out,
+        splits: &splits,
+        aug: &aug,
+        metrics_path: &metrics_path,
+        config_toml: &config_toml,
+        steps_per_epoch,
+        checkpoint_every,
+        profile,
+        state,
+        metrics,
+        window: (Instant::now(), 0, 0.0),
+        final_knn: None,
+        last_checkpoint: resumed_from,
+        bar,
+    };
+    let mut graphed: Option<GraphedStep> = None;
+    // A replayed step whose results are read after the next is queued.
+    let mut pending: Option<(usize, f64, StepSchedule)> = None;
+    for step in progress.state.step..cfg.steps {
         let started = Instant::now();
         let step_range = engine::nvtx::open(engine::profile::Kind::Step, || format!("step {step}"));
         let batch = {
             let _r = engine::nvtx::phase("data wait");
             loader.next()?
         };
-        state.skipped_images += batch.skipped;
-        window_wait += batch.wait.as_secs_f64();
-        let (view1, view2) = {
-            let _r = engine::nvtx::phase("augment");
-            batch.views(gpu_augmenter.as_ref())?
-        };
+        progress.state.skipped_images += batch.skipped;
+        progress.window.2 += batch.wait.as_secs_f64();
         let lr = schedule.at(step);
-        let numbers = model.schedule(step, cfg.steps, lr)?;
-        let report = model.step(&view1, &view2, &numbers)?;
-        if !report.loss.is_finite() {
-            let kept = describe(&last_checkpoint);
-            return Err(Error::Diverged(format!(
-                "step {}: the M2T loss (student predictions vs teacher targets, both views) is {}; stopped. Last good checkpoint: {kept}. Try a lower --lr.",
-                step + 1,
-                report.loss
-            )));
-        }
-        // fp16 overflow is the loss scaler's business: it lowers the scale and
-        // the update is skipped. Anything else non-finite is divergence.
-        if !report.skip_update && model.student().grad_norm()?.is_none() {
-            return Err(Error::Diverged(format!(
-                "step {}: non-finite gradients (loss {}); stopped before the update. Last good checkpoint: {}. Try a lower --lr.",
-                step + 1,
-                report.loss,
-                describe(&last_checkpoint)
-            )));
-        }
-        if !report.skip_update {
-            let _r = engine::nvtx::phase("optimizer");
-            optimizer.step(model.student_mut(), &numbers.lr)?;
-        }
-        drop(step_range);
-        if profile && (step + 1) % cfg.log_every == 0 {
-            engine::profile::flush()?;
-        }
-        state.step = step + 1;
-        state.train_seconds += started.elapsed().as_secs_f64();
-        window_pairs += cfg.bs;
-
-        let epoch_done = state.step % steps_per_epoch == 0;
-        let epoch = state.step / steps_per_epoch;
-        let knn_due = epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0;
-        let knn_acc = if knn_due {
-            // Stopped by an interrupt, the monitor gives no value; the step
-            // is still checkpointed below before the run stops.
-            match knn_monitor(cfg, &model, &splits, &aug) {
-                Err(Error::Interrupted(_)) => None,
-                other => other?,
+        let mut overhead = 0.0;
+        if let Some(graph) = &mut graphed {
+            let numbers = graph.queue(
+                &mut model,
+                &batch,
+                gpu_augmenter.as_ref(),
+                (step, cfg.steps),
+                lr,
+            )?;
+            drop(step_range);
+            if let Some((k, lr, numbers)) = pending.take() {
+                let outcome = Outcome::replayed(graph.step.results(k)?, k, lr, &numbers);
+                overhead += progress.record(&outcome, false, &mut model, &optimizer)?;
+            }
+            pending = Some((step, lr, numbers));
+            if progress.drain_due(step + 1) {
+                let (k, lr, numbers) = pending.take().expect("queued above");
+                let outcome = Outcome::replayed(graph.step.results(k)?, k, lr, &numbers);
+                overhead += progress.record(&outcome, true, &mut model, &optimizer)?;
             }
         } else {
-            None
-        };
-        if state.step == cfg.steps {
-            final_knn = knn_acc;
-        }
-        if state.step % cfg.log_every == 0 || state.step == cfg.steps || knn_acc.is_some() {
-            let secs = window_start.elapsed().as_secs_f64();
-            let mut line = json!({
-                "step": state.step,
-                "epoch": state.step as f64 / steps_per_epoch as f64,
-                "loss": report.loss,
-                "lr": lr,
-                "ema_m": report.ema_momentum,
-                "mbn_beta": report.mbn_beta,
-                "pairs_per_s": window_pairs as f64 / secs.max(1e-9),
-                "data_wait_ms": 1000.0 * window_wait,
-                "skipped_images": state.skipped_images,
-            });
-            if let Some(acc) = knn_acc {
-                line["knn_acc"] = json!(acc);
-            }
-            let message = format!(
-                "step {}/{} loss {:.4} lr {:.4} {:.1} pairs/s",
-                state.step,
-                cfg.steps,
-                report.loss,
+            let (view1, view2) = {
+                let _r = engine::nvtx::phase("augment");
+                batch.views(gpu_augmenter.as_ref())?
+            };
+            let numbers = model.schedule(step, cfg.steps, lr)?;
+            let report = model.step(&view1, &view2, &numbers)?;
+            // fp16 overflow is the loss scaler's business: it lowers the
+            // scale and the update is skipped. Anything else non-finite is
+            // divergence, found before the update.
+            let grads_finite = report.skip_update
+                || !report.loss.is_finite()
+                || model.student().grad_norm()?.is_some();
+            let outcome = Outcome {
+                step,
                 lr,
-                window_pairs as f64 / secs.max(1e-9)
-            );
-            match &bar {
-                Some(b) => b.set_message(message),
-                None => eprintln!(
-                    "{message}{}",
-                    knn_acc.map_or(String::new(), |a| format!(" kNN {:.2}%", 100.0 * a))
-                ),
+                report,
+                grads_finite,
+            };
+            progress.check_finite(&outcome)?;
+            if !report.skip_update {
+                let _r = engine::nvtx::phase("optimizer");
+                optimizer.step(model.student_mut(), &numbers.lr)?;
             }
-            metrics.write(&metrics_path, line)?;
-            (window_start, window_pairs, window_wait) = (Instant::now(), 0, 0.0);
-        }
-        if let Some(b) = &bar {
-            b.set_position(state.step as u64);
-        }
-        let interrupted = interrupt::requested();
-        if state.step % checkpoint_every == 0 || state.step == cfg.steps || interrupted {
-            // On disk before the checkpoint that counts them, even after a power loss.
-            metrics.sync(&metrics_path)?;
-            state.metrics_lines = metrics.lines;
-            state.loss_scale = loss_scale(&model);
-            last_checkpoint = Some(checkpoint::save(
-                out,
-                &model,
-                optimizer.velocity(),
-                &state,
-                &config_toml,
-            )?);
-        }
-        if interrupted {
-            if let Some(b) = &bar {
-                b.abandon();
+            drop(step_range);
+            if profile && (step + 1) % cfg.log_every == 0 {
+                engine::profile::flush()?;
             }
-            if profile {
-                report_profile(out)?;
+            // Captured after the first eager step, which made cuDNN's choices.
+            if cuda_graph && step + 1 < cfg.steps {
+                let next = model.schedule(step + 1, cfg.steps, schedule.at(step + 1))?;
+                graphed = Some(GraphedStep::capture(
+                    &mut model,
+                    &mut optimizer,
+                    (&view1, &view2),
+                    &next,
+                )?);
             }
-            return Err(Error::Interrupted(format!(
-                "checkpointed at step {}/{}; continue with: trainer --resume --out {}",
-                state.step,
-                cfg.steps,
-                out.display()
-            )));
+            overhead += progress.record(&outcome, true, &mut model, &optimizer)?;
         }
+        progress.state.train_seconds += started.elapsed().as_secs_f64() - overhead;
     }
+    let Progress {
+        state,
+        bar,
+        final_knn,
+        ..
+    } = progress;
     if let Some(b) = &bar {
         b.finish();
     }
@@ -1019,6 +1030,245 @@ fn train(
         report_profile(out)?;
     }
     finish(cfg, out, &model, &splits, &state, &metrics_path, final_knn)
+}
+
+/// What one step did, as the loop learns it: at once for an eager step, a
+/// step later for a replayed one.
+struct Outcome {
+    step: usize,
+    lr: f64,
+    report: StepReport,
+    /// Whether every gradient was finite (a skipped fp16 step's may not be).
+    grads_finite: bool,
+}
+
+impl Outcome {
+    fn replayed(results: StepResults, step: usize, lr: f64, numbers: &StepSchedule) -> Outcome {
+        Outcome {
+            step,
+            lr,
+            report: StepReport {
+                loss: results.loss,
+                ema_momentum: numbers.ema_momentum.value(),
+                mbn_beta: numbers.mbn_beta.value(),
+                skip_update: results.skipped(),
+            },
+            grads_finite: results.skipped() || results.grads_finite,
+        }
+    }
+}
+
+/// The run's bookkeeping after each step: divergence checks, metrics, the
+/// kNN monitor, checkpoints and interrupts.
+struct Progress<'a> {
+    cfg: &'a RunConfig,
+    out: &'a Path,
+    splits: &'a Splits,
+    aug: &'a AugmentConfig,
+    metrics_path: &'a Path,
+    config_toml: &'a str,
+    steps_per_epoch: usize,
+    checkpoint_every: usize,
+    profile: bool,
+    state: State,
+    metrics: Metrics,
+    /// Since the last metrics line: its start, pairs and data wait (s).
+    window: (Instant, usize, f64),
+    final_knn: Option<f64>,
+    last_checkpoint: Option<PathBuf>,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress<'_> {
+    /// Whether the kNN monitor runs after step `done` (counted from 1).
+    fn knn_due(&self, done: usize) -> bool {
+        let epoch = done / self.steps_per_epoch;
+        done % self.steps_per_epoch == 0
+            && self.cfg.knn_every > 0
+            && epoch % self.cfg.knn_every == 0
+    }
+
+    /// Whether the model must be at step `done` when it is recorded: for a
+    /// checkpoint, the kNN monitor, the end, or an interrupt.
+    fn drain_due(&self, done: usize) -> bool {
+        done == self.cfg.steps
+            || done % self.checkpoint_every == 0
+            || self.knn_due(done)
+            || interrupt::requested()
+    }
+
+    /// Stops the run, naming the step, when `o` diverged.
+    fn check_finite(&self, o: &Outcome) -> Result<()> {
+        let kept = describe(&self.last_checkpoint);
+        if !o.report.loss.is_finite() {
+            return Err(Error::Diverged(format!(
+                "step {}: the M2T loss (student predictions vs teacher targets, both views) is {}; stopped. Last good checkpoint: {kept}. Try a lower --lr.",
+                o.step + 1,
+                o.report.loss
+            )));
+        }
+        if !o.grads_finite {
+            return Err(Error::Diverged(format!(
+                "step {}: non-finite gradients (loss {}); stopped, nothing saved after it. Last good checkpoint: {kept}. Try a lower --lr.",
+                o.step + 1,
+                o.report.loss
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records step `o`: checks it, logs it, and — when `drained`, i.e. the
+    /// model is at this step — runs the kNN monitor, checkpoints and stops
+    /// on an interrupt when due. Returns the seconds the monitor and the
+    /// checkpoint took.
+    fn record(
+        &mut self,
+        o: &Outcome,
+        drained: bool,
+        model: &mut M2t,
+        optimizer: &Optimizer,
+    ) -> Result<f64> {
+        self.check_finite(o)?;
+        let cfg = self.cfg;
+        self.state.step = o.step + 1;
+        self.window.1 += cfg.bs;
+        let overhead = Instant::now();
+        let knn_acc = if drained && self.knn_due(self.state.step) {
+            // Stopped by an interrupt, the monitor gives no value; the step
+            // is still checkpointed below before the run stops.
+            match knn_monitor(cfg, model, self.splits, self.aug) {
+                Err(Error::Interrupted(_)) => None,
+                other => other?,
+            }
+        } else {
+            None
+        };
+        let state = &mut self.state;
+        if state.step == cfg.steps {
+            self.final_knn = knn_acc;
+        }
+        if state.step % cfg.log_every == 0 || state.step == cfg.steps || knn_acc.is_some() {
+            let (start, pairs, wait) = self.window;
+            let secs = start.elapsed().as_secs_f64();
+            let mut line = json!({
+                "step": state.step,
+                "epoch": state.step as f64 / self.steps_per_epoch as f64,
+                "loss": o.report.loss,
+                "lr": o.lr,
+                "ema_m": o.report.ema_momentum,
+                "mbn_beta": o.report.mbn_beta,
+                "pairs_per_s": pairs as f64 / secs.max(1e-9),
+                "data_wait_ms": 1000.0 * wait,
+                "skipped_images": state.skipped_images,
+            });
+            if let Some(acc) = knn_acc {
+                line["knn_acc"] = json!(acc);
+            }
+            let message = format!(
+                "step {}/{} loss {:.4} lr {:.4} {:.1} pairs/s",
+                state.step,
+                cfg.steps,
+                o.report.loss,
+                o.lr,
+                pairs as f64 / secs.max(1e-9)
+            );
+            match &self.bar {
+                Some(b) => b.set_message(message),
+                None => eprintln!(
+                    "{message}{}",
+                    knn_acc.map_or(String::new(), |a| format!(" kNN {:.2}%", 100.0 * a))
+                ),
+            }
+            self.metrics.write(self.metrics_path, line)?;
+            self.window = (Instant::now(), 0, 0.0);
+        }
+        if let Some(b) = &self.bar {
+            b.set_position(state.step as u64);
+        }
+        let interrupted = drained && interrupt::requested();
+        let checkpoint_due = state.step % self.checkpoint_every == 0 || state.step == cfg.steps;
+        if drained && (checkpoint_due || interrupted) {
+            // On disk before the checkpoint that counts them, even after a power loss.
+            self.metrics.sync(self.metrics_path)?;
+            state.metrics_lines = self.metrics.lines;
+            state.loss_scale = model.loss_scale()?;
+            self.last_checkpoint = Some(checkpoint::save(
+                self.out,
+                model,
+                optimizer.velocity(),
+                state,
+                self.config_toml,
+            )?);
+        }
+        if interrupted {
+            if let Some(b) = &self.bar {
+                b.abandon();
+            }
+            if self.profile {
+                report_profile(self.out)?;
+            }
+            return Err(Error::Interrupted(format!(
+                "checkpointed at step {}/{}; continue with: trainer --resume --out {}",
+                state.step,
+                cfg.steps,
+                self.out.display()
+            )));
+        }
+        Ok(overhead.elapsed().as_secs_f64())
+    }
+}
+
+/// A run's captured step and, per input slot, where the compute stream
+/// stood after the last replay that read it: the copy stream stages the
+/// next step's views into the free slot while the current step runs.
+struct GraphedStep {
+    step: CapturedStep,
+    free: [engine::pipeline::Mark; 2],
+    device: Device,
+}
+
+impl GraphedStep {
+    /// Captures the step (the optimiser's update included) after an eager
+    /// step on views shaped like `views`, with step `next`'s numbers.
+    fn capture(
+        model: &mut M2t,
+        optimizer: &mut Optimizer,
+        (view1, view2): (&Tensor, &Tensor),
+        next: &StepSchedule,
+    ) -> Result<GraphedStep> {
+        let step = CapturedStep::capture(model, view1, view2, next, |store, lr, skip| {
+            Ok(optimizer.step_unless(store, lr, skip)?)
+        })?;
+        let device = model.device();
+        let free = [
+            engine::pipeline::mark(device)?,
+            engine::pipeline::mark(device)?,
+        ];
+        Ok(GraphedStep { step, free, device })
+    }
+
+    /// Renders `batch`'s views into slot `k % 2` on the copy stream, then
+    /// queues replay `k` of `total` after them; waits for nothing.
+    fn queue(
+        &mut self,
+        model: &mut M2t,
+        batch: &PairBatch,
+        augmenter: Option<&GpuAugmenter>,
+        (k, total): (usize, usize),
+        lr: f64,
+    ) -> Result<StepSchedule> {
+        let slot = k % 2;
+        let staging = engine::nvtx::phase("augment");
+        let ((), staged) = engine::pipeline::on_copy_stream(self.device, &self.free[slot], || {
+            let (view1, view2) = batch.views(augmenter)?;
+            Ok::<(), Error>(self.step.stage(model, slot, (&view1, &view2))?)
+        })?;
+        drop(staging);
+        engine::pipeline::wait_for(self.device, &staged)?;
+        let numbers = self.step.launch(model, (k, total), lr)?;
+        self.free[slot] = engine::pipeline::mark(self.device)?;
+        Ok(numbers)
+    }
 }
 
 /// A checkpoint folder for messages.

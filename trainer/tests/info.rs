@@ -128,6 +128,7 @@ fn check_tests_the_cpu_and_the_emulator_and_says_there_is_no_gpu() {
         "pass  emulator  M2T step f32 (all training kernels)",
         "pass  emulator  M2T step bf16 (all training kernels, casts)",
         "pass  emulator  augmentation (view kernels)",
+        "pass  emulator  kNN vote (unit rows, top-k, vote)",
         "all checks passed",
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");

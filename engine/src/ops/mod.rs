@@ -7,6 +7,7 @@ pub(crate) mod cast;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod gpu;
+pub mod knn;
 pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod pool;

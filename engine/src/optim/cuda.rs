@@ -34,14 +34,15 @@ pub(crate) fn accumulate_grad(acc: &Tensor, g: &Tensor) -> Result<()> {
     Ok(())
 }
 
-/// SGD with momentum over the whole flat buffers, in one launch.
+/// SGD with momentum over the whole flat buffers, in one launch; nothing
+/// changes when the device flag `skip` (an i32 word) is set.
 pub(crate) fn sgd_step(
     w: &Tensor,
     g: &Tensor,
     v: &Tensor,
     lr: &Scalar,
-    momentum: f32,
-    weight_decay: f32,
+    (momentum, weight_decay): (f32, f32),
+    skip: &Tensor,
 ) -> Result<()> {
     let n = w.numel();
     let lr = lr.cell(gpu_of(w)?)?;
@@ -56,6 +57,7 @@ pub(crate) fn sgd_step(
             lr.arg(),
             Arg::F32(momentum),
             Arg::F32(weight_decay),
+            skip.arg(),
         ],
     )?;
     Ok(())
@@ -129,17 +131,14 @@ impl LarsTable {
         }
     }
 
-    /// One LARS update: the chunk norms, then the update, two launches.
-    #[allow(clippy::too_many_arguments)]
+    /// One LARS update: the chunk norms, then the update, two launches;
+    /// nothing changes when the device flag `skip` is set.
     pub(crate) fn step(
         &self,
-        w: &Tensor,
-        g: &Tensor,
-        v: &Tensor,
+        (w, g, v): (&Tensor, &Tensor, &Tensor),
         lr: &Scalar,
-        eta: f32,
-        momentum: f32,
-        weight_decay: f32,
+        (eta, momentum, weight_decay): (f32, f32, f32),
+        skip: &Tensor,
     ) -> Result<()> {
         same_device("LARS step", &[w, g, v, &self.chunks])?;
         if self.n_chunks == 0 {
@@ -175,6 +174,7 @@ impl LarsTable {
                 Arg::F32(eta),
                 Arg::F32(momentum),
                 Arg::F32(weight_decay),
+                skip.arg(),
             ],
         )?;
         Ok(())
@@ -233,34 +233,80 @@ pub(crate) fn unscale_and_check(grads: &Tensor, inv_scale: f32) -> Result<bool> 
     Ok(read_scratch(g, &scratch)?.1)
 }
 
+/// `grads /= scale` with the scale and overflow flag of a device loss
+/// scaler's `state` (see [`crate::scaler::DeviceScaler`]), one launch.
+pub(crate) fn unscale_by_state(grads: &Tensor, state: &Tensor) -> Result<()> {
+    let n = grads.numel();
+    gpu_of(grads)?.gpu.launch(
+        "unscale_grads_by_state",
+        LaunchConfig::for_elements(n, BLOCK),
+        &[grads.arg(), Arg::I64(n as i64), state.arg()],
+    )?;
+    Ok(())
+}
+
+/// One step of the device loss scaler's state machine, one thread.
+pub(crate) fn loss_scale_update(
+    state: &Tensor,
+    (growth, backoff): (f32, f32),
+    interval: u32,
+    min_scale: f32,
+) -> Result<()> {
+    gpu_of(state)?.gpu.launch(
+        "loss_scale_update",
+        LaunchConfig::blocks(1, 32),
+        &[
+            state.arg(),
+            Arg::F32(growth),
+            Arg::F32(backoff),
+            Arg::I32(interval.min(i32::MAX as u32) as i32),
+            Arg::F32(min_scale),
+        ],
+    )?;
+    Ok(())
+}
+
 /// (Σg² over the finite elements, accumulated in f32 in a fixed order;
 /// whether all are finite), in two launches and one 8-byte read-back.
 pub(crate) fn grad_sum_squares(grads: &Tensor) -> Result<(f32, bool)> {
     let g = gpu_of(grads)?;
+    let scratch = flag_scratch(g)?;
+    queue_grad_sum_squares(grads, (&scratch, 0))?;
+    let (sum_sq, nonfinite) = read_scratch(g, &scratch)?;
+    Ok((sum_sq, !nonfinite))
+}
+
+/// Queues [`grad_sum_squares`] without reading it back: Σg² (f32) at byte
+/// `offset` of `out` and the non-finite flag (i32, 1 when any is NaN or ±∞)
+/// after it. Allocates and frees only its own partials, so it may be captured.
+pub(crate) fn queue_grad_sum_squares(
+    grads: &Tensor,
+    (out, offset): (&kernels::Buffer, usize),
+) -> Result<()> {
+    let g = gpu_of(grads)?;
     let n = grads.numel();
     let config = LaunchConfig::for_elements(n, BLOCK);
     let blocks = config.grid.0 as usize;
-    // [Σ (f32) | non-finite flag (i32) | one partial per block]
-    let scratch = g.gpu.alloc_zeroed(8 + 4 * blocks)?;
+    let partials = g.gpu.alloc(4 * blocks)?;
+    g.gpu.fill_bytes(out, offset + 4, 4, 0)?;
     g.gpu.launch(
         "grad_sum_squares_partials",
         config,
         &[
             grads.arg(),
             Arg::I64(n as i64),
-            Arg::Ptr(&scratch, 8),
-            Arg::Ptr(&scratch, 4),
+            Arg::ptr(&partials),
+            Arg::Ptr(out, offset + 4),
         ],
     )?;
     g.gpu.launch(
         "sum_partials",
         LaunchConfig::blocks(1, 1024),
         &[
-            Arg::Ptr(&scratch, 8),
+            Arg::ptr(&partials),
             Arg::I64(blocks as i64),
-            Arg::Ptr(&scratch, 0),
+            Arg::Ptr(out, offset),
         ],
     )?;
-    let (sum_sq, nonfinite) = read_scratch(g, &scratch)?;
-    Ok((sum_sq, !nonfinite))
+    Ok(())
 }

@@ -15,6 +15,34 @@ fn zeros_like_store(store: &ParamStore) -> Result<Tensor> {
     Tensor::zeros([store.flat_len()], DType::F32, store.device())
 }
 
+/// A zero word on a GPU store's device: the skip flag of updates the host
+/// does not gate (`None` on the CPU).
+fn never_skip(store: &ParamStore) -> Result<Option<Tensor>> {
+    match store.device().is_gpu() {
+        true => Ok(Some(Tensor::zeros([1], DType::F32, store.device())?)),
+        false => Ok(None),
+    }
+}
+
+/// The skip flag a GPU update reads: `skip`, else the optimiser's `never`.
+fn gate<'a>(
+    store: &ParamStore,
+    skip: Option<&'a Tensor>,
+    never: &'a Option<Tensor>,
+) -> Result<&'a Tensor> {
+    match (skip, never) {
+        (Some(flag), Some(_)) if flag.device() == store.device() && flag.numel() == 1 => Ok(flag),
+        (None, Some(never)) => Ok(never),
+        (Some(flag), _) => Err(Error::Param(format!(
+            "a skip flag of {} word(s) on {} cannot gate an update of parameters on {} (GPU updates only)",
+            flag.numel(),
+            flag.device(),
+            store.device()
+        ))),
+        (None, None) => Err(Error::Param("no skip flag on the CPU".into())),
+    }
+}
+
 /// Fails unless `velocity` was made for a store of `store`'s layout length,
 /// on its device.
 fn check_matches(velocity: &Tensor, store: &ParamStore) -> Result<()> {
@@ -56,6 +84,7 @@ pub struct Sgd {
     /// Weight decay, applied to every parameter.
     pub weight_decay: f32,
     velocity: Tensor,
+    never: Option<Tensor>,
 }
 
 impl Sgd {
@@ -65,6 +94,7 @@ impl Sgd {
             momentum,
             weight_decay,
             velocity: zeros_like_store(store)?,
+            never: never_skip(store)?,
         })
     }
 
@@ -81,13 +111,26 @@ impl Sgd {
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
     pub fn step(&mut self, store: &mut ParamStore, lr: impl Into<Scalar>) -> Result<()> {
+        self.step_unless(store, lr, None)
+    }
+
+    /// [`Sgd::step`], which on a GPU the device flag `skip` (from
+    /// [`crate::scaler::DeviceScaler::skip_flag`]) cancels when set, without
+    /// the host reading it. A flag is refused on the CPU.
+    pub fn step_unless(
+        &mut self,
+        store: &mut ParamStore,
+        lr: impl Into<Scalar>,
+        skip: Option<&Tensor>,
+    ) -> Result<()> {
         check_matches(&self.velocity, store)?;
         let (mu, wd) = (self.momentum, self.weight_decay);
         let lr = lr.into();
-        if store.device().is_gpu() {
+        if store.device().is_gpu() || skip.is_some() {
+            let skip = gate(store, skip, &self.never)?;
             let (w, g) = store.gpu_values_and_grads()?;
             self.velocity.gpu_mut()?;
-            return cuda::sgd_step(w, g, &self.velocity, &lr, mu, wd);
+            return cuda::sgd_step(w, g, &self.velocity, &lr, (mu, wd), skip);
         }
         let lr = lr.value() as f32;
         let (w, g) = store.values_and_grads_mut()?;
@@ -118,6 +161,7 @@ pub struct Lars {
     velocity: Tensor,
     /// The chunk table of the GPU kernels, for a store on a GPU.
     table: Option<cuda::LarsTable>,
+    never: Option<Tensor>,
 }
 
 impl Lars {
@@ -135,6 +179,7 @@ impl Lars {
             weight_decay,
             velocity: zeros_like_store(store)?,
             table,
+            never: never_skip(store)?,
         })
     }
 
@@ -151,14 +196,29 @@ impl Lars {
 
     /// One update with learning rate `lr` from the store's accumulated gradients.
     pub fn step(&mut self, store: &mut ParamStore, lr: impl Into<Scalar>) -> Result<()> {
+        self.step_unless(store, lr, None)
+    }
+
+    /// [`Lars::step`], cancelled on a GPU by the device flag `skip` (see
+    /// [`Sgd::step_unless`]).
+    pub fn step_unless(
+        &mut self,
+        store: &mut ParamStore,
+        lr: impl Into<Scalar>,
+        skip: Option<&Tensor>,
+    ) -> Result<()> {
         check_matches(&self.velocity, store)?;
         let lr = lr.into();
         if let Some(table) = &self.table {
             table.check_layout(store)?;
+            let skip = gate(store, skip, &self.never)?;
             let (w, g) = store.gpu_values_and_grads()?;
             self.velocity.gpu_mut()?;
-            let (eta, mu, wd) = (self.eta, self.momentum, self.weight_decay);
-            return table.step(w, g, &self.velocity, &lr, eta, mu, wd);
+            let hyper = (self.eta, self.momentum, self.weight_decay);
+            return table.step((w, g, &self.velocity), &lr, hyper, skip);
+        }
+        if skip.is_some() {
+            gate(store, skip, &self.never)?;
         }
         let lr = lr.value() as f32;
         let (eta, mu, wd) = (self.eta as f64, self.momentum, self.weight_decay);
