@@ -147,9 +147,8 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
             .unwrap_or(224);
         crate::limits::at_most("res", res, crate::limits::MAX_RES)?;
         let aug = AugmentConfig::new(res, memory.channels())?;
-        let mem = eval::pixel_features(memory, &aug, args.memory)?;
-        let q = eval::pixel_features(queries, &aug, args.queries)?;
-        let (mem, q) = crate::knn::centre_on(&mem, &q);
+        let (mem, q) =
+            eval::centred_pixel_features(memory, queries, &aug, args.memory, args.queries)?;
         (mem, q, (memory.num_classes(), "raw pixels".to_string()))
     } else {
         let path = args

@@ -347,6 +347,9 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         knn_every: o.knn_every.unwrap_or(10),
         knn_memory: o.knn_memory.unwrap_or(10_000),
         knn_queries: o.knn_queries.unwrap_or(0),
+        knn_every_steps: o.knn_every_steps.unwrap_or(0),
+        monitor_memory: Some(o.monitor_memory.or(o.knn_memory).unwrap_or(10_000)),
+        monitor_queries: Some(o.monitor_queries.or(o.knn_queries).unwrap_or(0)),
         log_every: positive("log-every", o.log_every, 10)?,
         checkpoint_every: o.checkpoint_every.unwrap_or(0),
         data_fingerprint: Some(Fingerprint::of(splits, data_root(&source))),
@@ -524,11 +527,12 @@ impl Metrics {
 /// `(step, value)` points of one curve.
 type Series = Vec<(usize, f64)>;
 
-/// Loss and kNN points of a run's metrics, for the plot.
-fn curves(path: &Path) -> (Series, Series) {
-    let (mut loss, mut knn) = (Vec::new(), Vec::new());
+/// Loss and kNN points of a run's metrics, and the kNN panel's reference
+/// lines (from the monitor's step-0 line), for the plot.
+fn curves(path: &Path) -> (Series, Series, Vec<(&'static str, f64)>) {
+    let (mut loss, mut knn, mut references) = (Vec::new(), Vec::new(), Vec::new());
     let Ok(text) = fs::read_to_string(path) else {
-        return (loss, knn);
+        return (loss, knn, references);
     };
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -541,8 +545,12 @@ fn curves(path: &Path) -> (Series, Series) {
         if let Some(a) = v["knn_acc"].as_f64() {
             knn.push((step, a));
         }
+        if let (Some(untrained), Some(raw)) = (v["knn_acc"].as_f64(), v["knn_raw_pixels"].as_f64())
+        {
+            references = vec![("untrained", 100.0 * untrained), ("raw pixels", 100.0 * raw)];
+        }
     }
-    (loss, knn)
+    (loss, knn, references)
 }
 
 /// Runs `trainer pretrain`.
@@ -870,6 +878,19 @@ fn train(
     let (mut window_start, mut window_pairs, mut window_wait) = (Instant::now(), 0usize, 0.0f64);
     let mut final_knn = None;
     let mut last_checkpoint = resumed_from;
+    if cfg.knn_every_steps > 0 && state.step == 0 {
+        // The curve's first point and its reference lines, on the monitor's sets.
+        if let Some(untrained) = knn_monitor(&model, &splits, &aug, monitor_sizes(cfg))? {
+            let raw = raw_pixel_monitor(&splits, &aug, monitor_sizes(cfg))?;
+            eprintln!(
+                "step 0: kNN {:.2}% untrained, {:.2}% raw pixels (monitor sets)",
+                100.0 * untrained,
+                100.0 * raw
+            );
+            let line = json!({"step": 0, "knn_acc": untrained, "knn_raw_pixels": raw});
+            metrics.write(&metrics_path, line)?;
+        }
+    }
     if profile {
         engine::profile::start(placement.device)?;
     }
@@ -921,18 +942,19 @@ fn train(
 
         let epoch_done = state.step % steps_per_epoch == 0;
         let epoch = state.step / steps_per_epoch;
-        let knn_due = epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0;
+        let knn_due = (epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0)
+            || (cfg.knn_every_steps > 0 && state.step % cfg.knn_every_steps == 0);
         let knn_acc = if knn_due {
             // Stopped by an interrupt, the monitor gives no value; the step
             // is still checkpointed below before the run stops.
-            match knn_monitor(cfg, &model, &splits, &aug) {
+            match knn_monitor(&model, &splits, &aug, monitor_sizes(cfg)) {
                 Err(Error::Interrupted(_)) => None,
                 other => other?,
             }
         } else {
             None
         };
-        if state.step == cfg.steps {
+        if state.step == cfg.steps && monitor_sizes(cfg) == final_sizes(cfg) {
             final_knn = knn_acc;
         }
         if state.step % cfg.log_every == 0 || state.step == cfg.steps || knn_acc.is_some() {
@@ -1036,12 +1058,26 @@ fn progress_bar(total: usize, at: usize) -> Option<ProgressBar> {
     Some(bar)
 }
 
-/// kNN accuracy of the teacher on the test split, if the data has labels.
+/// Memory and query sizes of the periodic kNN monitor.
+fn monitor_sizes(cfg: &RunConfig) -> (usize, usize) {
+    (
+        cfg.monitor_memory.unwrap_or(cfg.knn_memory),
+        cfg.monitor_queries.unwrap_or(cfg.knn_queries),
+    )
+}
+
+/// Memory and query sizes of the kNN at the end of the run.
+fn final_sizes(cfg: &RunConfig) -> (usize, usize) {
+    (cfg.knn_memory, cfg.knn_queries)
+}
+
+/// kNN accuracy of the teacher on the test split with `(memory, queries)`
+/// images, if the data has labels.
 fn knn_monitor(
-    cfg: &RunConfig,
     model: &M2t,
     splits: &Splits,
     aug: &AugmentConfig,
+    (memory_limit, query_limit): (usize, usize),
 ) -> Result<Option<f64>> {
     let (Some(memory), Some(queries)) = (&splits.labelled_train, &splits.test) else {
         return Ok(None);
@@ -1052,10 +1088,19 @@ fn knn_monitor(
         memory,
         queries,
         aug,
-        cfg.knn_memory,
-        cfg.knn_queries,
+        memory_limit,
+        query_limit,
     )?;
     Ok(Some(acc))
+}
+
+/// Raw pixels' kNN accuracy on the monitor's sets (the data has labels:
+/// the network's monitor ran on them).
+fn raw_pixel_monitor(splits: &Splits, aug: &AugmentConfig, sizes: (usize, usize)) -> Result<f64> {
+    let (Some(memory), Some(queries)) = (&splits.labelled_train, &splits.test) else {
+        return Err(Error::Usage("kNN needs a labelled dataset".into()));
+    };
+    eval::knn_of_pixels(memory, queries, aug, sizes.0, sizes.1)
 }
 
 /// Final kNN (`final_knn` if the monitor measured the last step), summary.json
@@ -1071,11 +1116,11 @@ fn finish(
 ) -> Result<()> {
     let aug = AugmentConfig::new(cfg.res, splits.train.channels())?;
     // The monitor's value when it ran at the last step; otherwise measure now.
-    let (loss, mut knn_points) = curves(metrics_path);
+    let (loss, mut knn_points, references) = curves(metrics_path);
     let knn = match final_knn {
         Some(a) => Some(a),
         None => {
-            let acc = knn_monitor(cfg, model, splits, &aug).map_err(|e| match e {
+            let acc = knn_monitor(model, splits, &aug, final_sizes(cfg)).map_err(|e| match e {
                 Error::Interrupted(why) => Error::Interrupted(format!(
                     "{why}; the checkpoint at step {}/{} is saved; `trainer knn --checkpoint {}` measures the final kNN",
                     state.step,
@@ -1084,7 +1129,8 @@ fn finish(
                 )),
                 other => other,
             })?;
-            if let Some(a) = acc {
+            // The curve shows the monitor's sets only.
+            if let Some(a) = acc.filter(|_| monitor_sizes(cfg) == final_sizes(cfg)) {
                 knn_points.push((state.step, a));
             }
             acc
@@ -1110,6 +1156,7 @@ fn finish(
             .iter()
             .map(|&(s, a)| (s, 100.0 * a))
             .collect::<Vec<_>>(),
+        &references,
     )?;
     match knn {
         Some(a) => println!("kNN accuracy (teacher, k=200): {:.2}%", 100.0 * a),

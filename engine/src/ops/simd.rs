@@ -33,7 +33,8 @@ pub(crate) fn detected() -> Option<Isa> {
 
 /// Runs `f` compiled for the widest instruction set this CPU has: `f` is
 /// inlined into a copy built with those features, so its loops vectorise
-/// for them. The results are those of the baseline build: the compiler
+/// for them. `f` must be an `#[inline(always)]` closure (and what it calls
+/// `#[inline(always)]` functions), or it stays a baseline function. The results are those of the baseline build: the compiler
 /// neither reorders float sums nor fuses multiplies and adds on its own.
 #[inline(always)]
 pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {

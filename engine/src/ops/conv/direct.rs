@@ -141,6 +141,9 @@ impl Layout {
 
     /// Copies image `src` (`h × w × c`) into `dst` (`image_len` floats).
     fn pack(&self, g: &ConvGeometry, src: &[f32], dst: &mut [f32]) {
+        if self.st == 1 && self.cb == g.c {
+            return self.pack_rows(g, src, dst);
+        }
         dst.fill(0.0);
         let (st, cb) = (self.st, self.cb);
         for ih in 0..g.h {
@@ -158,10 +161,36 @@ impl Layout {
                 let at = ((ph % st) * st + pw % st) * self.plane_len + (i * self.lw + j) * cb;
                 let pixel = &src[(ih * g.w + iw) * g.c..][..g.c];
                 for (b, chunk) in pixel.chunks(cb).enumerate() {
-                    dst[b * self.block_len + at..][..chunk.len()].copy_from_slice(chunk);
+                    let to = &mut dst[b * self.block_len + at..][..chunk.len()];
+                    // Eight channels by value: a call to memcpy costs more.
+                    match (<&mut [f32; 8]>::try_from(&mut *to), <&[f32; 8]>::try_from(chunk)) {
+                        (Ok(to), Ok(from)) => *to = *from,
+                        _ => to.copy_from_slice(chunk),
+                    }
                 }
             }
         }
+    }
+
+    /// [`Self::pack`] for stride 1 and one block of all the channels: the
+    /// zero-padded image, row by row, each element written once.
+    fn pack_rows(&self, g: &ConvGeometry, src: &[f32], dst: &mut [f32]) {
+        let (c, pad) = (g.c, g.padding);
+        let row_len = self.lw * c;
+        let (rows, slack) = dst.split_at_mut(self.lh * row_len);
+        for (i, row) in rows.chunks_exact_mut(row_len).enumerate() {
+            let Some(ih) = i.checked_sub(pad).filter(|&ih| ih < g.h) else {
+                row.fill(0.0);
+                continue;
+            };
+            let cols = g.w.min(self.lw - pad);
+            let (left, rest) = row.split_at_mut(pad * c);
+            let (data, right) = rest.split_at_mut(cols * c);
+            left.fill(0.0);
+            data.copy_from_slice(&src[ih * g.w * c..][..cols * c]);
+            right.fill(0.0);
+        }
+        slack.fill(0.0);
     }
 }
 
