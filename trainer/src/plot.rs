@@ -27,7 +27,7 @@ const MUTED: RGBColor = RGBColor(120, 120, 120);
 const LOSS_COLOUR: RGBColor = RGBColor(31, 119, 180);
 const KNN_COLOUR: RGBColor = RGBColor(214, 95, 0);
 /// Colours of the kNN panel's reference lines, in order.
-const REFERENCE_COLOURS: [RGBColor; 2] = [RGBColor(90, 90, 90), RGBColor(44, 160, 44)];
+const REFERENCE_COLOURS: [RGBColor; 2] = [RGBColor(148, 103, 189), RGBColor(44, 160, 44)];
 
 /// The font family name the plot registers DejaVu Sans under.
 const FONT: &str = "sans-serif";

@@ -112,11 +112,19 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
+/// The instruction set for the direct kernels: on x86-64 CPUs with AVX2 or
+/// AVX-512, for every convolution but the pointwise ones (a pointwise
+/// convolution is already a plain GEMM).
+#[cfg(target_arch = "x86_64")]
+fn direct_isa(g: &ConvGeometry) -> Option<direct::Isa> {
+    direct::detected().filter(|_| !g.is_pointwise())
+}
+
 /// The f32 forward: the direct kernels where they cover the shape on this
 /// CPU, else im2col and GEMM.
 pub(super) fn forward_f32(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(y) = direct::detected().and_then(|isa| direct::forward(isa, g, x, w)) {
+    if let Some(y) = direct_isa(g).and_then(|isa| direct::forward(isa, g, x, w)) {
         return y;
     }
     forward(g, x, w)
@@ -135,7 +143,7 @@ pub(super) fn backward_f32(
     #[allow(unused_mut)]
     let (mut dx, mut dw) = (None, None);
     #[cfg(target_arch = "x86_64")]
-    if let Some(isa) = direct::detected() {
+    if let Some(isa) = direct_isa(g) {
         if want_dw {
             dw = direct::backward_filter(isa, g, x, dy);
         }
