@@ -102,13 +102,11 @@ pub fn centred_pixel_features(
 }
 
 /// kNN top-1 accuracy of raw centred pixels, the bar a representation has
-/// to clear (sizes as in [`centred_pixel_features`]).
+/// to clear, with `(memory, queries)` images (as in [`centred_pixel_features`]).
 pub fn knn_of_pixels(
-    memory: &Dataset,
-    queries: &Dataset,
+    (memory, queries): (&Dataset, &Dataset),
     aug: &AugmentConfig,
-    memory_limit: usize,
-    query_limit: usize,
+    (memory_limit, query_limit): (usize, usize),
 ) -> Result<f64> {
     let (mem, q) = centred_pixel_features(memory, queries, aug, memory_limit, query_limit)?;
     knn_accuracy(&mem, &q, KNN_K, KNN_T, classes(memory)?)

@@ -75,6 +75,7 @@ pub fn write_curves(
                 LOSS_COLOUR,
                 "no loss yet",
                 &[][..],
+                SeriesLabelPosition::UpperRight,
             ),
             (
                 &bottom,
@@ -84,14 +85,16 @@ pub fn write_curves(
                 KNN_COLOUR,
                 "no kNN measurement yet",
                 &references[..],
+                // Away from where the curve ends: the accuracy rises.
+                SeriesLabelPosition::LowerRight,
             ),
         ];
-        for (area, title, series, points, colour, empty_note, references) in panels {
+        for (area, title, series, points, colour, empty_note, references, legend) in panels {
             panel(
                 area,
                 (title, series, empty_note),
                 (points, references),
-                steps.clone(),
+                (steps.clone(), legend),
                 colour,
             )
             .map_err(|e| e.to_string())?;
@@ -103,13 +106,13 @@ pub fn write_curves(
 }
 
 /// One panel: a titled chart of `points` over `steps`, with axis labels, a
-/// light grid and a legend, or its frame and `empty_note` without points;
-/// `references` as dashed horizontal lines.
+/// light grid and a legend at `legend`, or its frame and `empty_note`
+/// without points; `references` as dashed horizontal lines.
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     (title, series, empty_note): (&str, &str, &str),
     (points, references): (&[(f64, f64)], &[(&str, f64)]),
-    steps: Range<f64>,
+    (steps, legend): (Range<f64>, SeriesLabelPosition),
     colour: RGBColor,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let levels: Vec<(f64, f64)> = references.iter().map(|r| (steps.start, r.1)).collect();
@@ -163,7 +166,7 @@ fn panel<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.85))
         .border_style(GRID)
         .label_font((FONT, 12))
@@ -324,7 +327,10 @@ mod tests {
         assert!(count(&rgb, PANEL_HEIGHT, HEIGHT, KNN_COLOUR) > 500);
         for colour in REFERENCE_COLOURS {
             // Dashed across the panel (about 600 px wide), in the kNN panel only.
-            assert!(count(&rgb, PANEL_HEIGHT, HEIGHT, colour) > 600, "{colour:?}");
+            assert!(
+                count(&rgb, PANEL_HEIGHT, HEIGHT, colour) > 600,
+                "{colour:?}"
+            );
             assert_eq!(count(&rgb, 0, PANEL_HEIGHT, colour), 0, "{colour:?}");
         }
         // Each curve stays in its own panel.

@@ -547,7 +547,10 @@ fn curves(path: &Path) -> (Series, Series, Vec<(&'static str, f64)>) {
         }
         if let (Some(untrained), Some(raw)) = (v["knn_acc"].as_f64(), v["knn_raw_pixels"].as_f64())
         {
-            references = vec![("untrained", 100.0 * untrained), ("raw pixels", 100.0 * raw)];
+            references = vec![
+                ("untrained", 100.0 * untrained),
+                ("raw pixels", 100.0 * raw),
+            ];
         }
     }
     (loss, knn, references)
@@ -1100,7 +1103,7 @@ fn raw_pixel_monitor(splits: &Splits, aug: &AugmentConfig, sizes: (usize, usize)
     let (Some(memory), Some(queries)) = (&splits.labelled_train, &splits.test) else {
         return Err(Error::Usage("kNN needs a labelled dataset".into()));
     };
-    eval::knn_of_pixels(memory, queries, aug, sizes.0, sizes.1)
+    eval::knn_of_pixels((memory, queries), aug, sizes)
 }
 
 /// Final kNN (`final_knn` if the monitor measured the last step), summary.json

@@ -572,19 +572,15 @@ fn summary(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
-#[test]
-fn final_knn_is_of_the_final_networks_and_finished_runs_resume_as_no_ops() {
-    // One epoch is 128 steps: the monitor runs at 128, the run ends at 130.
-    let out = tmp("final");
-    let mut a = tiny(&out, 130);
-    a.extend(["--knn-every", "1", "--checkpoint-every", "64"].map(String::from));
-    let o = run(&args(&a));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reported = summary(&out)["knn_acc"].as_f64().unwrap();
+/// The final kNN a [`tiny`] run reports, checked against `trainer knn` on
+/// the run's checkpoint with the same sets.
+fn final_knn_matches_the_knn_command(out: &Path) -> f64 {
+    let reported = summary(out)["knn_acc"].as_f64().unwrap();
+    let checkpoint = out.to_str().unwrap();
     let o = run(&[
         "knn",
         "--checkpoint",
-        out.to_str().unwrap(),
+        checkpoint,
         "--memory",
         "256",
         "--queries",
@@ -595,6 +591,18 @@ fn final_knn_is_of_the_final_networks_and_finished_runs_resume_as_no_ops() {
         printed.contains(&format!("{:.2}%", 100.0 * reported)),
         "summary {reported} vs {printed}"
     );
+    reported
+}
+
+#[test]
+fn final_knn_is_of_the_final_networks_and_finished_runs_resume_as_no_ops() {
+    // One epoch is 128 steps: the monitor runs at 128, the run ends at 130.
+    let out = tmp("final");
+    let mut a = tiny(&out, 130);
+    a.extend(["--knn-every", "1", "--checkpoint-every", "64"].map(String::from));
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reported = final_knn_matches_the_knn_command(&out);
 
     let before: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
         .unwrap()
@@ -647,23 +655,13 @@ fn step_monitor_runs_on_its_own_sets_from_step_zero() {
         .collect();
     assert_eq!(monitored, [0, 2, 4]);
     // The end of the run measures on the --knn-memory/--knn-queries sets.
-    let reported = summary(&out)["knn_acc"].as_f64().unwrap();
-    let o = run(&[
-        "knn",
-        "--checkpoint",
-        out.to_str().unwrap(),
-        "--memory",
-        "256",
-        "--queries",
-        "128",
-    ]);
-    let printed = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        printed.contains(&format!("{:.2}%", 100.0 * reported)),
-        "summary {reported} vs {printed}"
-    );
+    final_knn_matches_the_knn_command(&out);
     let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
-    for needle in ["knn-every-steps = 2", "monitor-memory = 64", "monitor-queries = 32"] {
+    for needle in [
+        "knn-every-steps = 2",
+        "monitor-memory = 64",
+        "monitor-queries = 32",
+    ] {
         assert!(saved.contains(needle), "{needle} not in {saved}");
     }
     assert!(out.join("curves.png").is_file());

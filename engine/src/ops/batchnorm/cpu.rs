@@ -12,9 +12,9 @@
 
 use crate::ops::elementwise::relu_value;
 use crate::ops::real::{Real, filled_by_blocks};
-use std::mem::MaybeUninit;
 use crate::ops::simd::vectorized;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task; fixed so reductions are deterministic.
 const ROWS_PER_TASK: usize = 256;
@@ -74,9 +74,15 @@ pub(super) fn mean_and_biased_var<T: Real>(x: &[T], c: usize) -> (Vec<f64>, Vec<
         .par_chunks(c * ROWS_PER_TASK)
         .map(|xb| {
             let rows = (xb.len() / c) as f64;
-            let sums = vectorized(#[inline(always)] || block_sums(xb, &zeros, false));
+            let sums = vectorized(
+                #[inline(always)]
+                || block_sums(xb, &zeros, false),
+            );
             let mean: Vec<f64> = per_channel(&sums, c).iter().map(|s| s / rows).collect();
-            let m2 = vectorized(#[inline(always)] || block_sums(xb, &tiled(&mean, p), true));
+            let m2 = vectorized(
+                #[inline(always)]
+                || block_sums(xb, &tiled(&mean, p), true),
+            );
             (rows, mean, per_channel(&m2, c))
         })
         .collect();
@@ -150,7 +156,10 @@ pub(super) fn normalize<T: Real>(
         let start = b * block;
         let xb = &x[start..start + ob.len()];
         let rb = residual.map(|r| &r[start..start + ob.len()]);
-        vectorized(#[inline(always)] || normalize_block(ob, xb, rb, (&scale, &shift), relu))
+        vectorized(
+            #[inline(always)]
+            || normalize_block(ob, xb, rb, (&scale, &shift), relu),
+        )
     })
 }
 
@@ -202,8 +211,7 @@ fn affine_block<T: Real>(out: &mut [MaybeUninit<T>], g: &[T], x: &[T], k: [&[T];
     let p = k[0].len();
     for ((oc, gc), xc) in out.chunks_mut(p).zip(g.chunks(p)).zip(x.chunks(p)) {
         let coefficients = k[0].iter().zip(k[1]).zip(k[2]);
-        for (((o, &g), &x), ((&k0, &k1), &k2)) in oc.iter_mut().zip(gc).zip(xc).zip(coefficients)
-        {
+        for (((o, &g), &x), ((&k0, &k1), &k2)) in oc.iter_mut().zip(gc).zip(xc).zip(coefficients) {
             o.write(k0 * g + k1 * x + k2);
         }
     }
@@ -233,7 +241,10 @@ pub(super) fn backward<T: Real>(
             let start = b * block;
             let (xb, db) = (&x[start..][..gb.len()], &dy[start..][..gb.len()]);
             let yb = relu_out.map(|y| &y[start..][..gb.len()]);
-            let (sum_g, sum_gx) = vectorized(#[inline(always)] || gate_and_sums(gb, (xb, db, yb), &mean_hat));
+            let (sum_g, sum_gx) = vectorized(
+                #[inline(always)]
+                || gate_and_sums(gb, (xb, db, yb), &mean_hat),
+            );
             (per_channel(&sum_g, c), per_channel(&sum_gx, c))
         })
         .collect();
@@ -252,7 +263,10 @@ pub(super) fn backward<T: Real>(
     let dx = filled_by_blocks(x.len(), block, |b, ob| {
         let start = b * block;
         let (xb, gb) = (&x[start..][..ob.len()], &gated[start..][..ob.len()]);
-        vectorized(#[inline(always)] || affine_block(ob, gb, xb, [&k0, &k1, &k2]))
+        vectorized(
+            #[inline(always)]
+            || affine_block(ob, gb, xb, [&k0, &k1, &k2]),
+        )
     });
     let dgamma = (0..c)
         .map(|j| T::from_f64(sum_dy_xc[j] * k.inv_std[j]))

@@ -147,11 +147,17 @@ pub(super) fn backward_f32(
         if want_dw {
             dw = direct::backward_filter(isa, g, x, dy);
         }
-        if want_dx && let Some(t) = transposed(g) {
+        if let Some(t) = transposed(g).filter(|_| want_dx) {
             dx = direct::forward(isa, &t, dy, &flipped(g, w));
         }
     }
-    let (rest_dx, rest_dw) = backward(g, x, w, dy, (want_dx && dx.is_none(), want_dw && dw.is_none()));
+    let (rest_dx, rest_dw) = backward(
+        g,
+        x,
+        w,
+        dy,
+        (want_dx && dx.is_none(), want_dw && dw.is_none()),
+    );
     (dx.or(rest_dx), dw.or(rest_dw))
 }
 

@@ -163,7 +163,10 @@ impl Layout {
                 for (b, chunk) in pixel.chunks(cb).enumerate() {
                     let to = &mut dst[b * self.block_len + at..][..chunk.len()];
                     // Eight channels by value: a call to memcpy costs more.
-                    match (<&mut [f32; 8]>::try_from(&mut *to), <&[f32; 8]>::try_from(chunk)) {
+                    match (
+                        <&mut [f32; 8]>::try_from(&mut *to),
+                        <&[f32; 8]>::try_from(chunk),
+                    ) {
                         (Ok(to), Ok(from)) => *to = *from,
                         _ => to.copy_from_slice(chunk),
                     }
@@ -253,7 +256,9 @@ thread_local! {
 /// several images while their packed copies stay in the L2 cache.
 fn images_per_task(layout: &Layout, n: usize) -> usize {
     const PACKED_BYTES: usize = 256 << 10;
-    (PACKED_BYTES / (layout.image_len * 4)).clamp(1, 8).min(n.max(1))
+    (PACKED_BYTES / (layout.image_len * 4))
+        .clamp(1, 8)
+        .min(n.max(1))
 }
 
 /// True for a shape with something to compute (the kernels' chunking
@@ -327,62 +332,49 @@ macro_rules! dispatch {
     };
 }
 
-/// # Safety
-/// As [`forward_images_with`]; `isa` must be available on this CPU.
-unsafe fn forward_images(
-    isa: Isa,
-    tile: Tile,
-    g: &ConvGeometry,
-    layout: &Layout,
-    packed: &[f32],
-    wp: &[f32],
-    y: &mut [MaybeUninit<f32>],
-) {
-    unsafe {
-        match isa {
-            Isa::Avx512 => forward_images_avx512(tile, g, layout, packed, wp, y),
-            Isa::Avx2 => forward_images_avx2(tile, g, layout, packed, wp, y),
+/// Each entry point below runs its kernel for the tile and channel block,
+/// compiled with the features of the instruction set it is given (which
+/// must be available on this CPU); each set's build covers its own tiles.
+macro_rules! entry_point {
+    ($(#[$doc:meta])* fn $name:ident => $kernel:ident($($arg:ident: $ty:ty),*),
+     block: $layout:ident, avx512: $avx512:tt, avx2: $avx2:tt) => {
+        $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(isa: Isa, tile: Tile, $($arg: $ty),*) {
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+            unsafe fn avx512(tile: Tile, $($arg: $ty),*) {
+                unsafe { dispatch!(tile, $layout.cb, $kernel($($arg),*), $avx512) }
+            }
+            #[allow(clippy::too_many_arguments)]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(tile: Tile, $($arg: $ty),*) {
+                unsafe { dispatch!(tile, $layout.cb, $kernel($($arg),*), $avx2) }
+            }
+            unsafe {
+                match isa {
+                    Isa::Avx512 => avx512(tile, $($arg),*),
+                    Isa::Avx2 => avx2(tile, $($arg),*),
+                }
+            }
         }
-    }
+    };
 }
 
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn forward_images_avx512(
-    tile: Tile,
-    g: &ConvGeometry,
-    layout: &Layout,
-    packed: &[f32],
-    wp: &[f32],
-    y: &mut [MaybeUninit<f32>],
-) {
-    unsafe {
-        dispatch!(
-            tile,
-            layout.cb,
-            forward_images_with(g, layout, packed, wp, y),
-            [(Zmm, 4, 6), (Zmm, 2, 12), (Zmm, 1, 24), (Ymm, 1, 24)]
-        )
-    }
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_images_avx2(
-    tile: Tile,
-    g: &ConvGeometry,
-    layout: &Layout,
-    packed: &[f32],
-    wp: &[f32],
-    y: &mut [MaybeUninit<f32>],
-) {
-    unsafe {
-        dispatch!(
-            tile,
-            layout.cb,
-            forward_images_with(g, layout, packed, wp, y),
-            [(Ymm, 4, 3), (Ymm, 2, 6), (Ymm, 1, 12)]
-        )
-    }
-}
+entry_point!(
+    /// # Safety
+    /// As [`forward_images_with`].
+    fn forward_images => forward_images_with(
+        g: &ConvGeometry,
+        layout: &Layout,
+        packed: &[f32],
+        wp: &[f32],
+        y: &mut [MaybeUninit<f32>]
+    ),
+    block: layout,
+    avx512: [(Zmm, 4, 6), (Zmm, 2, 12), (Zmm, 1, 24), (Ymm, 1, 24)],
+    avx2: [(Ymm, 4, 3), (Ymm, 2, 6), (Ymm, 1, 12)]
+);
 
 /// The forward of the images packed in `packed` into `y`, a block of output
 /// channels at a time so its weights stay in cache across the images.
@@ -411,11 +403,7 @@ unsafe fn forward_images_with<S: Simd, const KB: usize, const P: usize, const CB
                 // SAFETY: reads stay within the image's planes (their slack
                 // covers the last tile); stores go to valid output pixels.
                 unsafe {
-                    let acc = forward_tile_with::<S, KB, P, CB>(
-                        x.as_ptr().add(q0 * CB),
-                        layout,
-                        w,
-                    );
+                    let acc = forward_tile_with::<S, KB, P, CB>(x.as_ptr().add(q0 * CB), layout, w);
                     for (p, acc) in acc.iter().enumerate() {
                         let (oh, ow) = ((q0 + p) / layout.lw, (q0 + p) % layout.lw);
                         if oh < g.oh && ow < g.ow {
@@ -504,7 +492,17 @@ pub(super) fn backward_filter(
             // SAFETY: the packed images and `dy` cover `first..first + images`;
             // the ISA was detected on this CPU.
             unsafe {
-                filter_sums(isa, tile, g, &layout, &packed, dy, (first, images), t, &mut out)
+                filter_sums(
+                    isa,
+                    tile,
+                    g,
+                    &layout,
+                    &packed,
+                    dy,
+                    (first, images),
+                    t,
+                    &mut out,
+                )
             };
             out
         })
@@ -524,71 +522,22 @@ pub(super) fn backward_filter(
     Some(dw)
 }
 
-/// # Safety
-/// As [`filter_sums_with`]; `isa` must be available on this CPU.
-#[allow(clippy::too_many_arguments)]
-unsafe fn filter_sums(
-    isa: Isa,
-    tile: Tile,
-    g: &ConvGeometry,
-    layout: &Layout,
-    packed: &[f32],
-    dy: &[f32],
-    images: (usize, usize),
-    t: usize,
-    out: &mut [f32],
-) {
-    unsafe {
-        match isa {
-            Isa::Avx512 => filter_sums_avx512(tile, g, layout, packed, dy, images, t, out),
-            Isa::Avx2 => filter_sums_avx2(tile, g, layout, packed, dy, images, t, out),
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn filter_sums_avx512(
-    tile: Tile,
-    g: &ConvGeometry,
-    layout: &Layout,
-    packed: &[f32],
-    dy: &[f32],
-    images: (usize, usize),
-    t: usize,
-    out: &mut [f32],
-) {
-    unsafe {
-        dispatch!(
-            tile,
-            layout.cb,
-            filter_sums_with(g, layout, packed, dy, images, t, out),
-            [(Zmm, 2, 1), (Zmm, 1, 1), (Ymm, 1, 1)]
-        )
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn filter_sums_avx2(
-    tile: Tile,
-    g: &ConvGeometry,
-    layout: &Layout,
-    packed: &[f32],
-    dy: &[f32],
-    images: (usize, usize),
-    t: usize,
-    out: &mut [f32],
-) {
-    unsafe {
-        dispatch!(
-            tile,
-            layout.cb,
-            filter_sums_with(g, layout, packed, dy, images, t, out),
-            [(Ymm, 1, 1)]
-        )
-    }
-}
+entry_point!(
+    /// # Safety
+    /// As [`filter_sums_with`].
+    fn filter_sums => filter_sums_with(
+        g: &ConvGeometry,
+        layout: &Layout,
+        packed: &[f32],
+        dy: &[f32],
+        images: (usize, usize),
+        t: usize,
+        out: &mut [f32]
+    ),
+    block: layout,
+    avx512: [(Zmm, 2, 1), (Zmm, 1, 1), (Ymm, 1, 1)],
+    avx2: [(Ymm, 1, 1)]
+);
 
 /// Weight-gradient tile `t` (output-channel block, channel block, tap) summed
 /// over `images` in order, pixel by pixel: `out[ci][k] = Σ x[ci]·dy[k]`.
@@ -648,9 +597,12 @@ mod tests {
     use super::*;
     use crate::Tensor;
 
-    /// `(n, h, w, c, k, kernel, stride, padding)`: every tile and channel
-    /// block, both strides, a non-square input, the ImageNet stem.
-    const SHAPES: [(usize, usize, usize, usize, usize, usize, usize, usize); 9] = [
+    /// `(n, h, w, c, k, kernel, stride, padding)`.
+    type Shape = (usize, usize, usize, usize, usize, usize, usize, usize);
+
+    /// Every tile and channel block, both strides, a non-square input, the
+    /// ImageNet stem.
+    const SHAPES: [Shape; 9] = [
         (2, 9, 9, 1, 8, 3, 1, 1),
         (2, 8, 8, 8, 8, 3, 1, 1),
         (3, 7, 7, 16, 32, 3, 2, 1),
@@ -664,7 +616,7 @@ mod tests {
 
     fn values(len: usize, seed: usize) -> Vec<f32> {
         (0..len)
-            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0))
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
             .collect()
     }
 

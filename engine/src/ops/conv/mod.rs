@@ -165,7 +165,11 @@ fn gradient_tensors<T: crate::Element>(
     x: &Tensor,
     w: &Tensor,
 ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-    let dx = dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?;
-    let dw = dw.map(|v| Tensor::from_vec(v, w.shape().clone())).transpose()?;
+    let dx = dx
+        .map(|v| Tensor::from_vec(v, x.shape().clone()))
+        .transpose()?;
+    let dw = dw
+        .map(|v| Tensor::from_vec(v, w.shape().clone()))
+        .transpose()?;
     Ok((dx, dw))
 }
