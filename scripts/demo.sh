@@ -22,7 +22,7 @@ build_time=$(since "$start")
 trainer=${CARGO_TARGET_DIR:-target}/release/trainer
 
 out=${DEMO_OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
-steps=${DEMO_STEPS:-1500}
+steps=${DEMO_STEPS:-1000}
 # ResNet-18 layout at width 8 (small stem, 28 px), 512/128-wide heads.
 model=(--arch resnet18 --width 8 --proj-hidden 512 --proj-out 128 --bs 128 --seed 0)
 # kNN at the end: memory = the first 10,000 training images, queries = all

@@ -93,7 +93,8 @@ pub fn write_curves(
             panel(
                 area,
                 (title, series, empty_note),
-                (points, references),
+                points,
+                references,
                 (steps.clone(), legend),
                 colour,
             )
@@ -111,7 +112,8 @@ pub fn write_curves(
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     (title, series, empty_note): (&str, &str, &str),
-    (points, references): (&[(f64, f64)], &[(&str, f64)]),
+    points: &[(f64, f64)],
+    references: &[(&str, f64)],
     (steps, legend): (Range<f64>, SeriesLabelPosition),
     colour: RGBColor,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {

@@ -943,10 +943,10 @@ fn train(
         state.train_seconds += started.elapsed().as_secs_f64();
         window_pairs += cfg.bs;
 
-        let epoch_done = state.step % steps_per_epoch == 0;
+        let epoch_done = state.step.is_multiple_of(steps_per_epoch);
         let epoch = state.step / steps_per_epoch;
-        let knn_due = (epoch_done && cfg.knn_every > 0 && epoch % cfg.knn_every == 0)
-            || (cfg.knn_every_steps > 0 && state.step % cfg.knn_every_steps == 0);
+        let knn_due = (epoch_done && cfg.knn_every > 0 && epoch.is_multiple_of(cfg.knn_every))
+            || (cfg.knn_every_steps > 0 && state.step.is_multiple_of(cfg.knn_every_steps));
         let knn_acc = if knn_due {
             // Stopped by an interrupt, the monitor gives no value; the step
             // is still checkpointed below before the run stops.
@@ -960,7 +960,8 @@ fn train(
         if state.step == cfg.steps && monitor_sizes(cfg) == final_sizes(cfg) {
             final_knn = knn_acc;
         }
-        if state.step % cfg.log_every == 0 || state.step == cfg.steps || knn_acc.is_some() {
+        if state.step.is_multiple_of(cfg.log_every) || state.step == cfg.steps || knn_acc.is_some()
+        {
             let secs = window_start.elapsed().as_secs_f64();
             let mut line = json!({
                 "step": state.step,
@@ -998,7 +999,7 @@ fn train(
             b.set_position(state.step as u64);
         }
         let interrupted = interrupt::requested();
-        if state.step % checkpoint_every == 0 || state.step == cfg.steps || interrupted {
+        if state.step.is_multiple_of(checkpoint_every) || state.step == cfg.steps || interrupted {
             // On disk before the checkpoint that counts them, even after a power loss.
             metrics.sync(&metrics_path)?;
             state.metrics_lines = metrics.lines;

@@ -215,13 +215,13 @@ impl Tile {
 fn forward_tile(isa: Isa, k: usize) -> Option<Tile> {
     let t = |lanes, kb, p| Some(Tile { lanes, kb, p });
     match isa {
-        Isa::Avx512 if k % 64 == 0 => t(16, 4, 6),
-        Isa::Avx512 if k % 32 == 0 => t(16, 2, 12),
-        Isa::Avx512 if k % 16 == 0 => t(16, 1, MAX_TILE),
-        Isa::Avx512 if k % 8 == 0 => t(8, 1, MAX_TILE),
-        Isa::Avx2 if k % 32 == 0 => t(8, 4, 3),
-        Isa::Avx2 if k % 16 == 0 => t(8, 2, 6),
-        Isa::Avx2 if k % 8 == 0 => t(8, 1, 12),
+        Isa::Avx512 if k.is_multiple_of(64) => t(16, 4, 6),
+        Isa::Avx512 if k.is_multiple_of(32) => t(16, 2, 12),
+        Isa::Avx512 if k.is_multiple_of(16) => t(16, 1, MAX_TILE),
+        Isa::Avx512 if k.is_multiple_of(8) => t(8, 1, MAX_TILE),
+        Isa::Avx2 if k.is_multiple_of(32) => t(8, 4, 3),
+        Isa::Avx2 if k.is_multiple_of(16) => t(8, 2, 6),
+        Isa::Avx2 if k.is_multiple_of(8) => t(8, 1, 12),
         _ => None,
     }
 }
@@ -230,9 +230,9 @@ fn forward_tile(isa: Isa, k: usize) -> Option<Tile> {
 fn filter_tile(isa: Isa, k: usize) -> Option<Tile> {
     let t = |lanes, kb| Some(Tile { lanes, kb, p: 1 });
     match isa {
-        Isa::Avx512 if k % 32 == 0 => t(16, 2),
-        Isa::Avx512 if k % 16 == 0 => t(16, 1),
-        _ if k % 8 == 0 => t(8, 1),
+        Isa::Avx512 if k.is_multiple_of(32) => t(16, 2),
+        Isa::Avx512 if k.is_multiple_of(16) => t(16, 1),
+        _ if k.is_multiple_of(8) => t(8, 1),
         _ => None,
     }
 }
@@ -242,7 +242,7 @@ fn channel_block(c: usize) -> Option<usize> {
     match c {
         1 => Some(1),
         2..=4 => Some(4),
-        _ if c % 8 == 0 => Some(8),
+        _ if c.is_multiple_of(8) => Some(8),
         _ => None,
     }
 }
