@@ -181,10 +181,11 @@ pub(super) fn transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
 }
 
 /// [`transposed`], where its im2col route beats the usual one: the usual
-/// route's GEMM into the `r·s·c`-wide column buffer has inner dimension `k`, which at 64 or
-/// less leaves it bound by writing that buffer (and col2im by reading it
-/// back), while this GEMM's inner dimension is the whole `r·s·k` patch. With
-/// few input channels (the stem) this GEMM would be too narrow instead.
+/// route's GEMM into the `r·s·c`-wide column buffer has inner dimension `k`,
+/// which at 64 or less leaves it bound by writing that buffer (and col2im by
+/// reading it back), while this GEMM's inner dimension is the whole `r·s·k`
+/// patch. With few input channels (the stem) this GEMM would be too narrow
+/// instead.
 fn as_transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
     let pays = g.k <= 64 && g.c >= 32;
     transposed(g).filter(|_| !g.is_pointwise() && pays)
