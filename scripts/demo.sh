@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 data=/usr/share/datasets/fashion-mnist
 bash scripts/install-fashion-mnist.sh
+# JPEG decoding links libjpeg-turbo (Debian's libturbojpeg0-dev).
+bash scripts/install-turbojpeg.sh
 
 # Seconds since the epoch, to the millisecond.
 now() { date +%s.%3N; }

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 # The end-to-end tests read the real Fashion-MNIST that Debian packages.
 bash scripts/install-fashion-mnist.sh
+# JPEG decoding links libjpeg-turbo (Debian's libturbojpeg0-dev).
+bash scripts/install-turbojpeg.sh
 # The kernel compile test runs NVRTC on every CUDA kernel (no GPU needed).
 bash scripts/install-nvrtc.sh
 

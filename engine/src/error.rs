@@ -51,6 +51,10 @@ pub enum Error {
     /// Misuse of the autograd tape.
     #[error("tape: {0}")]
     Tape(String),
+    /// A collective between data-parallel ranks failed: a rank failed or
+    /// left, or did not join in time.
+    #[error("data parallel: {0}")]
+    Comm(String),
 }
 
 /// Shorthand for results with the engine's [`Error`].

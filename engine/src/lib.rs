@@ -12,6 +12,7 @@
 //!   momentum, Momentum-BN β) in device cells, so a captured step replays.
 //! - [`schedule`]: learning rate, EMA momentum and Momentum-BN β per iteration.
 //! - [`ops`]: op parameters, and the running/Momentum-BN statistics updates.
+//! - [`comm`]: the all-reduce between data-parallel ranks.
 //! - [`graph`]: capture of a whole step's device work as a CUDA graph, replayed
 //!   in one launch.
 //! - [`Rng`]: a seedable generator with saveable state, for initialisation and data.
@@ -33,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod comm;
 mod cuda_libs;
 mod device;
 mod dtype;

@@ -8,7 +8,8 @@
 //! that node is done.
 
 use crate::error::{Error, Result, shape_err};
-use crate::ops::batchnorm::{self, BatchStats, BnGrads, BnNorm, BnSaved, Epilogue};
+use crate::ops::batchnorm::groups::{self as bn_groups, GroupedSaved};
+use crate::ops::batchnorm::{BatchStats, BnGrads, BnNorm, Epilogue};
 use crate::ops::{Conv2dParams, PoolParams, cast, conv, elementwise, linear, loss, pool};
 use crate::{DType, Shape, Tensor};
 use std::fmt;
@@ -58,7 +59,7 @@ enum Node {
         gamma: Option<usize>,
         beta: Option<usize>,
         out: usize,
-        saved: BnSaved,
+        saved: GroupedSaved,
     },
     /// `max(bn(x), 0)`, fused.
     BatchNormRelu {
@@ -66,7 +67,7 @@ enum Node {
         gamma: Option<usize>,
         beta: Option<usize>,
         out: usize,
-        saved: BnSaved,
+        saved: GroupedSaved,
     },
     /// `max(bn(x) + residual, 0)`, fused.
     BatchNormAddRelu {
@@ -75,7 +76,7 @@ enum Node {
         gamma: Option<usize>,
         beta: Option<usize>,
         out: usize,
-        saved: BnSaved,
+        saved: GroupedSaved,
     },
     Relu {
         x: Option<usize>,
@@ -209,6 +210,8 @@ pub struct Tape {
     recording: bool,
     nodes: Vec<Node>,
     slots: usize,
+    /// Groups each batch norm splits its batch into (ghost BN).
+    bn_groups: usize,
 }
 
 impl Default for Tape {
@@ -225,6 +228,7 @@ impl Tape {
             recording: true,
             nodes: Vec::new(),
             slots: 0,
+            bn_groups: 1,
         }
     }
 
@@ -235,6 +239,20 @@ impl Tape {
             recording: false,
             ..Tape::new()
         }
+    }
+
+    /// Makes every batch norm from now on normalise each of `groups` equal
+    /// slices of its batch over the slice's own statistics ("ghost" batch
+    /// norm: what `groups` data-parallel ranks would each compute), and
+    /// report the mean of the slices' statistics. 1, the default, is plain
+    /// batch norm; batches that do not split into groups of at least two
+    /// values per channel are refused by the op.
+    pub fn set_bn_groups(&mut self, groups: usize) -> Result<()> {
+        if groups == 0 {
+            return Err(Error::Tape("batch norm needs at least one group".into()));
+        }
+        self.bn_groups = groups;
+        Ok(())
     }
 
     /// True unless this is a [`Tape::no_grad`] tape.
@@ -404,10 +422,16 @@ impl Tape {
         epilogue: Epilogue,
         residual: Option<&Var>,
         (norm, eps): (BnNorm, f64),
-        node: impl FnOnce(&[Option<usize>], usize, BnSaved) -> Node,
+        node: impl FnOnce(&[Option<usize>], usize, GroupedSaved) -> Node,
     ) -> Result<(Var, Option<BatchStats>)> {
-        let (y, stats, saved) =
-            batchnorm::forward(&x.value, &gamma.value, &beta.value, norm, eps, epilogue)?;
+        let (y, stats, saved) = bn_groups::forward(
+            &x.value,
+            &gamma.value,
+            &beta.value,
+            (norm, eps),
+            epilogue,
+            self.bn_groups,
+        )?;
         let mut vars = vec![x, gamma, beta];
         vars.extend(residual);
         let y = self.record(&vars, y, |s, out| node(s, out, saved))?;
@@ -640,7 +664,7 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             saved,
             ..
         } => {
-            let g = batchnorm::backward(&saved, dy)?;
+            let g = bn_groups::backward(&saved, dy)?;
             accumulate_bn(grads, [x, gamma, beta], g)
         }
         Node::BatchNormAddRelu {
@@ -651,7 +675,7 @@ fn backward_node(node: Node, dy: &Tensor, grads: &mut [Option<Tensor>]) -> Resul
             saved,
             ..
         } => {
-            let mut g = batchnorm::backward(&saved, dy)?;
+            let mut g = bn_groups::backward(&saved, dy)?;
             if let Some(dresidual) = g.dresidual.take() {
                 accumulate(grads, residual, dresidual)?;
             }

@@ -570,6 +570,52 @@ impl Tensor {
         }
     }
 
+    /// `parts` joined along the outermost axis into one new tensor; they
+    /// share dtype, device and all other dimensions.
+    pub(crate) fn concat_outer(parts: &[Tensor]) -> Result<Tensor> {
+        const OP: &str = "concat";
+        let first = parts
+            .first()
+            .ok_or_else(|| shape_err(OP, "nothing to join"))?;
+        let mut dims = first.dims().to_vec();
+        for p in parts {
+            if p.dims().get(1..) != first.dims().get(1..)
+                || p.dtype() != first.dtype()
+                || p.device() != first.device()
+            {
+                return Err(shape_err(
+                    OP,
+                    format!(
+                        "{} {} joined to {} {}",
+                        p.shape(),
+                        p.dtype(),
+                        first.shape(),
+                        first.dtype()
+                    ),
+                ));
+            }
+        }
+        dims[0] = parts.iter().map(|p| p.dims()[0]).sum();
+        let shape = Shape::from(dims);
+        if first.gpu().is_none() {
+            let bytes: Vec<u8> = parts
+                .iter()
+                .flat_map(|p| p.host_bytes().expect("on the host"))
+                .copied()
+                .collect();
+            return Ok(Tensor::from_host_bytes(first.dtype(), shape, &bytes));
+        }
+        let mut out = Tensor::zeros(shape, first.dtype(), first.device())?;
+        let dst = out.gpu_mut()?.expect("on a GPU");
+        let mut at = 0;
+        for p in parts {
+            let (from, from_offset, bytes) = p.gpu_range().expect("on the same GPU");
+            dst.gpu.copy(from, from_offset, &dst.buf, at, bytes)?;
+            at += bytes;
+        }
+        Ok(out)
+    }
+
     /// Fails unless the dtype is one of `allowed`.
     pub(crate) fn expect_dtype(&self, op: &'static str, allowed: &[DType]) -> Result<DType> {
         let d = self.dtype();

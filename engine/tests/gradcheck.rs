@@ -364,3 +364,35 @@ fn cast_gradient_is_the_cast_back() {
         t.cast(&y, DType::F64)
     });
 }
+
+#[test]
+fn ghost_batch_norm_train_and_momentum() {
+    let mut rng = Data::new(14);
+    for (dims, groups) in [
+        (&[4, 3, 3, 5][..], 2),
+        (&[6, 7][..], 3),
+        (&[2, 2, 1, 3][..], 2),
+    ] {
+        let inputs = bn_inputs(&mut rng, dims);
+        check(
+            &format!("ghost batch_norm {dims:?} in {groups} groups"),
+            &inputs,
+            |t, v| {
+                t.set_bn_groups(groups)?;
+                Ok(t.batch_norm(&v[0], &v[1], &v[2], BnNorm::Batch, 1e-5)?.0)
+            },
+        );
+    }
+    let inputs = bn_inputs(&mut rng, &[6, 4]);
+    let (mean, var) = stats(&mut rng, 4);
+    check("ghost momentum batch_norm", &inputs, |t, v| {
+        t.set_bn_groups(2)?;
+        let norm = BnNorm::Momentum {
+            mean: &mean,
+            var: &var,
+            beta: &0.7.into(),
+            correction: BesselCorrection::Double,
+        };
+        Ok(t.batch_norm(&v[0], &v[1], &v[2], norm, 1e-5)?.0)
+    });
+}

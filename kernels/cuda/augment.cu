@@ -14,7 +14,8 @@
 // emulator matches the CPU up to the contrast mean's summation order.
 
 // Per-image integers, `AUG_INTS` per image (packed by augment/gpu.rs).
-#define AUG_SRC_OFFSET 0    // first byte of the image in the pixel buffer
+#define AUG_SRC_OFFSET_LO 0  // first byte of the image in the pixel buffer: a
+                             // 64-bit offset, low and high 32 bits (AUG_SRC_OFFSET_HI)
 #define AUG_SRC_WIDTH 1
 #define AUG_SRC_CHANNELS 2  // 1 or 3
 #define AUG_CROP_TOP 3
@@ -27,7 +28,8 @@
 #define AUG_GRAYSCALE 10
 #define AUG_FLIP 11
 #define AUG_SOLARIZE 12
-#define AUG_INTS 13
+#define AUG_SRC_OFFSET_HI 13
+#define AUG_INTS 14
 
 // Per-image floats, `AUG_FLOATS` per image: the jitter factors.
 #define AUG_BRIGHTNESS 0
@@ -45,6 +47,14 @@
 __device__ __forceinline__ float aug_luma(float r, float g, float b) { return 0.2989f * r + 0.587f * g + 0.114f * b; }
 
 __device__ __forceinline__ float aug_clamp01(float v) { return fminf(fmaxf(v, 0.0f), 1.0f); }
+
+// The first byte of an image: its 64-bit offset reassembled from two ints,
+// since a batch's pixels can pass 2 GiB (128 images of 4000×3000×3 do).
+__device__ __forceinline__ const uint8_t* aug_source(const uint8_t* pixels, const int* ip) {
+    uint64_t hi = static_cast<uint32_t>(ip[AUG_SRC_OFFSET_HI]);
+    uint64_t lo = static_cast<uint32_t>(ip[AUG_SRC_OFFSET_LO]);
+    return pixels + ((hi << 32) | lo);
+}
 
 // Reflect-101 border (torchvision's blur padding) for |overshoot| < n.
 __device__ __forceinline__ int aug_reflect(int i, int n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
@@ -151,7 +161,7 @@ extern "C" __global__ void augment_resized_crop(const uint8_t* pixels, const int
         int oy = static_cast<int>(i / size % size), ox = static_cast<int>(i % size);
         const int* ip = params + static_cast<int64_t>(b) * AUG_INTS;
         int width = ip[AUG_SRC_WIDTH], cin = ip[AUG_SRC_CHANNELS];
-        const uint8_t* image = pixels + ip[AUG_SRC_OFFSET];
+        const uint8_t* image = aug_source(pixels, ip);
         int64_t row_tap = (static_cast<int64_t>(b) * 2 + 0) * size + oy;
         int64_t col_tap = (static_cast<int64_t>(b) * 2 + 1) * size + ox;
         int y0 = taps[row_tap * 2], ny = taps[row_tap * 2 + 1];

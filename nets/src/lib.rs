@@ -7,10 +7,12 @@
 //!   ImageNet or a small-image stem.
 //! - [`heads`]: the projector and predictor MLPs.
 //! - [`m2t`]: the student/teacher pair and one M2T iteration.
+//! - [`data_parallel`]: one M2T step across data-parallel ranks.
 //! - [`weights`]: safetensors export and import with torchvision's names.
 
 #![warn(missing_docs)]
 
+pub mod data_parallel;
 mod error;
 pub mod heads;
 pub mod layers;

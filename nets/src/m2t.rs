@@ -68,6 +68,10 @@ pub struct M2tConfig {
     /// or bf16/f16 on a GPU (mixed precision over the f32 master weights;
     /// batch norm, the normalisation and the loss stay f32).
     pub precision: DType,
+    /// Ghost batch norm: every batch norm (student, teacher's Momentum BN,
+    /// heads) normalises `bn_groups` equal slices of the batch separately,
+    /// as that many data-parallel ranks would. 1 is plain batch norm.
+    pub bn_groups: usize,
 }
 
 impl M2tConfig {
@@ -82,6 +86,7 @@ impl M2tConfig {
             correction: BesselCorrection::Double,
             ema_base: 0.99,
             precision: DType::F32,
+            bn_groups: 1,
         }
     }
 }
@@ -404,6 +409,7 @@ impl M2t {
         // Both views see the same history: it moves only after the second.
         let teacher = phase("teacher forward");
         let mut teacher_tape = Tape::no_grad();
+        teacher_tape.set_bn_groups(self.config.bn_groups)?;
         let teacher_params = self
             .teacher
             .attach_mixed(&mut teacher_tape, self.config.precision)?;
@@ -431,6 +437,7 @@ impl M2t {
 
         let student = phase("student forward");
         let mut tape = Tape::new();
+        tape.set_bn_groups(self.config.bn_groups)?;
         let params = self
             .student
             .attach_mixed(&mut tape, self.config.precision)?;

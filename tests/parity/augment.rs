@@ -91,8 +91,18 @@ fn drawn_views(device: Device) {
             let (mut one, mut two) = (Vec::new(), Vec::new());
             for (i, image) in images.iter().enumerate() {
                 let mut rng = Rng::new(seed * 100 + i as u64);
-                one.push(ViewParams::draw(image, View::One, &cfg, &mut rng));
-                two.push(ViewParams::draw(image, View::Two, &cfg, &mut rng));
+                one.push(ViewParams::draw(
+                    (image.height, image.width),
+                    View::One,
+                    &cfg,
+                    &mut rng,
+                ));
+                two.push(ViewParams::draw(
+                    (image.height, image.width),
+                    View::Two,
+                    &cfg,
+                    &mut rng,
+                ));
             }
             check(device, &images, &one, &cfg, DType::F32);
             check(device, &images, &two, &cfg, DType::F32);

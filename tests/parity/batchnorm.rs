@@ -14,6 +14,7 @@ pub const CASES: &[Case] = &[
     ("fused_add_relu", fused_add_relu),
     ("buffer_updates", buffer_updates),
     ("grid_stride", grid_stride),
+    ("ghost_groups", ghost_groups),
 ];
 
 const EPS: f64 = 1e-5;
@@ -72,6 +73,8 @@ struct Problem {
     beta: Tensor,
     mean: Tensor,
     var: Tensor,
+    /// Ghost-BN groups of the batch (1: plain batch norm).
+    groups: usize,
 }
 
 impl Problem {
@@ -98,6 +101,7 @@ impl Problem {
             beta: uniform(&[c], seed + 6, -0.5, 0.5),
             mean: uniform(&[c], seed + 7, -1.0, 1.0),
             var: uniform(&[c], seed + 8, 0.5, 2.0),
+            groups: 1,
         }
     }
 }
@@ -133,6 +137,7 @@ fn host(t: &Tensor) -> Tensor {
 fn reference(p: &Problem, mode: Mode, fused: Fused) -> Results {
     let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
     let mut tape = Tape::new();
+    tape.set_bn_groups(p.groups).unwrap();
     let x = tape.param(f32(&p.x));
     let residual = tape.param(f32(&p.residual));
     let (gamma, beta) = (tape.param(p.gamma.clone()), tape.param(p.beta.clone()));
@@ -172,6 +177,7 @@ fn on_device(device: Device, p: &Problem, mode: Mode, fused: Fused) -> Results {
     let beta_mbn = mode.beta();
     let norm = norm(mode, &mean, &var, &beta_mbn);
     let mut tape = Tape::new();
+    tape.set_bn_groups(p.groups).unwrap();
     let x = tape.param(to(device, &p.x));
     let residual = tape.param(to(device, &p.residual));
     let gamma = tape.param(to(device, &p.gamma));
@@ -199,7 +205,12 @@ fn on_device(device: Device, p: &Problem, mode: Mode, fused: Fused) -> Results {
 
 /// Runs `mode` and `fused` on both sides and compares everything.
 fn check(device: Device, p: &Problem, mode: Mode, fused: Fused) {
-    let what = format!("{mode:?} {fused:?} {} {:?}", p.dtype, p.x.dims());
+    let what = format!(
+        "{mode:?} {fused:?} {} {:?} in {} group(s)",
+        p.dtype,
+        p.x.dims(),
+        p.groups
+    );
     let want = reference(p, mode, fused);
     let got = on_device(device, p, mode, fused);
     let tol = tolerance(p.dtype);
@@ -551,4 +562,23 @@ fn grid_stride(device: Device) {
             "bn_backward_apply_bf16",
         ],
     );
+}
+
+/// Ghost batch norm: the batch's groups normalised separately, in every
+/// mode, fused or not, against the CPU's grouped batch_norm, add and relu.
+fn ghost_groups(device: Device) {
+    for &dtype in &GPU_DTYPES {
+        for (i, (shape, groups)) in [(&[4, 3, 5, 3][..], 2), (&[12, 7][..], 3)]
+            .iter()
+            .enumerate()
+        {
+            let mut p = Problem::new(shape, dtype, 700 + 10 * i as u64);
+            p.groups = *groups;
+            for mode in [Mode::Batch, MOMENTUM_MODES[0]] {
+                for fused in [Fused::No, Fused::Relu, Fused::AddRelu] {
+                    check(device, &p, mode, fused);
+                }
+            }
+        }
+    }
 }

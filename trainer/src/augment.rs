@@ -92,7 +92,7 @@ impl AugmentConfig {
 /// # Panics
 /// If `out.len() != cfg.sample_len()` or the image is empty.
 pub fn view(image: &Image, which: View, cfg: &AugmentConfig, rng: &mut Rng, out: &mut [f32]) {
-    let params = ViewParams::draw(image, which, cfg, rng);
+    let params = ViewParams::draw((image.height, image.width), which, cfg, rng);
     apply_view(image, &params, cfg, out);
 }
 
@@ -115,17 +115,17 @@ pub struct ViewParams {
 }
 
 impl ViewParams {
-    /// Draws the parameters of pipeline `which` for `image` from `rng`, in
-    /// the order the pipeline applies them (crop, jitter, blur, grayscale,
-    /// flip, solarize), so a seed names one view on every device.
-    pub fn draw(image: &Image, which: View, cfg: &AugmentConfig, rng: &mut Rng) -> ViewParams {
-        let crop = sample_crop(
-            image.height,
-            image.width,
-            cfg.crop_scale,
-            cfg.crop_ratio,
-            rng,
-        );
+    /// Draws the parameters of pipeline `which` for an image of
+    /// `(height, width)` from `rng`, in the order the pipeline applies them
+    /// (crop, jitter, blur, grayscale, flip, solarize), so a seed names one
+    /// view on every device.
+    pub fn draw(
+        (height, width): (usize, usize),
+        which: View,
+        cfg: &AugmentConfig,
+        rng: &mut Rng,
+    ) -> ViewParams {
+        let crop = sample_crop(height, width, cfg.crop_scale, cfg.crop_ratio, rng);
         let jitter = (rng.uniform() < 0.8).then(|| Jitter::draw(rng));
         let blur_p = if which == View::One { 1.0 } else { 0.1 };
         let blur_sigma = match cfg.blur_sigma {
@@ -258,6 +258,24 @@ pub struct Crop {
     pub width: usize,
 }
 
+impl Crop {
+    /// This crop of an `h × w` image on the same image decoded at
+    /// 1/`divisor` (`⌈h / divisor⌉ × ⌈w / divisor⌉`): the smallest
+    /// rectangle of whole decoded pixels that covers it.
+    pub fn reduced(self, divisor: usize, (h, w): (usize, usize)) -> Crop {
+        let (rh, rw) = (h.div_ceil(divisor), w.div_ceil(divisor));
+        let (top, left) = (self.top / divisor, self.left / divisor);
+        let bottom = (self.top + self.height).div_ceil(divisor).min(rh);
+        let right = (self.left + self.width).div_ceil(divisor).min(rw);
+        Crop {
+            top,
+            left,
+            height: bottom - top,
+            width: right - left,
+        }
+    }
+}
+
 /// torchvision's `RandomResizedCrop.get_params`: up to 10 tries at a random
 /// area fraction and log-uniform aspect ratio that fits, else a centre crop
 /// of the whole image clamped to the ratio range.
@@ -386,7 +404,8 @@ fn resample(image: &Image, rows: &Taps, cols: &Taps) -> Vec<f32> {
                     *a += wk * v as f32;
                 }
             }
-            out.copy_from_slice(&acc[..c]);
+            // Element by element: a 3-float copy_from_slice is a memmove call.
+            out.iter_mut().zip(acc).for_each(|(o, a)| *o = a);
         }
     }
     // Vertical pass, folding in the 1/255.
@@ -572,7 +591,10 @@ fn gaussian_blur(px: &mut [f32], h: usize, w: usize, c: usize, sigma: f64) {
     for (src, dst) in px.chunks_exact(row).zip(tmp.chunks_exact_mut(row)) {
         for (p, chunk) in padded.chunks_exact_mut(c).enumerate() {
             let sx = reflect(p as isize - radius as isize, w);
-            chunk.copy_from_slice(&src[sx * c..(sx + 1) * c]);
+            chunk
+                .iter_mut()
+                .zip(&src[sx * c..])
+                .for_each(|(d, &s)| *d = s);
         }
         // Tap-major so the inner loop runs over contiguous, independent lanes.
         for (k, &wk) in kernel.iter().enumerate() {
@@ -826,6 +848,35 @@ mod tests {
         }
         let got = down[(4 + 1) * 3 + 2];
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    #[test]
+    fn reduced_crops_cover_the_original_rectangle() {
+        let crop = Crop {
+            top: 5,
+            left: 9,
+            height: 30,
+            width: 17,
+        };
+        assert_eq!(crop.reduced(1, (40, 30)), crop);
+        // Rows 5..35 of 40 at 1/4: decoded rows 1..9 of 10.
+        assert_eq!(
+            crop.reduced(4, (40, 30)),
+            Crop {
+                top: 1,
+                left: 2,
+                height: 8,
+                width: 5
+            }
+        );
+        let whole = Crop {
+            top: 0,
+            left: 0,
+            height: 37,
+            width: 50,
+        };
+        let reduced = whole.reduced(8, (37, 50));
+        assert_eq!((reduced.height, reduced.width), (5, 7));
     }
 
     #[test]

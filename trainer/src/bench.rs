@@ -17,13 +17,13 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Backbone.
-    #[arg(long, value_parser = parse::<Arch>, required_unless_present_any = ["jit", "ops"])]
+    #[arg(long, value_parser = parse::<Arch>, required_unless_present_any = ["jit", "ops", "loader"])]
     pub arch: Option<Arch>,
-    /// Pairs per step.
-    #[arg(long, required_unless_present_any = ["jit", "ops"])]
+    /// Pairs per step [--loader: 64].
+    #[arg(long, required_unless_present_any = ["jit", "ops", "loader"])]
     pub bs: Option<usize>,
-    /// Image size.
-    #[arg(long, required_unless_present_any = ["jit", "ops"])]
+    /// Image size [--loader: 224].
+    #[arg(long, required_unless_present_any = ["jit", "ops", "loader"])]
     pub res: Option<usize>,
     /// Stem [default: small below 128 px, else imagenet].
     #[arg(long, value_parser = parse::<Stem>)]
@@ -77,6 +77,31 @@ pub struct BenchArgs {
     /// on the GPU (NVRTC, or the disk cache when warm).
     #[arg(long)]
     pub jit: bool,
+    /// Instead of steps, time the input pipeline alone on --data: pairs/s,
+    /// per worker, and the workers' time split between reading, decoding,
+    /// drawing and augmenting. No model runs.
+    #[arg(long, requires = "data")]
+    pub loader: bool,
+    /// --loader: the dataset (a folder or a pack from `trainer pack`).
+    #[arg(long)]
+    pub data: Option<std::path::PathBuf>,
+    /// --loader: worker threads [default: all cores].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// --loader: where the views are rendered: host (the workers augment)
+    /// or device (the workers read, decode and draw; a GPU renders, and the
+    /// batch's upload is timed when one is there).
+    #[arg(long, default_value = "host")]
+    pub augment: String,
+    /// --loader: timed batches, after one warm-up batch per worker [default:
+    /// 10 per worker: each worker builds up to 2 batches ahead, so a short
+    /// window would count batches built before it].
+    #[arg(long)]
+    pub batches: Option<usize>,
+    /// --loader: the JPEG decoder, turbojpeg (libjpeg-turbo, with scaled
+    /// decoding) or image (zune-jpeg, full size).
+    #[arg(long, default_value = "turbojpeg")]
+    pub decoder: String,
 }
 
 /// `trainer bench --jit`: compile (or load from the disk cache) and load
@@ -142,6 +167,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     engine::set_deterministic(args.deterministic);
     if args.jit {
         return jit(args.json);
+    }
+    if args.loader {
+        return crate::bench_loader::run(&args);
     }
     for (name, value, max) in [
         ("bs", args.bs.unwrap_or(0), MAX_BS),

@@ -357,7 +357,7 @@ fn augmentation(device: Device) -> Outcome {
     for which in [View::One, View::Two] {
         let params: Vec<ViewParams> = images
             .iter()
-            .map(|im| ViewParams::draw(im, which, &cfg, &mut rng))
+            .map(|im| ViewParams::draw((im.height, im.width), which, &cfg, &mut rng))
             .collect();
         let got = aug.views(&batch, &params).map_err(err)?;
         let mut want = vec![0f32; images.len() * cfg.sample_len()];

@@ -392,6 +392,11 @@ pub struct InfoArgs {
     /// folders it chose first), for programs that embed the engine.
     #[arg(long)]
     pub library_path: bool,
+    /// Describe this dataset instead (a folder, or a pack from `trainer
+    /// pack`: its header, classes, image sizes, and every record's checksum,
+    /// checked). Exit code 1 when a pack has corrupt records.
+    #[arg(long, conflicts_with_all = ["check", "library_path"])]
+    pub data: Option<PathBuf>,
 }
 
 /// Runs `trainer info`.
@@ -399,6 +404,9 @@ pub fn info(args: InfoArgs) -> Result<()> {
     if args.library_path {
         println!("{}", std::env::var("LD_LIBRARY_PATH").unwrap_or_default());
         return Ok(());
+    }
+    if let Some(path) = &args.data {
+        return describe_data(path);
     }
     println!("trainer {}", env!("CARGO_PKG_VERSION"));
     println!(
@@ -417,6 +425,67 @@ pub fn info(args: InfoArgs) -> Result<()> {
         run_checks(&report)?;
     }
     Ok(())
+}
+
+/// `trainer info --data PATH`: each split, and for a pack its format,
+/// classes, stored sizes and a check of every record's checksum.
+fn describe_data(path: &Path) -> Result<()> {
+    let splits = crate::data::open(path)?;
+    for set in [Some(&splits.train), splits.test.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        println!("{}", set.describe());
+    }
+    let Some(pack) = splits.train.pack() else {
+        return Ok(());
+    };
+    let bytes = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    let max_side = match pack.max_side {
+        0 => "sizes as packed".to_string(),
+        side => format!("short sides at most {side}"),
+    };
+    println!(
+        "pack: format version {}, {} records ({} train, {} val), {:.1} MiB, {max_side}",
+        crate::data::pack::VERSION,
+        pack.records.len(),
+        pack.train_len,
+        pack.records.len() - pack.train_len,
+        bytes as f64 / (1 << 20) as f64
+    );
+    let mut shorts: Vec<u32> = pack.records.iter().map(|r| r.height.min(r.width)).collect();
+    shorts.sort_unstable();
+    let mean_bytes = pack.records.iter().map(|r| u64::from(r.len)).sum::<u64>()
+        / pack.records.len().max(1) as u64;
+    println!(
+        "images: short side {}..{} (median {}), {mean_bytes} bytes each on average",
+        shorts.first().unwrap_or(&0),
+        shorts.last().unwrap_or(&0),
+        shorts.get(shorts.len() / 2).unwrap_or(&0)
+    );
+    println!(
+        "classes ({}): {}",
+        pack.classes.len(),
+        pack.classes.join(", ")
+    );
+    let corrupt = pack.corrupt_records();
+    if corrupt.is_empty() {
+        println!("checksums: all {} records ok", pack.records.len());
+        return Ok(());
+    }
+    for &i in &corrupt {
+        eprintln!("{}: checksum mismatch", pack.record_name(i).display());
+    }
+    Err(Error::data(
+        path,
+        format!(
+            "{} of {} records are corrupt",
+            corrupt.len(),
+            pack.records.len()
+        ),
+    ))
 }
 
 /// `trainer info --check`: every backend's checks, one line each, then the

@@ -75,6 +75,13 @@ pub struct PretrainOptions {
     /// the unbiased variance) or single [default: double].
     #[arg(long)]
     pub mbn_correction: Option<String>,
+    /// Ghost batch norm: every batch norm (student, teacher's Momentum BN,
+    /// heads) normalises each of G equal groups of the --bs images over the
+    /// group's own statistics, the statistics G GPUs with --bs/G each would
+    /// see; the Momentum-BN history moves by the mean of the groups'. --bs
+    /// must split into groups of at least 2 [default: 1, plain batch norm].
+    #[arg(long, value_name = "G")]
+    pub bn_group: Option<usize>,
     /// Projector (and predictor) hidden width, at most 65536 [default: 4096].
     #[arg(long)]
     pub proj_hidden: Option<usize>,
@@ -125,6 +132,16 @@ pub struct PretrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub deterministic: bool,
+    /// Data-parallel processes, one per GPU (NCCL), as in the authors'
+    /// 8-GPU runs: --bs is then the batch of each GPU, batch norm
+    /// normalises over it, and the default learning rate follows the global
+    /// batch (N·bs). Also read from torchrun's RANK/WORLD_SIZE or Slurm's
+    /// SLURM_PROCID/SLURM_NTASKS. This build refuses more than one process
+    /// with the reason (see the README's "Data parallel"); --bn-group N
+    /// gives the same per-GPU batch norm on one device [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(skip)]
+    pub gpus: Option<usize>,
     /// Data-loading threads, at most 1024 [default: the number of cores].
     #[arg(long)]
     pub workers: Option<usize>,
@@ -263,6 +280,10 @@ pub struct RunConfig {
     pub teacher_bn: TeacherBn,
     /// Momentum BN's Bessel correction: "double" or "single".
     pub mbn_correction: String,
+    /// Ghost-BN groups per batch (1: plain batch norm). Absent, and 1, in
+    /// runs made before it existed.
+    #[serde(default = "one")]
+    pub bn_group: usize,
     /// Projector and predictor hidden width.
     pub proj_hidden: usize,
     /// Projector output width.
@@ -299,6 +320,10 @@ pub struct RunConfig {
     pub data_fingerprint: Option<Fingerprint>,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl RunConfig {
     /// Reads a saved `config.toml`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -314,6 +339,7 @@ impl RunConfig {
             ("proj-hidden", run.proj_hidden, MAX_HEAD),
             ("proj-out", run.proj_out, MAX_HEAD),
             ("log-every", run.log_every, usize::MAX),
+            ("bn-group", run.bn_group, run.bs),
         ] {
             if value == 0 || value > max {
                 return Err(Error::Usage(format!(
@@ -397,6 +423,7 @@ impl From<RunConfig> for PretrainOptions {
             ema: Some(run.ema),
             teacher_bn: Some(run.teacher_bn),
             mbn_correction: Some(run.mbn_correction),
+            bn_group: Some(run.bn_group),
             proj_hidden: Some(run.proj_hidden),
             proj_out: Some(run.proj_out),
             width: Some(run.width),
@@ -434,7 +461,7 @@ macro_rules! layered {
                 if self.data.is_some() || self.dataset.is_some() {
                     (base.data, base.dataset) = (None, None);
                 }
-                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, auto_resume: self.auto_resume, config: self.config, profile: self.profile, deterministic: self.deterministic }
+                PretrainOptions { $($f: self.$f.or(base.$f),)* resume: self.resume, auto_resume: self.auto_resume, config: self.config, profile: self.profile, deterministic: self.deterministic, gpus: self.gpus }
             }
 
             /// The flags of the options that are set, e.g. `--proj-hidden`.
@@ -471,6 +498,7 @@ layered!(
     ema,
     teacher_bn,
     mbn_correction,
+    bn_group,
     proj_hidden,
     proj_out,
     width,

@@ -3,12 +3,14 @@
 
 pub mod augment;
 pub mod bench;
+pub mod bench_loader;
 pub mod bench_ops;
 pub mod check;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod distributed;
 mod error;
 pub mod eval;
 pub mod interrupt;
@@ -17,6 +19,7 @@ pub mod limits;
 pub mod loader;
 pub mod mutation;
 pub mod output;
+pub mod packing;
 pub mod plot;
 pub mod pretrain;
 pub mod run_lock;

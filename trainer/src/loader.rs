@@ -13,17 +13,23 @@
 //! - the sample at position `p` of epoch `e` draws both of its views (view
 //!   one, then view two) from one `Rng` seeded by `(seed, e, p)`.
 //!
-//! An image that cannot be decoded is replaced by the next readable one in
-//! the epoch order (wrapping) and counted in [`PairBatch::skipped`].
+//! Each image is read and decoded once for both views. The views are drawn
+//! from the image's full size (its header), then a JPEG is decoded at the
+//! smallest DCT scale (1/8, 1/4, 1/2 or 1) at which both crops still span
+//! the output size, and the crops are mapped onto the reduced image.
+//!
+//! An image that cannot be read or decoded is replaced by the next readable
+//! one in the epoch order (wrapping) and counted in [`PairBatch::skipped`];
+//! the replacement keeps its own label.
 
 use crate::augment::GpuAugmenter;
-use crate::augment::{AugmentConfig, View, ViewParams, eval_view, view};
-use crate::data::{Dataset, Image};
+use crate::augment::{AugmentConfig, View, ViewParams, apply_view, eval_view};
+use crate::data::{Dataset, Image, ImageError, divisor_for};
 use crate::{Error, Result};
 use engine::{Rng, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -96,6 +102,65 @@ impl PairBatch {
     }
 }
 
+/// Time the workers spent in each stage of the samples assembled so far,
+/// summed over workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stages {
+    /// Reading a file or a pack record (and checking its checksum).
+    pub read: Duration,
+    /// Decoding (header and pixels).
+    pub decode: Duration,
+    /// Drawing both views' parameters and the decoding scale.
+    pub draw: Duration,
+    /// Rendering both views (host augmentation), or moving the decoded
+    /// image into the batch (device augmentation).
+    pub augment: Duration,
+    /// Samples assembled (skipped images not counted).
+    pub samples: u64,
+}
+
+/// [`Stages`] as the workers add to it.
+#[derive(Debug, Default)]
+struct StageClock {
+    nanos: [AtomicU64; 4],
+    samples: AtomicU64,
+}
+
+/// The stages' slots in [`StageClock::nanos`].
+const READ: usize = 0;
+const DECODE: usize = 1;
+const DRAW: usize = 2;
+const AUGMENT: usize = 3;
+
+impl StageClock {
+    /// Adds the time since `*since` to `stage`, and restarts `*since`.
+    fn lap(&self, stage: usize, since: &mut Instant) {
+        let now = Instant::now();
+        let nanos = (now - *since).as_nanos() as u64;
+        self.nanos[stage].fetch_add(nanos, Ordering::Relaxed);
+        *since = now;
+    }
+
+    fn snapshot(&self) -> Stages {
+        let at = |k: usize| Duration::from_nanos(self.nanos[k].load(Ordering::Relaxed));
+        Stages {
+            read: at(READ),
+            decode: at(DECODE),
+            draw: at(DRAW),
+            augment: at(AUGMENT),
+            samples: self.samples.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One sample: its image, decoded at the scale its views allow, and both
+/// views' parameters on that image.
+struct Sample {
+    image: Image,
+    one: ViewParams,
+    two: ViewParams,
+}
+
 /// Yields [`PairBatch`]es in step order from `start_step` on, assembled on
 /// worker threads ahead of time (see the module docs for the data order).
 pub struct PairLoader {
@@ -153,6 +218,7 @@ impl PairLoader {
             seed,
             steps_per_epoch,
             augmentation,
+            clock: StageClock::default(),
         });
         let source = if workers == 0 {
             Source::Inline(EpochOrder::default())
@@ -171,6 +237,12 @@ impl PairLoader {
     /// Full batches per epoch: `len / batch_size`.
     pub fn steps_per_epoch(&self) -> usize {
         self.steps_per_epoch
+    }
+
+    /// The time spent in each stage so far, summed over the workers
+    /// (batches built ahead of the consumer included).
+    pub fn stages(&self) -> Stages {
+        self.assembler.clock.snapshot()
     }
 
     /// The step the next call to [`PairLoader::next`] returns.
@@ -273,6 +345,7 @@ struct Assembler {
     seed: u64,
     steps_per_epoch: usize,
     augmentation: Augmentation,
+    clock: StageClock,
 }
 
 impl Assembler {
@@ -301,11 +374,11 @@ impl Assembler {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let pos = first + b;
-            let image = self.readable(perm, pos, &mut skipped)?;
-            let mut rng = Rng::new(sample_seed(self.seed, epoch, pos));
-            view(&image, View::One, &self.cfg, &mut rng, out1);
-            view(&image, View::Two, &self.cfg, &mut rng, out2);
+            let s = self.sample(perm, epoch, first + b, &mut skipped)?;
+            let mut clock = Instant::now();
+            apply_view(&s.image, &s.one, &self.cfg, out1);
+            apply_view(&s.image, &s.two, &self.cfg, out2);
+            self.clock.lap(AUGMENT, &mut clock);
         }
         let shape = [
             self.batch_size,
@@ -336,11 +409,12 @@ impl Assembler {
             if stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            let image = self.readable(perm, pos, &mut skipped)?;
-            let mut rng = Rng::new(sample_seed(self.seed, epoch, pos));
-            one.push(ViewParams::draw(&image, View::One, &self.cfg, &mut rng));
-            two.push(ViewParams::draw(&image, View::Two, &self.cfg, &mut rng));
-            images.push(image);
+            let s = self.sample(perm, epoch, pos, &mut skipped)?;
+            let mut clock = Instant::now();
+            images.push(s.image);
+            one.push(s.one);
+            two.push(s.two);
+            self.clock.lap(AUGMENT, &mut clock);
         }
         Ok(Some(PairBatch {
             step,
@@ -351,12 +425,20 @@ impl Assembler {
         }))
     }
 
-    /// The first readable image at or after position `pos` of `perm`
-    /// (wrapping), counting the unreadable ones in `skipped`.
-    fn readable(&self, perm: &[usize], pos: usize, skipped: &mut usize) -> Result<Image> {
+    /// The sample at position `pos` of epoch `epoch`: the first readable
+    /// image at or after `pos` in `perm` (wrapping), counting the unreadable
+    /// ones in `skipped`, with the views drawn from the position's seed.
+    fn sample(
+        &self,
+        perm: &[usize],
+        epoch: usize,
+        pos: usize,
+        skipped: &mut usize,
+    ) -> Result<Sample> {
+        let seed = sample_seed(self.seed, epoch, pos);
         for k in 0..perm.len() {
-            match self.dataset.image(perm[(pos + k) % perm.len()]) {
-                Ok(image) => return Ok(image),
+            match self.try_sample(perm[(pos + k) % perm.len()], seed) {
+                Ok(sample) => return Ok(sample),
                 Err(_) => *skipped += 1,
             }
         }
@@ -364,6 +446,31 @@ impl Assembler {
             "no readable image in {}",
             self.dataset.describe()
         )))
+    }
+
+    /// Image `index` with both views drawn from `seed`: read, header, draws,
+    /// then a decode at the reduced scale the crops allow.
+    fn try_sample(&self, index: usize, seed: u64) -> Result<Sample, ImageError> {
+        let mut clock = Instant::now();
+        let encoded = self.dataset.read(index)?;
+        self.clock.lap(READ, &mut clock);
+        let fail = |detail| self.dataset.image_error(index, detail);
+        let size = encoded.dimensions().map_err(fail)?;
+        self.clock.lap(DECODE, &mut clock);
+        let mut rng = Rng::new(seed);
+        let mut one = ViewParams::draw(size, View::One, &self.cfg, &mut rng);
+        let mut two = ViewParams::draw(size, View::Two, &self.cfg, &mut rng);
+        let crops = [one.crop, two.crop].map(|c| (c.height, c.width));
+        let divisor = divisor_for(&crops, self.cfg.size);
+        self.clock.lap(DRAW, &mut clock);
+        let (image, divisor) = encoded.decode(divisor).map_err(fail)?;
+        if divisor > 1 {
+            one.crop = one.crop.reduced(divisor, size);
+            two.crop = two.crop.reduced(divisor, size);
+        }
+        self.clock.lap(DECODE, &mut clock);
+        self.clock.samples.fetch_add(1, Ordering::Relaxed);
+        Ok(Sample { image, one, two })
     }
 }
 

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use trainer::bench::BenchArgs;
 use trainer::commands::{EmbedArgs, ExportArgs, InfoArgs, KnnArgs, LinearEvalArgs};
 use trainer::config::PretrainOptions;
+use trainer::packing::PackArgs;
 
 // The CPU backend allocates fresh activation buffers every step; mimalloc
 // reuses freed memory instead of returning it to the OS and faulting it back in.
@@ -59,8 +60,10 @@ enum Command {
     Embed(EmbedArgs),
     /// Export a backbone as safetensors that torchvision's resnetXX() loads.
     Export(ExportArgs),
-    /// Time full M2T steps on synthetic data.
+    /// Time full M2T steps on synthetic data, or (--loader) the input pipeline alone.
     Bench(BenchArgs),
+    /// Pack an ImageFolder into one memory-mapped file (`--data FILE` reads it).
+    Pack(PackArgs),
     /// Show the compute backends and datasets this build can use; --check tests each.
     Info(InfoArgs),
 }
@@ -110,6 +113,7 @@ fn main() {
         Some(Command::Embed(args)) => trainer::commands::embed(args),
         Some(Command::Export(args)) => trainer::commands::export_backbone(args),
         Some(Command::Bench(args)) => trainer::bench::run(args),
+        Some(Command::Pack(args)) => trainer::packing::run(args),
         Some(Command::Info(args)) => trainer::commands::info(args),
     };
     if let Err(e) = result {

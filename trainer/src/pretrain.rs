@@ -107,6 +107,7 @@ pub fn model_config(cfg: &RunConfig) -> M2tConfig {
             _ => BesselCorrection::Double,
         },
         ema_base: cfg.ema,
+        bn_groups: cfg.bn_group,
         ..M2tConfig::new(backbone)
     }
 }
@@ -301,6 +302,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
             )));
         }
     };
+    let bn_group = crate::distributed::bn_group(bs, o.bn_group)?;
     let crop_min = o.crop_min.unwrap_or(0.08);
     if !(crop_min > 0.0 && crop_min <= 1.0) {
         return Err(usage(format!(
@@ -339,6 +341,7 @@ fn resolve(o: &PretrainOptions, splits: &Splits, source: DataSource) -> Result<R
         ema,
         teacher_bn: o.teacher_bn.unwrap_or_default(),
         mbn_correction,
+        bn_group,
         proj_hidden: size("proj-hidden", o.proj_hidden, 4096, limits::MAX_HEAD)?,
         proj_out: size("proj-out", o.proj_out, 256, limits::MAX_HEAD)?,
         width: size("width", o.width, 64, limits::MAX_WIDTH)?,
@@ -558,6 +561,8 @@ fn curves(path: &Path) -> (Series, Series, Vec<(&'static str, f64)>) {
 
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
+    let world = crate::distributed::world_from_env(|name| std::env::var(name).ok())?;
+    crate::distributed::check_launch(flags.gpus.unwrap_or(1), world.as_ref())?;
     engine::set_deterministic(flags.deterministic);
     let resume = flags.resume || (flags.auto_resume && auto_resume_finds_a_run(&flags)?);
     // A resumed run takes the run folder's lock before anything else, so a

@@ -1393,3 +1393,49 @@ fn nan_weights_are_caught_by_evaluation() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("non-finite feature"), "{}", stderr(&o));
 }
+
+#[test]
+fn bn_group_one_is_plain_batch_norm_and_bad_groups_or_gpus_are_refused() {
+    let (plain, one, two) = (tmp("bn-plain"), tmp("bn-one"), tmp("bn-two"));
+    for (out, extra) in [
+        (&plain, &[][..]),
+        (&one, &["--bn-group", "1"]),
+        (&two, &["--bn-group", "2"]),
+    ] {
+        let mut a = tiny(out, 2);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let o = run(&args(&a));
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+    }
+    assert_eq!(
+        losses(&one),
+        losses(&plain),
+        "--bn-group 1 is plain batch norm bit for bit"
+    );
+    assert_ne!(
+        losses(&two),
+        losses(&plain),
+        "--bn-group 2 normalises each half on its own"
+    );
+    let saved = std::fs::read_to_string(two.join("config.toml")).unwrap();
+    assert!(saved.contains("bn-group = 2"), "{saved}");
+    for out in [plain, one, two] {
+        let _ = std::fs::remove_dir_all(out);
+    }
+
+    let out = tmp("bn-bad");
+    for (group, flag) in [
+        ("16", "--bn-group 16"),
+        ("3", "--bn-group 3"),
+        ("0", "--bn-group 0"),
+    ] {
+        let mut a = tiny(&out, 1);
+        a.extend(["--bn-group".to_string(), group.to_string()]);
+        assert_usage_error(&args(&a), flag);
+    }
+    // No GPU here (CI): a data-parallel launch is refused with the reason.
+    let mut a = tiny(&out, 1);
+    a.extend(["--gpus".to_string(), "2".to_string()]);
+    assert_usage_error(&args(&a), "GPU");
+    assert!(!out.exists(), "nothing written by a refused run");
+}

@@ -18,12 +18,24 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
-/// A folder holding a stand-in cuDNN (not loadable: an empty file).
+/// A folder holding a stand-in cuDNN (not loadable: empty files), complete
+/// with every companion library, so that the probe prefers it to a real
+/// cuDNN elsewhere on the machine (a PyTorch environment, say).
 fn fake_cudnn(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("trainer-info-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("libcudnn.so.9"), b"").unwrap();
+    let cudnn = kernels::probe::GROUPS
+        .iter()
+        .find(|g| g.main == "libcudnn.so.9")
+        .expect("the probe knows cuDNN");
+    for file in [cudnn.main]
+        .iter()
+        .chain(cudnn.required)
+        .chain(cudnn.optional)
+    {
+        std::fs::write(dir.join(file.trim_end_matches('*')), b"").unwrap();
+    }
     dir
 }
 

@@ -22,8 +22,8 @@ const BLOCK: u32 = 256;
 
 /// Integers per image in the parameter table, and their slots (`AUG_*` in
 /// `augment.cu`).
-const INTS: usize = 13;
-const SRC_OFFSET: usize = 0;
+const INTS: usize = 14;
+const SRC_OFFSET_LO: usize = 0;
 const SRC_WIDTH: usize = 1;
 const SRC_CHANNELS: usize = 2;
 const CROP_TOP: usize = 3;
@@ -36,6 +36,7 @@ const BLUR_RADIUS: usize = 9;
 const GRAYSCALE: usize = 10;
 const FLIP: usize = 11;
 const SOLARIZE: usize = 12;
+const SRC_OFFSET_HI: usize = 13;
 
 /// Jitter factors per image: brightness, contrast, saturation, hue.
 const FLOATS: usize = 4;
@@ -115,15 +116,12 @@ impl GpuAugmenter {
                     image.data.len()
                 )));
             }
+            // Sides and crops are 32-bit ints in the kernels; offsets are 64-bit.
+            if h.max(w) > i32::MAX as usize {
+                return Err(shape_error(format!("image {i}: {h}×{w} is too large")));
+            }
             layout.push([bytes, h, w, c]);
             bytes += image.data.len();
-        }
-        // The kernels address pixels with 32-bit offsets.
-        if bytes > i32::MAX as usize {
-            return Err(shape_error(format!(
-                "{bytes} bytes of pixels in one batch; at most {} fit",
-                i32::MAX
-            )));
         }
         // Image by image: no host copy of the whole batch.
         let pixels = self.gpu.alloc(bytes).map_err(engine::Error::from)?;
@@ -290,7 +288,9 @@ impl Tables {
             check_crop(i, p, h, w)?;
             let radius = p.blur_sigma.map_or(0, |sigma| blur_radius(sigma, size));
             let row = &mut ints[i * INTS..(i + 1) * INTS];
-            row[SRC_OFFSET] = offset as i32;
+            let offset = offset as u64;
+            row[SRC_OFFSET_LO] = offset as u32 as i32;
+            row[SRC_OFFSET_HI] = (offset >> 32) as u32 as i32;
             row[SRC_WIDTH] = w as i32;
             row[SRC_CHANNELS] = c as i32;
             row[CROP_TOP] = p.crop.top as i32;
@@ -416,7 +416,12 @@ mod tests {
         assert!(aug.upload(&[&truncated]).is_err());
 
         let batch = aug.upload(&[&image]).unwrap();
-        let mut params = ViewParams::draw(&image, View::One, &cfg, &mut Rng::new(0));
+        let mut params = ViewParams::draw(
+            (image.height, image.width),
+            View::One,
+            &cfg,
+            &mut Rng::new(0),
+        );
         assert!(aug.views(&batch, &[]).is_err());
         assert!(
             aug.views(&batch, &[params.clone(), params.clone()])
@@ -424,5 +429,79 @@ mod tests {
         );
         params.crop.top = 4 - params.crop.height + 1;
         assert!(aug.views(&batch, &[params]).is_err());
+    }
+
+    /// Bytes of memory available to this process (Linux), if known.
+    fn available_memory() -> Option<u64> {
+        let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+
+    #[test]
+    fn images_past_4_gib_of_offsets_render_like_the_cpu() {
+        // Two images 4 GiB + 3 bytes apart: the second one's offset needs
+        // the high half (and its low half alone is a small, wrong offset).
+        let far = (1usize << 32) + 3;
+        let cfg = AugmentConfig::new(8, 3).unwrap();
+        let (first, second) = (test_image(12, 10, 1), test_image(9, 14, 2));
+        let layout = vec![[0, 12, 10, 3], [far, 9, 14, 3]];
+        let packed = Tables::pack(&layout, &[draw(&first, 0), draw(&second, 1)], 8).unwrap();
+        let ints: &[i32] = bytemuck::cast_slice(&packed.bytes[..2 * INTS * 4]);
+        assert_eq!(
+            (ints[INTS + SRC_OFFSET_LO], ints[INTS + SRC_OFFSET_HI]),
+            (3, 1)
+        );
+
+        // The emulator's memory is real: run only where 4 GiB fits twice over.
+        if available_memory().is_none_or(|m| m < 9 << 30) {
+            eprintln!("skipped: the 4 GiB emulator batch needs 9 GiB of free memory");
+            return;
+        }
+        let aug = GpuAugmenter::new(Device::Emulator, cfg.clone(), DType::F32).unwrap();
+        let pixels = aug.gpu.alloc(far + second.data.len()).unwrap();
+        aug.gpu.write(&pixels, 0, &first.data).unwrap();
+        aug.gpu.write(&pixels, far, &second.data).unwrap();
+        let batch = GpuImages {
+            device: Device::Emulator,
+            pixels,
+            images: layout,
+        };
+        let params = [draw(&first, 0), draw(&second, 1)];
+        let got = aug.views(&batch, &params).unwrap().to_vec::<f32>().unwrap();
+        for (k, (image, p)) in [&first, &second].into_iter().zip(&params).enumerate() {
+            let mut want = vec![0f32; cfg.sample_len()];
+            super::super::apply_view(image, p, &cfg, &mut want);
+            let part = &got[k * cfg.sample_len()..(k + 1) * cfg.sample_len()];
+            let worst = part
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-4, "image {k}: {worst}");
+        }
+    }
+
+    /// An `h × w` RGB image of varied pixels.
+    fn test_image(h: usize, w: usize, seed: usize) -> Image {
+        Image {
+            data: (0..h * w * 3)
+                .map(|i| ((i * 31 + seed * 97 + i / 5) % 256) as u8)
+                .collect(),
+            height: h,
+            width: w,
+            channels: 3,
+        }
+    }
+
+    /// View one of `image`, drawn from `seed`.
+    fn draw(image: &Image, seed: u64) -> ViewParams {
+        let cfg = AugmentConfig::new(8, 3).unwrap();
+        ViewParams::draw(
+            (image.height, image.width),
+            View::One,
+            &cfg,
+            &mut Rng::new(seed),
+        )
     }
 }

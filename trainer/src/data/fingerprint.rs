@@ -105,14 +105,15 @@ impl Fingerprint {
     }
 }
 
-/// The files behind `sets`: an ImageFolder's images, or the known files of a
+/// The files behind `sets`: an ImageFolder's images, a pack, or the known files of a
 /// fixed-size format in the folder [`super::open`] read.
 fn source_files(root: &Path, sets: &[Option<&Dataset>]) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = sets
         .iter()
         .flatten()
         .filter_map(|d| match &d.pixels {
-            Pixels::Files(f) => Some(f.iter().cloned()),
+            Pixels::Files(f) => Some(f.clone()),
+            Pixels::Packed { pack, .. } => Some(vec![pack.path().to_path_buf()]),
             Pixels::Memory { .. } => None,
         })
         .flatten()

@@ -3,7 +3,7 @@
 //! under `train/` and `val/` (or `test/`). Files are decoded on demand and
 //! always converted to RGB.
 
-use super::{Dataset, Image, ImageError, Splits};
+use super::{Dataset, Splits};
 use crate::{Error, Result};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -73,7 +73,11 @@ fn scan(dir: &Path, name: &str, classes: Option<&[OsString]>) -> Result<(Dataset
             "no .jpg/.jpeg/.png images in the class folders",
         ));
     }
-    let dataset = Dataset::files(name.to_string(), files, labels, classes.len());
+    let names = classes
+        .iter()
+        .map(|c| c.to_string_lossy().into_owned())
+        .collect();
+    let dataset = Dataset::files(name.to_string(), files, labels, names);
     Ok((dataset, classes))
 }
 
@@ -98,31 +102,6 @@ fn is_image_name(path: &Path) -> bool {
         ["jpg", "jpeg", "png"]
             .iter()
             .any(|x| e.eq_ignore_ascii_case(x))
-    })
-}
-
-/// Decodes `path` (by content, not extension) to RGB.
-pub(super) fn decode(path: &Path) -> Result<Image, ImageError> {
-    let fail = |detail: String| ImageError {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let rgb = image::ImageReader::open(path)
-        .map_err(|e| fail(e.to_string()))?
-        .with_guessed_format()
-        .map_err(|e| fail(e.to_string()))?
-        .decode()
-        .map_err(|e| fail(e.to_string()))?
-        .into_rgb8();
-    let (width, height) = (rgb.width() as usize, rgb.height() as usize);
-    if width == 0 || height == 0 {
-        return Err(fail(format!("empty image ({width}×{height})")));
-    }
-    Ok(Image {
-        data: rgb.into_raw(),
-        height,
-        width,
-        channels: 3,
     })
 }
 

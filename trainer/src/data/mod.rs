@@ -1,20 +1,26 @@
 //! Datasets: MNIST-style IDX files, CIFAR-10/100 and STL-10 binaries,
-//! ImageFolder trees of JPEG/PNG files, and a synthetic generator.
+//! ImageFolder trees of JPEG/PNG files, packs of them (`trainer pack`), and a
+//! synthetic generator.
 //!
-//! [`open`] detects the format from a directory and returns its [`Splits`].
-//! Fixed-size formats are read into memory once (as HWC `u8`); ImageFolder
-//! images are decoded on demand by [`Dataset::image`], which reports a file it
-//! cannot read as an [`ImageError`] so the loader can count and skip it.
+//! [`open`] detects the format from a directory or a pack file and returns
+//! its [`Splits`]. Fixed-size formats are read into memory once (as HWC
+//! `u8`); ImageFolder and pack images are decoded on demand by
+//! [`Dataset::image`] (or read with [`Dataset::read`] and decoded at a
+//! reduced scale), which reports an image it cannot read as an
+//! [`ImageError`] so the loader can count and skip it.
 
 mod cifar;
+mod decode;
 mod fingerprint;
 mod folder;
 mod idx;
+pub mod pack;
 mod stl10;
 mod synthetic;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use decode::{JpegDecoder, decode as decode_bytes, divisor_for};
 pub use fingerprint::Fingerprint;
 pub use synthetic::synthetic;
 
@@ -73,6 +79,35 @@ enum Pixels {
     },
     /// Image files decoded on demand (ImageFolder).
     Files(Vec<PathBuf>),
+    /// Records `start..start + len` of a pack, decoded on demand.
+    Packed { pack: Arc<pack::Pack>, start: usize },
+}
+
+/// One image as read, before decoding: encoded bytes, or pixels already.
+pub enum Encoded<'a> {
+    /// A file's or a pack record's bytes, with the decoder to use.
+    Bytes(std::borrow::Cow<'a, [u8]>, JpegDecoder),
+    /// An in-memory format's pixels (a copy).
+    Pixels(Image),
+}
+
+impl Encoded<'_> {
+    /// `(height, width)` at full size, from the header alone.
+    pub fn dimensions(&self) -> Result<(usize, usize), String> {
+        match self {
+            Encoded::Bytes(bytes, decoder) => decode::dimensions(bytes, *decoder),
+            Encoded::Pixels(image) => Ok((image.height, image.width)),
+        }
+    }
+
+    /// The image, reduced by `divisor` (1, 2, 4 or 8) where the decoder can
+    /// (see [`divisor_for`]), and the divisor that applied.
+    pub fn decode(self, divisor: usize) -> Result<(Image, usize), String> {
+        match self {
+            Encoded::Bytes(bytes, decoder) => decode::decode(&bytes, divisor, decoder),
+            Encoded::Pixels(image) => Ok((image, 1)),
+        }
+    }
 }
 
 /// A list of images with optional integer labels.
@@ -86,6 +121,9 @@ pub struct Dataset {
     channels: usize,
     labels: Option<Vec<i64>>,
     num_classes: Option<usize>,
+    /// Class names in label order, where the format has them.
+    class_names: Vec<String>,
+    decoder: JpegDecoder,
 }
 
 impl Dataset {
@@ -110,6 +148,8 @@ impl Dataset {
             channels,
             labels,
             num_classes,
+            class_names: Vec::new(),
+            decoder: JpegDecoder::default(),
         }
     }
 
@@ -153,16 +193,51 @@ impl Dataset {
         ))
     }
 
-    /// An ImageFolder dataset: `files[i]` has label `labels[i]`.
-    fn files(name: String, files: Vec<PathBuf>, labels: Vec<i64>, num_classes: usize) -> Dataset {
+    /// An ImageFolder dataset: `files[i]` has label `labels[i]`, a number
+    /// into `class_names`.
+    fn files(
+        name: String,
+        files: Vec<PathBuf>,
+        labels: Vec<i64>,
+        class_names: Vec<String>,
+    ) -> Dataset {
         Dataset {
             name,
             len: files.len(),
             pixels: Pixels::Files(files),
             channels: 3,
             labels: Some(labels),
-            num_classes: Some(num_classes),
+            num_classes: Some(class_names.len()),
+            class_names,
+            decoder: JpegDecoder::default(),
         }
+    }
+
+    /// Records `range` of `pack` as a dataset.
+    fn packed(name: String, pack: &Arc<pack::Pack>, range: std::ops::Range<usize>) -> Dataset {
+        let labels = pack.records[range.clone()]
+            .iter()
+            .map(|r| i64::from(r.label))
+            .collect();
+        Dataset {
+            name,
+            len: range.len(),
+            pixels: Pixels::Packed {
+                pack: Arc::clone(pack),
+                start: range.start,
+            },
+            channels: 3,
+            labels: Some(labels),
+            num_classes: Some(pack.classes.len()),
+            class_names: pack.classes.clone(),
+            decoder: JpegDecoder::default(),
+        }
+    }
+
+    /// The same images decoded by `decoder` (JPEGs in files and packs).
+    pub fn with_decoder(mut self, decoder: JpegDecoder) -> Dataset {
+        self.decoder = decoder;
+        self
     }
 
     /// The number of images.
@@ -188,7 +263,43 @@ impl Dataset {
     /// # Panics
     /// If `i >= len()`, like slice indexing.
     pub fn image(&self, i: usize) -> Result<Image, ImageError> {
+        self.read(i)?
+            .decode(1)
+            .map(|(image, _)| image)
+            .map_err(|detail| self.image_error(i, detail))
+    }
+
+    /// Image `i` before decoding: a file's or a pack record's bytes (checked
+    /// against the record's checksum), or an in-memory image's pixels.
+    ///
+    /// # Panics
+    /// If `i >= len()`, like slice indexing.
+    pub fn read(&self, i: usize) -> Result<Encoded<'_>, ImageError> {
         assert!(i < self.len, "image {i} of a {}-image dataset", self.len);
+        match &self.pixels {
+            Pixels::Files(files) => std::fs::read(&files[i])
+                .map(|bytes| Encoded::Bytes(bytes.into(), self.decoder))
+                .map_err(|e| self.image_error(i, e.to_string())),
+            Pixels::Packed { pack, start } => pack
+                .bytes(start + i)
+                .map(|bytes| Encoded::Bytes(bytes.into(), self.decoder))
+                .map_err(|detail| self.image_error(i, detail)),
+            Pixels::Memory { .. } => Ok(Encoded::Pixels(self.memory_image(i))),
+        }
+    }
+
+    /// The error for image `i`, named by its file or pack record.
+    pub fn image_error(&self, i: usize, detail: String) -> ImageError {
+        let path = match &self.pixels {
+            Pixels::Files(files) => files[i].clone(),
+            Pixels::Packed { pack, start } => pack.record_name(start + i),
+            Pixels::Memory { .. } => PathBuf::from(format!("{} image {i}", self.name)),
+        };
+        ImageError { path, detail }
+    }
+
+    /// A copy of in-memory image `i`.
+    fn memory_image(&self, i: usize) -> Image {
         match &self.pixels {
             Pixels::Memory {
                 blocks,
@@ -199,24 +310,38 @@ impl Dataset {
                 let mut at = i * image_len;
                 for block in blocks {
                     if at < block.len() {
-                        return Ok(Image {
+                        return Image {
                             data: block[at..at + image_len].to_vec(),
                             height: *height,
                             width: *width,
                             channels: self.channels,
-                        });
+                        };
                     }
                     at -= block.len();
                 }
                 unreachable!("blocks hold exactly `len` images")
             }
-            Pixels::Files(files) => folder::decode(&files[i]),
+            _ => unreachable!("only called for in-memory datasets"),
         }
     }
 
     /// The label of image `i`, if the dataset is labelled (and `i` in range).
     pub fn label(&self, i: usize) -> Option<i64> {
         self.labels.as_ref()?.get(i).copied()
+    }
+
+    /// Class names in label order (ImageFolders and packs; empty for
+    /// formats without names).
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    /// The pack the images are read from, if any.
+    pub fn pack(&self) -> Option<&pack::Pack> {
+        match &self.pixels {
+            Pixels::Packed { pack, .. } => Some(pack),
+            _ => None,
+        }
     }
 
     /// The number of classes, if the dataset is labelled.
@@ -228,7 +353,7 @@ impl Dataset {
     pub fn native_size(&self) -> Option<(usize, usize)> {
         match self.pixels {
             Pixels::Memory { height, width, .. } => Some((height, width)),
-            Pixels::Files(_) => None,
+            Pixels::Files(_) | Pixels::Packed { .. } => None,
         }
     }
 
@@ -256,7 +381,7 @@ impl Dataset {
     pub fn source(&self, i: usize) -> Option<&Path> {
         match &self.pixels {
             Pixels::Files(files) => files.get(i).map(PathBuf::as_path),
-            Pixels::Memory { .. } => None,
+            Pixels::Memory { .. } | Pixels::Packed { .. } => None,
         }
     }
 
@@ -327,18 +452,23 @@ impl Splits {
 ///   `test_X.bin`, `test_y.bin`), or the folder holding `stl10_binary/`;
 /// - otherwise an ImageFolder: one subfolder of `.jpg/.jpeg/.png` files per
 ///   class (classes sorted by name), or `train/` plus `val/` or `test/`
-///   folders of that shape.
+///   folders of that shape;
+/// - or, for a file, a pack written by `trainer pack` ([`pack`]).
 ///
 /// Truncated or malformed files give [`Error::Data`]; nothing is downloaded.
 pub fn open(path: &Path) -> Result<Splits> {
     if !path.exists() {
         return Err(missing(path));
     }
+    if path.is_file() && pack::detect(path) {
+        return open_pack(path);
+    }
     if !path.is_dir() {
         return Err(Error::data(
             path,
             "expected a dataset directory (MNIST-style IDX files, CIFAR-10/100 or \
-             STL-10 binaries, or an ImageFolder of class subfolders)",
+             STL-10 binaries, or an ImageFolder of class subfolders) or a pack \
+             written by `trainer pack`",
         ));
     }
     let dir = format_dir(path);
@@ -355,6 +485,18 @@ pub fn open(path: &Path) -> Result<Splits> {
     }?;
     check_test_labels(&splits, &dir)?;
     Ok(splits)
+}
+
+/// A pack's training records, and its `val` records as the test split.
+fn open_pack(path: &Path) -> Result<Splits> {
+    let pack = Arc::new(pack::Pack::open(path)?);
+    let (n, train_len) = (pack.records.len(), pack.train_len);
+    if train_len == 0 {
+        return Err(Error::data(path, "the pack has no training images"));
+    }
+    let train = Dataset::packed("pack train".into(), &pack, 0..train_len);
+    let test = (n > train_len).then(|| Dataset::packed("pack val".into(), &pack, train_len..n));
+    Ok(Splits::new(train, test))
 }
 
 /// The folder holding a dataset's files: `path`, or the folder a release

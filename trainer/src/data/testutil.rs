@@ -50,3 +50,28 @@ pub(crate) fn write_corrupt_jpeg(path: &Path) {
     }
     std::fs::write(path, [0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10, b'J', b'F']).unwrap();
 }
+
+/// A `w × h` JPEG (TurboJPEG, quality 90, 4:2:0) of smooth gradients whose
+/// blue channel depends on `seed`.
+pub(crate) fn jpeg_bytes(w: usize, h: usize, seed: usize) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..w * h)
+        .flat_map(|i| {
+            let (x, y) = (i % w, i / w);
+            [
+                (x * 255 / w) as u8,
+                (y * 255 / h) as u8,
+                (seed * 50 % 256) as u8,
+            ]
+        })
+        .collect();
+    let image = turbojpeg::Image {
+        pixels: &pixels[..],
+        width: w,
+        pitch: w * 3,
+        height: h,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    turbojpeg::compress(image, 90, turbojpeg::Subsamp::Sub2x2)
+        .unwrap()
+        .to_vec()
+}

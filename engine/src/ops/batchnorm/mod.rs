@@ -9,6 +9,7 @@
 
 mod cpu;
 mod cuda;
+pub(crate) mod groups;
 
 use super::with_float;
 use crate::error::{Error, Result, same_shape, shape_err};
