@@ -633,6 +633,36 @@ mod tests {
     }
 
     #[test]
+    fn results_do_not_depend_on_the_number_of_threads() {
+        let Some(isa) = detected() else {
+            eprintln!("skipped: no AVX2 on this CPU");
+            return;
+        };
+        let (n, hw, c, k) = (37, 9, 16, 32);
+        let x = Tensor::from_vec(values(n * hw * hw * c, 4), [n, hw, hw, c]).unwrap();
+        let wt = Tensor::from_vec(values(k * 9 * c, 5), [k, 3, 3, c]).unwrap();
+        let params = Conv2dParams {
+            stride: 1,
+            padding: 1,
+        };
+        let g = ConvGeometry::new(&x, &wt, params).unwrap();
+        let (x, wt) = (x.as_slice::<f32>().unwrap(), wt.as_slice::<f32>().unwrap());
+        let dy = values(n * hw * hw * k, 6);
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| (forward(isa, &g, x, wt), backward_filter(isa, &g, x, &dy)))
+        };
+        let bits = |v: Option<Vec<f32>>| v.unwrap().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let (y1, dw1) = run(1);
+        let (y3, dw3) = run(3);
+        assert_eq!(bits(y1), bits(y3));
+        assert_eq!(bits(dw1), bits(dw3));
+    }
+
+    #[test]
     fn direct_kernels_match_the_f64_reference() {
         let isas: Vec<Isa> = match detected() {
             Some(Isa::Avx512) => vec![Isa::Avx512, Isa::Avx2],
