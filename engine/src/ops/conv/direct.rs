@@ -300,7 +300,7 @@ pub(super) fn forward(isa: Isa, g: &ConvGeometry, x: &[f32], w: &[f32]) -> Optio
     Some(y)
 }
 
-/// `w` (KRSC) as `[k / width][block][tap][channel in block][width]`, zero
+/// `w` (KRSC) as `[k / width][tap][block][channel in block][width]`, zero
 /// for the channels that pad the last block.
 fn pack_weights(g: &ConvGeometry, layout: &Layout, width: usize, w: &[f32]) -> Vec<f32> {
     let (taps, cb) = (g.r * g.s, layout.cb);
@@ -309,7 +309,7 @@ fn pack_weights(g: &ConvGeometry, layout: &Layout, width: usize, w: &[f32]) -> V
         for t in 0..taps {
             for c in 0..g.c {
                 let (b, ci) = (c / cb, c % cb);
-                let row = ((k / width * layout.blocks + b) * taps + t) * cb + ci;
+                let row = ((k / width * taps + t) * layout.blocks + b) * cb + ci;
                 out[row * width + k % width] = w[(k * taps + t) * g.c + c];
             }
         }
@@ -420,7 +420,7 @@ unsafe fn forward_images_with<S: Simd, const KB: usize, const P: usize, const CB
 }
 
 /// `P` consecutive output pixels × `KB` vectors of output channels: the sum
-/// over channel blocks, taps and channels, in that order.
+/// over taps, then channels, in im2col's patch order (`r`, `s`, `c`).
 #[inline(always)]
 unsafe fn forward_tile_with<S: Simd, const KB: usize, const P: usize, const CB: usize>(
     x: *const f32,
@@ -429,10 +429,9 @@ unsafe fn forward_tile_with<S: Simd, const KB: usize, const P: usize, const CB: 
 ) -> [[S::R; KB]; P] {
     unsafe {
         let mut acc = [[S::zero(); KB]; P];
-        for b in 0..layout.blocks {
-            let xb = x.add(b * layout.block_len);
-            for &tap in &layout.taps {
-                let xt = xb.add(tap);
+        for &tap in &layout.taps {
+            for b in 0..layout.blocks {
+                let xt = x.add(b * layout.block_len + tap);
                 for ci in 0..CB {
                     let mut wv = [S::zero(); KB];
                     for (kb, wv) in wv.iter_mut().enumerate() {
@@ -482,7 +481,7 @@ pub(super) fn backward_filter(
     let groups = filter_groups(g.n, tiles);
     let per_group = g.n.div_ceil(groups);
     // One task per (group, tile); each returns its `cb × width` sums.
-    let sums: Vec<Vec<f32>> = (0..groups * tiles)
+    let sums: Vec<Vec<f64>> = (0..groups * tiles)
         .into_par_iter()
         .map(|task| {
             let (group, t) = (task / tiles, task % tiles);
@@ -507,7 +506,7 @@ pub(super) fn backward_filter(
             out
         })
         .collect();
-    let mut dw = vec![0.0; g.k * taps * g.c];
+    let mut dw = vec![0.0f64; g.k * taps * g.c];
     for (task, sums) in sums.iter().enumerate() {
         let t = task % tiles;
         let (kblock, rest) = (t / (layout.blocks * taps), t % (layout.blocks * taps));
@@ -519,7 +518,7 @@ pub(super) fn backward_filter(
             }
         }
     }
-    Some(dw)
+    Some(dw.into_iter().map(|v| v as f32).collect())
 }
 
 entry_point!(
@@ -532,7 +531,7 @@ entry_point!(
         dy: &[f32],
         images: (usize, usize),
         t: usize,
-        out: &mut [f32]
+        out: &mut [f64]
     ),
     block: layout,
     avx512: [(Zmm, 2, 1), (Zmm, 1, 1), (Ymm, 1, 1)],
@@ -540,7 +539,9 @@ entry_point!(
 );
 
 /// Weight-gradient tile `t` (output-channel block, channel block, tap) summed
-/// over `images` in order, pixel by pixel: `out[ci][k] = Σ x[ci]·dy[k]`.
+/// over `images` in order, pixel by pixel: `out[ci][k] = Σ x[ci]·dy[k]`. The
+/// registers sum runs of at least [`FLUSH_PIXELS`] pixels in f32, which are
+/// added up in f64 (one long f32 sum would lose digits a GEMM keeps).
 ///
 /// # Safety
 /// `packed` holds the packed images, `dy` their output gradients; the vector
@@ -553,7 +554,7 @@ unsafe fn filter_sums_with<S: Simd, const KB: usize, const P: usize, const CB: u
     dy: &[f32],
     (first, images): (usize, usize),
     t: usize,
-    out: &mut [f32],
+    out: &mut [f64],
 ) {
     let width = KB * S::LANES;
     let taps = layout.taps.len();
@@ -562,6 +563,7 @@ unsafe fn filter_sums_with<S: Simd, const KB: usize, const P: usize, const CB: u
     let out_image = g.oh * g.ow * g.k;
     unsafe {
         let mut acc = [[S::zero(); KB]; CB];
+        let mut pending = 0;
         for image in first..first + images {
             let x = packed
                 .as_ptr()
@@ -582,11 +584,32 @@ unsafe fn filter_sums_with<S: Simd, const KB: usize, const P: usize, const CB: u
                     }
                 }
             }
-        }
-        for (ci, acc) in acc.iter().enumerate() {
-            for (kb, &v) in acc.iter().enumerate() {
-                S::store(out.as_mut_ptr().add(ci * width + kb * S::LANES), v);
+            pending += g.oh * g.ow;
+            if pending >= FLUSH_PIXELS || image + 1 == first + images {
+                flush::<S, KB, CB>(&mut acc, out);
+                pending = 0;
             }
+        }
+    }
+}
+
+/// Pixels a weight-gradient tile sums in registers before adding into f64.
+const FLUSH_PIXELS: usize = 256;
+
+/// Adds the register tile into `out` (f64, `[ci][k]`) and clears it.
+#[inline(always)]
+unsafe fn flush<S: Simd, const KB: usize, const CB: usize>(
+    acc: &mut [[S::R; KB]; CB],
+    out: &mut [f64],
+) {
+    let mut lanes = [0.0f32; 16];
+    for (ci, acc) in acc.iter_mut().enumerate() {
+        for (kb, v) in acc.iter_mut().enumerate() {
+            // SAFETY: `lanes` holds a vector of up to 16 floats.
+            unsafe { S::store(lanes.as_mut_ptr(), *v) };
+            let row = &mut out[(ci * KB + kb) * S::LANES..][..S::LANES];
+            row.iter_mut().zip(lanes).for_each(|(o, l)| *o += l as f64);
+            *v = unsafe { S::zero() };
         }
     }
 }
