@@ -14,10 +14,11 @@
 //! shows what large fresh allocations cost. The benchmark uses mimalloc, the
 //! trainer's allocator, so freed buffers are reused as they are in training.
 //!
-//! `fwd/same` divides the time of the very GEMM a conv lowers to
+//! `fwd/same` divides the time of the GEMM a conv amounts to
 //! (`[N·OH·OW, R·S·C] · [R·S·C, K]`, run as a 1×1 conv so it is chunked alike)
-//! by the conv's forward time: the share of the forward spent in GEMM rather
-//! than im2col.
+//! by the conv's forward time. In f32 on a CPU with AVX2 or AVX-512 the
+//! other convolutions run as direct kernels (no im2col), so above 1 they
+//! beat a plain GEMM of their size.
 //!
 //! ```text
 //! cargo bench -p benches --bench conv_cpu            # CIFAR stem, 32 px (default)

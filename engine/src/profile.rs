@@ -74,10 +74,10 @@ pub(crate) fn stamp() -> Option<Stamp> {
 
 /// Records a range that started at `start` and ends now.
 pub(crate) fn record(name: String, kind: Kind, start: Stamp) {
-    if let Some(end) = stamp() {
-        if let Some(state) = STATE.lock().unwrap().as_mut() {
-            state.pending.push((name, kind, start, end));
-        }
+    if let Some(end) = stamp()
+        && let Some(state) = STATE.lock().unwrap().as_mut()
+    {
+        state.pending.push((name, kind, start, end));
     }
 }
 

@@ -197,26 +197,26 @@ impl Drop for Buffer {
                     // capture ends, which then fails, naming the cause.
                     state.freed_early.0 += 1;
                     state.freed_early.1 += self.bytes;
-                    if let Mem::Cuda { ptr, stream } = &self.mem {
-                        if *ptr != 0 {
-                            state.deferred.push((*ptr, stream.clone()));
-                        }
+                    if let Mem::Cuda { ptr, stream } = &self.mem
+                        && *ptr != 0
+                    {
+                        state.deferred.push((*ptr, stream.clone()));
                     }
                     return;
                 }
             }
         }
-        if let Mem::Cuda { ptr, stream } = &self.mem {
-            if *ptr != 0 {
-                // Stream-ordered: the pool reuses the memory after pending
-                // work. The context is made current directly: cudarc's bind
-                // would first report (and skip on) an unrelated earlier error.
-                // SAFETY: `ptr` came from `malloc_async` on this stream and is
-                // freed once, in the stream's own (live) context.
-                unsafe {
-                    let _ = sys::cuCtxSetCurrent(stream.context().cu_ctx());
-                    let _ = result::free_async(*ptr, stream.cu_stream());
-                }
+        if let Mem::Cuda { ptr, stream } = &self.mem
+            && *ptr != 0
+        {
+            // Stream-ordered: the pool reuses the memory after pending
+            // work. The context is made current directly: cudarc's bind
+            // would first report (and skip on) an unrelated earlier error.
+            // SAFETY: `ptr` came from `malloc_async` on this stream and is
+            // freed once, in the stream's own (live) context.
+            unsafe {
+                let _ = sys::cuCtxSetCurrent(stream.context().cu_ctx());
+                let _ = result::free_async(*ptr, stream.cu_stream());
             }
         }
     }

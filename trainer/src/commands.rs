@@ -192,9 +192,7 @@ pub fn knn(args: KnnArgs) -> Result<f64> {
         crate::limits::at_most("res", res, crate::limits::MAX_RES)?;
         let aug = AugmentConfig::new(res, memory.channels())?;
         let limit = args.memory.unwrap_or(eval::CPU_KNN_MEMORY);
-        let mem = eval::pixel_features(memory, &aug, limit)?;
-        let q = eval::pixel_features(queries, &aug, args.queries)?;
-        let (mem, q) = crate::knn::centre_on(&mem, &q);
+        let (mem, q) = eval::centred_pixel_features(memory, queries, &aug, limit, args.queries)?;
         (mem, q, (memory.num_classes(), "raw pixels".to_string()))
     } else {
         let path = args

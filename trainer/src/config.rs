@@ -163,6 +163,21 @@ pub struct PretrainOptions {
     /// Test images used as kNN queries (0: all) [default: all].
     #[arg(long)]
     pub knn_queries: Option<usize>,
+    /// kNN monitor every N steps instead (0: by --knn-every), on the
+    /// --monitor-memory/--monitor-queries sets; it also measures the untrained
+    /// network and raw pixels on those sets at step 0, drawn as reference
+    /// lines in curves.png. The end of the run still uses --knn-memory and
+    /// --knn-queries [default: 0].
+    #[arg(long)]
+    pub knn_every_steps: Option<usize>,
+    /// Labelled training images used as the monitor's kNN memory (0: all)
+    /// [default: --knn-memory].
+    #[arg(long)]
+    pub monitor_memory: Option<usize>,
+    /// Test images used as the monitor's kNN queries (0: all)
+    /// [default: --knn-queries].
+    #[arg(long)]
+    pub monitor_queries: Option<usize>,
     /// Steps between metric lines [default: 10].
     #[arg(long)]
     pub log_every: Option<usize>,
@@ -294,6 +309,16 @@ pub struct RunConfig {
     pub knn_memory: usize,
     /// kNN queries (0: all).
     pub knn_queries: usize,
+    /// kNN monitor period in steps (0: by `knn_every`). Absent (0) in runs
+    /// made before it existed, as are the monitor's sizes (then the kNN ones).
+    #[serde(default)]
+    pub knn_every_steps: usize,
+    /// The monitor's kNN memory size (0: all).
+    #[serde(default)]
+    pub monitor_memory: Option<usize>,
+    /// The monitor's kNN queries (0: all).
+    #[serde(default)]
+    pub monitor_queries: Option<usize>,
     /// Steps between metric lines.
     pub log_every: usize,
     /// Steps between checkpoints (0: every epoch).
@@ -416,6 +441,9 @@ impl From<RunConfig> for PretrainOptions {
             knn_every: Some(run.knn_every),
             knn_memory: Some(run.knn_memory),
             knn_queries: Some(run.knn_queries),
+            knn_every_steps: Some(run.knn_every_steps),
+            monitor_memory: run.monitor_memory,
+            monitor_queries: run.monitor_queries,
             log_every: Some(run.log_every),
             checkpoint_every: Some(run.checkpoint_every),
             ..PretrainOptions::default()
@@ -491,6 +519,9 @@ layered!(
     knn_every,
     knn_memory,
     knn_queries,
+    knn_every_steps,
+    monitor_memory,
+    monitor_queries,
     log_every,
     checkpoint_every
 );

@@ -17,7 +17,7 @@ use std::ops::Range;
 /// image and channel).
 pub fn bn_group(bs: usize, group: Option<usize>) -> Result<usize> {
     let g = group.unwrap_or(1);
-    if g == 0 || bs % g != 0 || bs / g < 2 {
+    if g == 0 || !bs.is_multiple_of(g) || bs / g < 2 {
         return Err(Error::Usage(format!(
             "--bn-group {g}: --bs {bs} must split into {g} equal groups of at least 2 images"
         )));

@@ -168,6 +168,32 @@ pub fn pixel_features(dataset: &Dataset, aug: &AugmentConfig, limit: usize) -> R
     Ok(features)
 }
 
+/// Raw pixels centred on the memory's mean, as kNN features: `memory_limit`
+/// labelled training images as memory, `query_limit` test images as queries
+/// (0: all).
+pub fn centred_pixel_features(
+    memory: &Dataset,
+    queries: &Dataset,
+    aug: &AugmentConfig,
+    memory_limit: usize,
+    query_limit: usize,
+) -> Result<(Features, Features)> {
+    let mem = pixel_features(memory, aug, memory_limit)?;
+    let q = pixel_features(queries, aug, query_limit)?;
+    Ok(crate::knn::centre_on(&mem, &q))
+}
+
+/// kNN top-1 accuracy of raw centred pixels, the bar a representation has
+/// to clear, with `(memory, queries)` images (as in [`centred_pixel_features`]).
+pub fn knn_of_pixels(
+    (memory, queries): (&Dataset, &Dataset),
+    aug: &AugmentConfig,
+    (memory_limit, query_limit): (usize, usize),
+) -> Result<f64> {
+    let (mem, q) = centred_pixel_features(memory, queries, aug, memory_limit, query_limit)?;
+    knn_accuracy(&mem, &q, KNN_K, KNN_T, classes(memory)?)
+}
+
 fn classes(memory: &Dataset) -> Result<usize> {
     memory
         .num_classes()

@@ -26,6 +26,8 @@ const GRID: RGBColor = RGBColor(228, 228, 228);
 const MUTED: RGBColor = RGBColor(120, 120, 120);
 const LOSS_COLOUR: RGBColor = RGBColor(31, 119, 180);
 const KNN_COLOUR: RGBColor = RGBColor(214, 95, 0);
+/// Colours of the kNN panel's reference lines, in order.
+const REFERENCE_COLOURS: [RGBColor; 2] = [RGBColor(148, 103, 189), RGBColor(44, 160, 44)];
 
 /// The font family name the plot registers DejaVu Sans under.
 const FONT: &str = "sans-serif";
@@ -37,10 +39,17 @@ const FONT: &str = "sans-serif";
 /// [`knn_accuracy`](crate::knn::knn_accuracy) returns), plotted as given.
 /// Points need not be sorted; NaN and infinite values are left out. An empty
 /// series leaves its panel framed with a short note instead of a curve.
+/// `references` are `(label, accuracy in percent)` drawn as dashed
+/// horizontal lines across the kNN panel (the untrained network, raw pixels).
 ///
 /// The image is written to a temporary file next to `path` and renamed over
 /// it, so a reader never sees a half-written plot.
-pub fn write_curves(path: &Path, loss: &[(usize, f64)], knn: &[(usize, f64)]) -> Result<()> {
+pub fn write_curves(
+    path: &Path,
+    loss: &[(usize, f64)],
+    knn: &[(usize, f64)],
+    references: &[(&str, f64)],
+) -> Result<()> {
     static FONT_REGISTERED: Once = Once::new();
     FONT_REGISTERED.call_once(|| {
         // The embedded file is a valid font; a failure would only lose text.
@@ -52,6 +61,11 @@ pub fn write_curves(path: &Path, loss: &[(usize, f64)], knn: &[(usize, f64)]) ->
     let drawn = (|| -> std::result::Result<(), String> {
         let root = BitMapBackend::with_buffer(&mut rgb, (WIDTH, HEIGHT)).into_drawing_area();
         let (top, bottom) = root.split_vertically(PANEL_HEIGHT);
+        let references: Vec<(&str, f64)> = references
+            .iter()
+            .copied()
+            .filter(|r| r.1.is_finite())
+            .collect();
         let panels = [
             (
                 &top,
@@ -60,6 +74,8 @@ pub fn write_curves(path: &Path, loss: &[(usize, f64)], knn: &[(usize, f64)]) ->
                 &loss,
                 LOSS_COLOUR,
                 "no loss yet",
+                &[][..],
+                SeriesLabelPosition::UpperRight,
             ),
             (
                 &bottom,
@@ -68,14 +84,18 @@ pub fn write_curves(path: &Path, loss: &[(usize, f64)], knn: &[(usize, f64)]) ->
                 &knn,
                 KNN_COLOUR,
                 "no kNN measurement yet",
+                &references[..],
+                // Away from where the curve ends: the accuracy rises.
+                SeriesLabelPosition::LowerRight,
             ),
         ];
-        for (area, title, series, points, colour, empty_note) in panels {
+        for (area, title, series, points, colour, empty_note, references, legend) in panels {
             panel(
                 area,
                 (title, series, empty_note),
                 points,
-                steps.clone(),
+                references,
+                (steps.clone(), legend),
                 colour,
             )
             .map_err(|e| e.to_string())?;
@@ -87,21 +107,25 @@ pub fn write_curves(path: &Path, loss: &[(usize, f64)], knn: &[(usize, f64)]) ->
 }
 
 /// One panel: a titled chart of `points` over `steps`, with axis labels, a
-/// light grid and a legend, or its frame and `empty_note` without points.
+/// light grid and a legend at `legend`, or its frame and `empty_note`
+/// without points; `references` as dashed horizontal lines.
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     (title, series, empty_note): (&str, &str, &str),
     points: &[(f64, f64)],
-    steps: Range<f64>,
+    references: &[(&str, f64)],
+    (steps, legend): (Range<f64>, SeriesLabelPosition),
     colour: RGBColor,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let levels: Vec<(f64, f64)> = references.iter().map(|r| (steps.start, r.1)).collect();
+    let values = [points, &levels[..]].concat();
     let mut chart = ChartBuilder::on(area)
         .caption(title, (FONT, 17))
         .margin(8)
         .margin_right(20)
         .x_label_area_size(34)
         .y_label_area_size(64)
-        .build_cartesian_2d(steps, value_axis(points))?;
+        .build_cartesian_2d(steps.clone(), value_axis(&values))?;
     chart
         .configure_mesh()
         .x_desc("step")
@@ -130,9 +154,21 @@ fn panel<DB: DrawingBackend>(
     if points.len() <= MARKER_MAX_POINTS {
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
     }
+    for (&(label, level), reference) in references.iter().zip(REFERENCE_COLOURS.iter().cycle()) {
+        let style = reference.stroke_width(2);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(steps.start, level), (steps.end, level)],
+                8,
+                5,
+                style,
+            ))?
+            .label(format!("{label} {level:.1}%"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], style));
+    }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .background_style(WHITE.mix(0.85))
         .border_style(GRID)
         .label_font((FONT, 12))
@@ -285,10 +321,20 @@ mod tests {
             (1500, 70.0),
             (2000, 74.0),
         ];
-        write_curves(&path, &loss, &knn)?;
+        // A reference above every point widens the axis to show it.
+        let references = [("untrained", 30.0), ("raw pixels", 78.0)];
+        write_curves(&path, &loss, &knn, &references)?;
         let rgb = decode(&path);
         assert!(count(&rgb, 0, PANEL_HEIGHT, LOSS_COLOUR) > 500);
         assert!(count(&rgb, PANEL_HEIGHT, HEIGHT, KNN_COLOUR) > 500);
+        for colour in REFERENCE_COLOURS {
+            // Dashed across the panel (about 600 px wide), in the kNN panel only.
+            assert!(
+                count(&rgb, PANEL_HEIGHT, HEIGHT, colour) > 600,
+                "{colour:?}"
+            );
+            assert_eq!(count(&rgb, 0, PANEL_HEIGHT, colour), 0, "{colour:?}");
+        }
         // Each curve stays in its own panel.
         assert_eq!(count(&rgb, PANEL_HEIGHT, HEIGHT, LOSS_COLOUR), 0);
         assert_eq!(count(&rgb, 0, PANEL_HEIGHT, KNN_COLOUR), 0);
@@ -296,7 +342,7 @@ mod tests {
         assert!(dark(&rgb, 0, PANEL_HEIGHT) > 1000);
         assert!(dark(&rgb, PANEL_HEIGHT, HEIGHT) > 1000);
         // Overwriting works and leaves no temporary file behind.
-        write_curves(&path, &loss[..10], &[])?;
+        write_curves(&path, &loss[..10], &[], &[])?;
         decode(&path);
         assert_eq!(
             fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?.count(),
@@ -326,11 +372,11 @@ mod tests {
             (&[(0, f64::MAX), (1, -f64::MAX)], &[(0, f64::MIN_POSITIVE)]),
         ];
         for (loss, knn) in cases {
-            write_curves(&path, loss, knn)?;
+            write_curves(&path, loss, knn, &[("untrained", 61.0)])?;
             decode(&path);
         }
         // An all-empty plot still has both frames and notes.
-        write_curves(&path, &[], &[])?;
+        write_curves(&path, &[], &[], &[])?;
         let rgb = decode(&path);
         assert!(count(&rgb, 0, PANEL_HEIGHT, MUTED) > 0);
         assert!(count(&rgb, PANEL_HEIGHT, HEIGHT, MUTED) > 0);
@@ -341,9 +387,9 @@ mod tests {
     #[test]
     fn unwritable_path_is_an_error() {
         let dir = scratch("unwritable");
-        let err = write_curves(&dir.join("missing/curves.png"), &[(0, 1.0)], &[]);
+        let err = write_curves(&dir.join("missing/curves.png"), &[(0, 1.0)], &[], &[]);
         assert!(matches!(err, Err(Error::Io { .. })), "{err:?}");
-        assert!(write_curves(Path::new("/"), &[], &[]).is_err());
+        assert!(write_curves(Path::new("/"), &[], &[], &[]).is_err());
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -381,6 +381,9 @@ fn resolve(
             eval::default_knn_memory(device, rows, 8 * width * arch.expansion())
         }),
         knn_queries: o.knn_queries.unwrap_or(0),
+        knn_every_steps: o.knn_every_steps.unwrap_or(0),
+        monitor_memory: Some(o.monitor_memory.or(o.knn_memory).unwrap_or(10_000)),
+        monitor_queries: Some(o.monitor_queries.or(o.knn_queries).unwrap_or(0)),
         log_every: positive("log-every", o.log_every, 10)?,
         checkpoint_every: o.checkpoint_every.unwrap_or(0),
         data_fingerprint: Some(Fingerprint::of(splits, data_root(&source))),
@@ -558,11 +561,12 @@ impl Metrics {
 /// `(step, value)` points of one curve.
 type Series = Vec<(usize, f64)>;
 
-/// Loss and kNN points of a run's metrics, for the plot.
-fn curves(path: &Path) -> (Series, Series) {
-    let (mut loss, mut knn) = (Vec::new(), Vec::new());
+/// Loss and kNN points of a run's metrics, and the kNN panel's reference
+/// lines (from the monitor's step-0 line), for the plot.
+fn curves(path: &Path) -> (Series, Series, Vec<(&'static str, f64)>) {
+    let (mut loss, mut knn, mut references) = (Vec::new(), Vec::new(), Vec::new());
     let Ok(text) = fs::read_to_string(path) else {
-        return (loss, knn);
+        return (loss, knn, references);
     };
     for line in text.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
@@ -575,8 +579,15 @@ fn curves(path: &Path) -> (Series, Series) {
         if let Some(a) = v["knn_acc"].as_f64() {
             knn.push((step, a));
         }
+        if let (Some(untrained), Some(raw)) = (v["knn_acc"].as_f64(), v["knn_raw_pixels"].as_f64())
+        {
+            references = vec![
+                ("untrained", 100.0 * untrained),
+                ("raw pixels", 100.0 * raw),
+            ];
+        }
     }
-    (loss, knn)
+    (loss, knn, references)
 }
 
 /// Runs `trainer pretrain`.
@@ -842,7 +853,7 @@ fn train(
     if let Some(dir) = &resumed_from {
         optimizer.set_velocity(&checkpoint::load_velocity(dir, model.student())?)?;
     }
-    let metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
+    let mut metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
     eprintln!(
         "on {} in {}",
         placement.device,
@@ -916,6 +927,19 @@ fn train(
     } else {
         cfg.checkpoint_every
     };
+    if cfg.knn_every_steps > 0 && state.step == 0 {
+        // The curve's first point and its reference lines, on the monitor's sets.
+        if let Some(untrained) = knn_monitor(&model, &splits, &aug, monitor_sizes(cfg))? {
+            let raw = raw_pixel_monitor(&splits, &aug, monitor_sizes(cfg))?;
+            eprintln!(
+                "step 0: kNN {:.2}% untrained, {:.2}% raw pixels (monitor sets)",
+                100.0 * untrained,
+                100.0 * raw
+            );
+            let line = json!({"step": 0, "knn_acc": untrained, "knn_raw_pixels": raw});
+            metrics.write(&metrics_path, line)?;
+        }
+    }
     if profile {
         engine::profile::start(placement.device)?;
     }
@@ -994,7 +1018,7 @@ fn train(
                 optimizer.step(model.student_mut(), &numbers.lr)?;
             }
             drop(step_range);
-            if profile && (step + 1) % cfg.log_every == 0 {
+            if profile && (step + 1).is_multiple_of(cfg.log_every) {
                 engine::profile::flush()?;
             }
             // Captured after the first eager step, which made cuDNN's choices.
@@ -1083,16 +1107,18 @@ impl Progress<'_> {
     /// Whether the kNN monitor runs after step `done` (counted from 1).
     fn knn_due(&self, done: usize) -> bool {
         let epoch = done / self.steps_per_epoch;
-        done % self.steps_per_epoch == 0
+        let every_steps = self.cfg.knn_every_steps;
+        (done.is_multiple_of(self.steps_per_epoch)
             && self.cfg.knn_every > 0
-            && epoch % self.cfg.knn_every == 0
+            && epoch.is_multiple_of(self.cfg.knn_every))
+            || (every_steps > 0 && done.is_multiple_of(every_steps))
     }
 
     /// Whether the model must be at step `done` when it is recorded: for a
     /// checkpoint, the kNN monitor, the end, or an interrupt.
     fn drain_due(&self, done: usize) -> bool {
         done == self.cfg.steps
-            || done % self.checkpoint_every == 0
+            || done.is_multiple_of(self.checkpoint_every)
             || self.knn_due(done)
             || interrupt::requested()
     }
@@ -1136,7 +1162,7 @@ impl Progress<'_> {
         let knn_acc = if drained && self.knn_due(self.state.step) {
             // Stopped by an interrupt, the monitor gives no value; the step
             // is still checkpointed below before the run stops.
-            match knn_monitor(cfg, model, self.splits, self.aug) {
+            match knn_monitor(model, self.splits, self.aug, monitor_sizes(cfg)) {
                 Err(Error::Interrupted(_)) => None,
                 other => other?,
             }
@@ -1144,10 +1170,11 @@ impl Progress<'_> {
             None
         };
         let state = &mut self.state;
-        if state.step == cfg.steps {
+        if state.step == cfg.steps && monitor_sizes(cfg) == final_sizes(cfg) {
             self.final_knn = knn_acc;
         }
-        if state.step % cfg.log_every == 0 || state.step == cfg.steps || knn_acc.is_some() {
+        if state.step.is_multiple_of(cfg.log_every) || state.step == cfg.steps || knn_acc.is_some()
+        {
             let (start, pairs, wait) = self.window;
             let secs = start.elapsed().as_secs_f64();
             let mut line = json!({
@@ -1186,7 +1213,8 @@ impl Progress<'_> {
             b.set_position(state.step as u64);
         }
         let interrupted = drained && interrupt::requested();
-        let checkpoint_due = state.step % self.checkpoint_every == 0 || state.step == cfg.steps;
+        let checkpoint_due =
+            state.step.is_multiple_of(self.checkpoint_every) || state.step == cfg.steps;
         if drained && (checkpoint_due || interrupted) {
             // On disk before the checkpoint that counts them, even after a power loss.
             self.metrics.sync(self.metrics_path)?;
@@ -1291,12 +1319,26 @@ fn progress_bar(total: usize, at: usize) -> Option<ProgressBar> {
     Some(bar)
 }
 
-/// kNN accuracy of the teacher on the test split, if the data has labels.
+/// Memory and query sizes of the periodic kNN monitor.
+fn monitor_sizes(cfg: &RunConfig) -> (usize, usize) {
+    (
+        cfg.monitor_memory.unwrap_or(cfg.knn_memory),
+        cfg.monitor_queries.unwrap_or(cfg.knn_queries),
+    )
+}
+
+/// Memory and query sizes of the kNN at the end of the run.
+fn final_sizes(cfg: &RunConfig) -> (usize, usize) {
+    (cfg.knn_memory, cfg.knn_queries)
+}
+
+/// kNN accuracy of the teacher on the test split with `(memory, queries)`
+/// images, if the data has labels.
 fn knn_monitor(
-    cfg: &RunConfig,
     model: &M2t,
     splits: &Splits,
     aug: &AugmentConfig,
+    (memory_limit, query_limit): (usize, usize),
 ) -> Result<Option<f64>> {
     let (Some(memory), Some(queries)) = (&splits.labelled_train, &splits.test) else {
         return Ok(None);
@@ -1307,10 +1349,19 @@ fn knn_monitor(
         memory,
         queries,
         aug,
-        cfg.knn_memory,
-        cfg.knn_queries,
+        memory_limit,
+        query_limit,
     )?;
     Ok(Some(acc))
+}
+
+/// Raw pixels' kNN accuracy on the monitor's sets (the data has labels:
+/// the network's monitor ran on them).
+fn raw_pixel_monitor(splits: &Splits, aug: &AugmentConfig, sizes: (usize, usize)) -> Result<f64> {
+    let (Some(memory), Some(queries)) = (&splits.labelled_train, &splits.test) else {
+        return Err(Error::Usage("kNN needs a labelled dataset".into()));
+    };
+    eval::knn_of_pixels((memory, queries), aug, sizes)
 }
 
 /// Final kNN (`final_knn` if the monitor measured the last step), summary.json
@@ -1326,11 +1377,11 @@ fn finish(
 ) -> Result<()> {
     let aug = AugmentConfig::new(cfg.res, splits.train.channels())?;
     // The monitor's value when it ran at the last step; otherwise measure now.
-    let (loss, mut knn_points) = curves(metrics_path);
+    let (loss, mut knn_points, references) = curves(metrics_path);
     let knn = match final_knn {
         Some(a) => Some(a),
         None => {
-            let acc = knn_monitor(cfg, model, splits, &aug).map_err(|e| match e {
+            let acc = knn_monitor(model, splits, &aug, final_sizes(cfg)).map_err(|e| match e {
                 Error::Interrupted(why) => Error::Interrupted(format!(
                     "{why}; the checkpoint at step {}/{} is saved; `trainer knn --checkpoint {}` measures the final kNN",
                     state.step,
@@ -1339,7 +1390,8 @@ fn finish(
                 )),
                 other => other,
             })?;
-            if let Some(a) = acc {
+            // The curve shows the monitor's sets only.
+            if let Some(a) = acc.filter(|_| monitor_sizes(cfg) == final_sizes(cfg)) {
                 knn_points.push((state.step, a));
             }
             acc
@@ -1365,6 +1417,7 @@ fn finish(
             .iter()
             .map(|&(s, a)| (s, 100.0 * a))
             .collect::<Vec<_>>(),
+        &references,
     )?;
     match knn {
         Some(a) => println!("kNN accuracy (teacher, k=200): {:.2}%", 100.0 * a),

@@ -572,19 +572,15 @@ fn summary(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
 
-#[test]
-fn final_knn_is_of_the_final_networks_and_finished_runs_resume_as_no_ops() {
-    // One epoch is 128 steps: the monitor runs at 128, the run ends at 130.
-    let out = tmp("final");
-    let mut a = tiny(&out, 130);
-    a.extend(["--knn-every", "1", "--checkpoint-every", "64"].map(String::from));
-    let o = run(&args(&a));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let reported = summary(&out)["knn_acc"].as_f64().unwrap();
+/// The final kNN a [`tiny`] run reports, checked against `trainer knn` on
+/// the run's checkpoint with the same sets.
+fn final_knn_matches_the_knn_command(out: &Path) -> f64 {
+    let reported = summary(out)["knn_acc"].as_f64().unwrap();
+    let checkpoint = out.to_str().unwrap();
     let o = run(&[
         "knn",
         "--checkpoint",
-        out.to_str().unwrap(),
+        checkpoint,
         "--memory",
         "256",
         "--queries",
@@ -595,6 +591,18 @@ fn final_knn_is_of_the_final_networks_and_finished_runs_resume_as_no_ops() {
         printed.contains(&format!("{:.2}%", 100.0 * reported)),
         "summary {reported} vs {printed}"
     );
+    reported
+}
+
+#[test]
+fn final_knn_is_of_the_final_networks_and_finished_runs_resume_as_no_ops() {
+    // One epoch is 128 steps: the monitor runs at 128, the run ends at 130.
+    let out = tmp("final");
+    let mut a = tiny(&out, 130);
+    a.extend(["--knn-every", "1", "--checkpoint-every", "64"].map(String::from));
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reported = final_knn_matches_the_knn_command(&out);
 
     let before: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
         .unwrap()
@@ -614,6 +622,49 @@ fn final_knn_is_of_the_final_networks_and_finished_runs_resume_as_no_ops() {
         "resuming a finished run must keep both checkpoints"
     );
     assert_eq!(summary(&out)["knn_acc"].as_f64().unwrap(), reported);
+}
+
+#[test]
+fn step_monitor_runs_on_its_own_sets_from_step_zero() {
+    let out = tmp("monitor");
+    let mut a = tiny(&out, 4);
+    a.extend(
+        ["--knn-every", "0", "--knn-every-steps", "2"]
+            .into_iter()
+            .chain(["--monitor-memory", "64", "--monitor-queries", "32"])
+            .map(String::from),
+    );
+    let o = run(&args(&a));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Step 0: the untrained network and raw pixels, the plot's references.
+    let first = &lines[0];
+    assert_eq!(first["step"], 0, "{first}");
+    for key in ["knn_acc", "knn_raw_pixels"] {
+        let v = first[key].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&v), "{key}: {first}");
+    }
+    let monitored: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["knn_acc"].is_f64())
+        .map(|l| l["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(monitored, [0, 2, 4]);
+    // The end of the run measures on the --knn-memory/--knn-queries sets.
+    final_knn_matches_the_knn_command(&out);
+    let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    for needle in [
+        "knn-every-steps = 2",
+        "monitor-memory = 64",
+        "monitor-queries = 32",
+    ] {
+        assert!(saved.contains(needle), "{needle} not in {saved}");
+    }
+    assert!(out.join("curves.png").is_file());
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub(crate) mod linear;
 pub(crate) mod loss;
 pub(crate) mod pool;
 pub(crate) mod real;
+pub(crate) mod simd;
 
 pub use batchnorm::{
     BatchStats, BesselCorrection, BnNorm, momentum_bn_update, update_running_stats,

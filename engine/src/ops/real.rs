@@ -3,6 +3,7 @@
 use crate::Element;
 use rayon::prelude::*;
 use std::iter::Sum;
+use std::mem::MaybeUninit;
 use std::ops::{Add, AddAssign, Div, Mul, MulAssign, Neg, Sub, SubAssign};
 
 /// f32 or f64: what the CPU kernels are generic over.
@@ -42,6 +43,24 @@ macro_rules! real {
 }
 real!(f32);
 real!(f64);
+
+/// A vector of `len` elements written block by block in parallel: `fill`
+/// gets each block's index and its `block` elements (fewer in the last), and
+/// must write every one of them. Nothing is zeroed first.
+pub(crate) fn filled_by_blocks<T: Send>(
+    len: usize,
+    block: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync + Send,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(block.max(1))
+        .enumerate()
+        .for_each(|(i, b)| fill(i, b));
+    // SAFETY: `fill` wrote every element of every block.
+    unsafe { out.set_len(len) };
+    out
+}
 
 /// A read-only matrix operand: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 /// Swapping the strides gives the transpose without a copy.

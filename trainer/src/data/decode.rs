@@ -102,10 +102,11 @@ pub fn decode(
     if bytes.is_empty() {
         return Err("empty file".into());
     }
-    if is_jpeg(bytes) && decoder == JpegDecoder::Turbo {
-        if let Some(image) = decode_turbo(bytes, divisor)? {
-            return Ok((image, divisor));
-        }
+    if is_jpeg(bytes)
+        && decoder == JpegDecoder::Turbo
+        && let Some(image) = decode_turbo(bytes, divisor)?
+    {
+        return Ok((image, divisor));
     }
     Ok((decode_image(bytes)?, 1))
 }

@@ -171,7 +171,7 @@ impl Dataset {
             ));
         }
         let image_len = height * width * channels;
-        if pixels.len() % image_len != 0 {
+        if !pixels.len().is_multiple_of(image_len) {
             return bad(format!(
                 "{} bytes is not a whole number of {image_len}-byte images",
                 pixels.len()

@@ -11,7 +11,7 @@ mod cpu;
 mod cuda;
 pub(crate) mod groups;
 
-use super::{elementwise, with_float};
+use super::with_float;
 use crate::error::{Error, Result, same_shape, shape_err};
 use crate::{DType, Scalar, Tensor};
 
@@ -323,15 +323,17 @@ pub(crate) fn backward(s: &BnSaved, dy: &Tensor) -> Result<BnGrads> {
             });
         }
     };
-    let gated = match &s.gate {
-        Gate::None => dy.clone(),
-        Gate::Relu(y) | Gate::AddRelu(y) => elementwise::relu_backward(y, dy)?,
+    let relu_out = match &s.gate {
+        Gate::None => None,
+        Gate::Relu(y) | Gate::AddRelu(y) => Some(y),
     };
     let c = s.gamma.numel();
-    let (dx, dgamma, dbeta) = with_float!(OP, s.x.dtype(), T => {
-        let (dx, dgamma, dbeta) = cpu::backward::<T>(
+    let wants_residual = matches!(s.gate, Gate::AddRelu(_));
+    let (dx, dgamma, dbeta, dresidual) = with_float!(OP, s.x.dtype(), T => {
+        let (dx, dgamma, dbeta, gated) = cpu::backward::<T>(
             s.x.as_slice()?,
-            gated.as_slice()?,
+            dy.as_slice()?,
+            relu_out.map(|y| y.as_slice()).transpose()?,
             s.gamma.as_slice()?,
             &cpu::Coefficients { mean_hat, batch_mean, inv_std, a: s.a, b: s.b },
         );
@@ -339,9 +341,10 @@ pub(crate) fn backward(s: &BnSaved, dy: &Tensor) -> Result<BnGrads> {
             Tensor::from_vec(dx, s.x.shape().clone())?,
             Tensor::from_vec(dgamma, [c])?,
             Tensor::from_vec(dbeta, [c])?,
+            // The gated gradient is also the residual's.
+            wants_residual.then(|| Tensor::from_vec(gated, s.x.shape().clone())).transpose()?,
         ))
     })?;
-    let dresidual = matches!(s.gate, Gate::AddRelu(_)).then_some(gated);
     Ok(BnGrads {
         dx,
         dgamma,

@@ -2,6 +2,8 @@
 //! chunk of images, all NHWC so the GEMM output is already the NHWC result.
 
 use super::ConvGeometry;
+#[cfg(target_arch = "x86_64")]
+use super::direct;
 use crate::ops::real::{Mat, Real, matmul};
 use rayon::prelude::*;
 
@@ -110,18 +112,63 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     y
 }
 
-/// For a stride-1 convolution, the convolution whose forward is its
-/// backward-data: `dy` as input (`k` channels, `oh × ow`), the weights flipped
-/// in space with input and output channels swapped, padding `r − 1 − padding`,
-/// so the output is `h × w × c`. Used where the usual route is slow: its GEMM
-/// into the `r·s·c`-wide column buffer has inner dimension `k`, which at 64 or
-/// less leaves it bound by writing that buffer (and col2im by reading it
-/// back), while this GEMM's inner dimension is the whole `r·s·k` patch. With
-/// few input channels (the stem) this GEMM would be too narrow instead.
-fn as_transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
+/// The instruction set for the direct kernels: on x86-64 CPUs with AVX2 or
+/// AVX-512, for every convolution but the pointwise ones (a pointwise
+/// convolution is already a plain GEMM).
+#[cfg(target_arch = "x86_64")]
+fn direct_isa(g: &ConvGeometry) -> Option<direct::Isa> {
+    direct::detected().filter(|_| !g.is_pointwise())
+}
+
+/// The f32 forward: the direct kernels where they cover the shape on this
+/// CPU, else im2col and GEMM.
+pub(super) fn forward_f32(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(y) = direct_isa(g).and_then(|isa| direct::forward(isa, g, x, w)) {
+        return y;
+    }
+    forward(g, x, w)
+}
+
+/// The f32 backward: each gradient from the direct kernels where they cover
+/// it (the data gradient of a stride-1 convolution is the forward of the
+/// transposed one), the rest by im2col and GEMM.
+pub(super) fn backward_f32(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    (want_dx, want_dw): (bool, bool),
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    #[allow(unused_mut)]
+    let (mut dx, mut dw) = (None, None);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(isa) = direct_isa(g) {
+        if want_dw {
+            dw = direct::backward_filter(isa, g, x, dy);
+        }
+        if let Some(t) = transposed(g).filter(|_| want_dx) {
+            dx = direct::forward(isa, &t, dy, &flipped(g, w));
+        }
+    }
+    let (rest_dx, rest_dw) = backward(
+        g,
+        x,
+        w,
+        dy,
+        (want_dx && dx.is_none(), want_dw && dw.is_none()),
+    );
+    (dx.or(rest_dx), dw.or(rest_dw))
+}
+
+/// For a stride-1 convolution with a square kernel and padding below its
+/// size, the convolution whose forward is its backward-data: `dy` as input
+/// (`k` channels, `oh × ow`), the weights flipped in space with input and
+/// output channels swapped (see [`flipped`]), padding `r − 1 − padding`, so
+/// the output is `h × w × c`.
+pub(super) fn transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
     let square = g.r == g.s && g.padding < g.r;
-    let pays = g.k <= 64 && g.c >= 32;
-    (g.stride == 1 && !g.is_pointwise() && square && pays).then_some(ConvGeometry {
+    (g.stride == 1 && square).then_some(ConvGeometry {
         h: g.oh,
         w: g.ow,
         c: g.k,
@@ -133,10 +180,21 @@ fn as_transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
     })
 }
 
+/// [`transposed`], where its im2col route beats the usual one: the usual
+/// route's GEMM into the `r·s·c`-wide column buffer has inner dimension `k`,
+/// which at 64 or less leaves it bound by writing that buffer (and col2im by
+/// reading it back), while this GEMM's inner dimension is the whole `r·s·k`
+/// patch. With few input channels (the stem) this GEMM would be too narrow
+/// instead.
+fn as_transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
+    let pays = g.k <= 64 && g.c >= 32;
+    transposed(g).filter(|_| !g.is_pointwise() && pays)
+}
+
 /// `w` (k × r × s × c) flipped in space, channels swapped: (c × r × s × k).
 /// Built 16 input channels at a time, so each read is one cache line and the
 /// writes run along 16 rows, and threaded over those blocks.
-fn flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+pub(super) fn flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     const BLOCK: usize = 16;
     let taps = g.r * g.s;
     let mut out = vec![T::ZERO; w.len()];

@@ -2,10 +2,12 @@
 
 mod cpu;
 mod cuda;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 
 use super::with_float;
-use crate::Tensor;
 use crate::error::{Result, shape_err};
+use crate::{DType, Tensor};
 
 /// Stride and zero padding of a convolution (the same along height and width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -118,9 +120,12 @@ pub(crate) fn forward(x: &Tensor, w: &Tensor, p: Conv2dParams) -> Result<Tensor>
         crate::ops::gpu::same_device("conv2d", &[x, w])?;
         return cuda::forward(gpu, x, w, &g, p);
     }
+    let shape = [g.n, g.oh, g.ow, g.k];
+    if dt == DType::F32 {
+        return Tensor::from_vec(cpu::forward_f32(&g, x.as_slice()?, w.as_slice()?), shape);
+    }
     with_float!("conv2d", dt, T => {
-        let y = cpu::forward::<T>(&g, x.as_slice()?, w.as_slice()?);
-        Tensor::from_vec(y, [g.n, g.oh, g.ow, g.k])
+        Tensor::from_vec(cpu::forward::<T>(&g, x.as_slice()?, w.as_slice()?), shape)
     })
 }
 
@@ -144,10 +149,27 @@ pub(crate) fn backward(
         crate::ops::gpu::same_device("conv2d backward", &[x, w, dy])?;
         return cuda::backward(gpu, x, w, dy, &g, p, want);
     }
+    if dt == DType::F32 {
+        let grads = cpu::backward_f32(&g, x.as_slice()?, w.as_slice()?, dy.as_slice()?, want);
+        return gradient_tensors(grads, x, w);
+    }
     with_float!("conv2d backward", dt, T => {
-        let (dx, dw) = cpu::backward::<T>(&g, x.as_slice()?, w.as_slice()?, dy.as_slice()?, want);
-        let dx = dx.map(|v| Tensor::from_vec(v, x.shape().clone())).transpose()?;
-        let dw = dw.map(|v| Tensor::from_vec(v, w.shape().clone())).transpose()?;
-        Ok((dx, dw))
+        let grads = cpu::backward::<T>(&g, x.as_slice()?, w.as_slice()?, dy.as_slice()?, want);
+        gradient_tensors(grads, x, w)
     })
+}
+
+/// `(dx, dw)` as tensors shaped like `x` and `w`.
+fn gradient_tensors<T: crate::Element>(
+    (dx, dw): (Option<Vec<T>>, Option<Vec<T>>),
+    x: &Tensor,
+    w: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let dx = dx
+        .map(|v| Tensor::from_vec(v, x.shape().clone()))
+        .transpose()?;
+    let dw = dw
+        .map(|v| Tensor::from_vec(v, w.shape().clone()))
+        .transpose()?;
+    Ok((dx, dw))
 }
