@@ -3,15 +3,10 @@
 //! similarities, top-k and vote, and the probe's head, on the device) print
 //! the CPU's accuracies, to the printed digit.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .env("RAYON_NUM_THREADS", "2")
-        .args(args)
-        .output()
-        .expect("trainer starts")
-}
+mod common;
+use common::run;
 
 fn stdout(o: &Output) -> String {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -3,15 +3,9 @@
 //! packed from.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .env("RAYON_NUM_THREADS", "2")
-        .args(args)
-        .output()
-        .expect("trainer starts")
-}
+mod common;
+use common::run;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -1,15 +1,10 @@
 //! `trainer bench --ops --card`: the roofline of a step on a machine
 //! without a GPU, and step figures against a card.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .env("RAYON_NUM_THREADS", "2")
-        .args(args)
-        .output()
-        .expect("trainer starts")
-}
+mod common;
+use common::run;
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
