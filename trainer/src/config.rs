@@ -140,13 +140,15 @@ pub struct PretrainOptions {
     #[arg(long)]
     #[serde(skip)]
     pub deterministic: bool,
-    /// Data-parallel processes, one per GPU (NCCL), as in the authors'
-    /// 8-GPU runs: --bs is then the batch of each GPU, batch norm
-    /// normalises over it, and the default learning rate follows the global
-    /// batch (N·bs). Also read from torchrun's RANK/WORLD_SIZE or Slurm's
-    /// SLURM_PROCID/SLURM_NTASKS. This build refuses more than one process
-    /// with the reason (see the README's "Data parallel"); --bn-group N
-    /// gives the same per-GPU batch norm on one device [default: 1].
+    /// Data-parallel processes on this machine, one per GPU, joined by
+    /// NCCL, as in the authors' 8-GPU runs: --bs is then the batch of each
+    /// GPU, batch norm normalises over it, and the default learning rate
+    /// and the epoch length follow the global batch (N·bs). Across machines,
+    /// start one trainer per GPU with torchrun or srun instead: the rank is
+    /// read from RANK/WORLD_SIZE/LOCAL_RANK or SLURM_PROCID/SLURM_NTASKS/
+    /// SLURM_LOCALID, and rank 0's address from MASTER_ADDR/MASTER_PORT.
+    /// --bn-group N gives the same per-GPU batch norm on one device
+    /// [default: 1].
     #[arg(long, value_name = "N")]
     #[serde(skip)]
     pub gpus: Option<usize>,
@@ -293,6 +295,10 @@ pub struct RunConfig {
     /// runs made before it existed.
     #[serde(default = "one")]
     pub bn_group: usize,
+    /// Data-parallel ranks: `bs` is each rank's batch, the global batch
+    /// `world_size·bs`. Absent, and 1, in runs made before it existed.
+    #[serde(default = "one")]
+    pub world_size: usize,
     /// Projector and predictor hidden width.
     pub proj_hidden: usize,
     /// Projector output width.
@@ -349,6 +355,7 @@ impl RunConfig {
             ("proj-out", run.proj_out, MAX_HEAD),
             ("log-every", run.log_every, usize::MAX),
             ("bn-group", run.bn_group, run.bs),
+            ("world-size", run.world_size, crate::limits::MAX_WORLD),
         ] {
             if value == 0 || value > max {
                 return Err(Error::Usage(format!(

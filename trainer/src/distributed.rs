@@ -11,6 +11,9 @@
 use crate::loader::epoch_order;
 use crate::{Error, Result};
 use std::ops::Range;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 /// `--bn-group` checked against `--bs`: it must split the batch into equal
 /// groups of at least two images (the heads' batch norm sees one value per
@@ -110,14 +113,20 @@ pub fn world_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Wor
 }
 
 /// Refuses a data-parallel launch (`--gpus N` above 1, or a launcher's job
-/// of more than one process) with the one-line reason this build or
-/// machine cannot run it. One process is always fine.
+/// of more than one process) with the one-line reason this machine cannot
+/// run it. One process is always fine.
 pub fn check_launch(gpus: usize, world: Option<&World>) -> Result<()> {
-    let processes = world.map_or(gpus, |w| w.size);
     if gpus == 0 {
         return Err(Error::Usage("--gpus 0: expected at least 1".into()));
     }
-    if processes <= 1 && gpus <= 1 {
+    if let Some(w) = world.filter(|w| w.size > 1 && gpus > 1 && gpus != w.size) {
+        return Err(Error::Usage(format!(
+            "--gpus {gpus} inside a launcher's job of {} processes: the launcher starts one trainer per GPU; drop --gpus",
+            w.size
+        )));
+    }
+    let processes = world.map_or(gpus, |w| w.size);
+    if processes <= 1 {
         return Ok(());
     }
     let none = |why: String| {
@@ -127,15 +136,151 @@ pub fn check_launch(gpus: usize, world: Option<&World>) -> Result<()> {
     };
     kernels::probe::probe().usable().map_err(none)?;
     let devices = kernels::probe::list_devices().map_err(none)?;
-    if devices.len() < gpus {
-        return Err(Error::Usage(format!(
-            "--gpus {gpus}: this machine has {} usable GPU(s)",
-            devices.len()
-        )));
+    let needed = world.map_or(gpus, |w| w.local_rank + 1);
+    if devices.len() < needed {
+        return Err(Error::Usage(match world {
+            Some(w) => format!(
+                "local rank {} needs GPU {}, and this machine has {} usable GPU(s)",
+                w.local_rank,
+                w.local_rank,
+                devices.len()
+            ),
+            None => format!(
+                "--gpus {gpus}: this machine has {} usable GPU(s)",
+                devices.len()
+            ),
+        }));
     }
+    Ok(())
+}
+
+/// How long ranks wait for each other: to join the job, and in a collective
+/// (rank 0's kNN monitor and checkpoints run while the others wait).
+pub const RANK_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Joins the job `world` describes over NCCL, on GPU `local_rank`.
+pub fn join(world: &World) -> Result<Box<dyn engine::comm::Communicator>> {
     Err(Error::Usage(format!(
-        "data parallel on {processes} processes: this build has the ghost-BN, sharding and all-reduce pieces but no multi-process launcher yet; use --bn-group on one GPU"
+        "data parallel on {} processes: NCCL is not wired in yet",
+        world.size
     )))
+}
+
+/// `--gpus N` on one machine: runs this command once per GPU, as ranks
+/// `0..N` of a job whose rank 0 hands out the NCCL id on a free local port,
+/// and waits for them (see [`supervise`]).
+pub fn launch(gpus: usize) -> Result<()> {
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| Error::Usage(format!("--gpus {gpus}: no free local port for rank 0: {e}")))?
+        .port();
+    let exe = std::env::current_exe().map_err(|e| {
+        Error::Usage(format!(
+            "--gpus {gpus}: cannot find this trainer's binary: {e}"
+        ))
+    })?;
+    // The children see the whole terminal's SIGINT themselves; the
+    // launcher outlives them to report which rank ended the job.
+    crate::interrupt::install();
+    let mut children = Vec::with_capacity(gpus);
+    for rank in 0..gpus {
+        let child = Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env("RANK", rank.to_string())
+            .env("WORLD_SIZE", gpus.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .spawn()
+            .map_err(|e| Error::io(&exe, e));
+        match child {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop(&mut children, Signal::Kill);
+                return Err(e);
+            }
+        }
+    }
+    supervise(children, Duration::from_secs(30))
+}
+
+/// How [`stop`] ends the ranks still running.
+#[derive(Clone, Copy)]
+enum Signal {
+    /// SIGTERM: each stops after its step, as on Ctrl-C.
+    Term,
+    /// SIGKILL.
+    Kill,
+}
+
+fn stop<'a>(children: impl IntoIterator<Item = &'a mut Child>, signal: Signal) {
+    for child in children {
+        match signal {
+            // SAFETY: signals a child process this launcher started and
+            // has not yet reaped, so its pid is still its own.
+            Signal::Term => unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            },
+            Signal::Kill => {
+                let _ = child.kill();
+            }
+        }
+    }
+}
+
+/// Waits for the ranks `children` (rank order). When one fails, or the
+/// launcher itself is interrupted, the others get SIGTERM, then SIGKILL
+/// after `grace`; the error names the first rank seen failing and how.
+pub fn supervise(children: Vec<Child>, grace: Duration) -> Result<()> {
+    let mut running: Vec<(usize, Child)> = children.into_iter().enumerate().collect();
+    let mut first_failure: Option<(usize, ExitStatus)> = None;
+    let mut terminated: Option<Instant> = None;
+    let mut killed = false;
+    while !running.is_empty() {
+        let mut i = 0;
+        while i < running.len() {
+            match running[i].1.try_wait() {
+                Ok(Some(status)) => {
+                    let (rank, _) = running.remove(i);
+                    if !status.success() {
+                        first_failure.get_or_insert((rank, status));
+                    }
+                }
+                Ok(None) => i += 1,
+                Err(e) => {
+                    return Err(Error::Ranks(format!(
+                        "waiting for rank {}: {e}",
+                        running[i].0
+                    )));
+                }
+            }
+        }
+        let children = running.iter_mut().map(|(_, c)| c);
+        if terminated.is_none() && (first_failure.is_some() || crate::interrupt::requested()) {
+            stop(children, Signal::Term);
+            terminated = Some(Instant::now());
+        } else if !killed && terminated.is_some_and(|t| t.elapsed() > grace) {
+            stop(children, Signal::Kill);
+            killed = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match first_failure {
+        None => Ok(()),
+        Some((rank, status)) => {
+            let how = match (status.code(), status.signal()) {
+                (Some(code), _) => format!("exited with code {code}"),
+                (None, Some(signal)) => format!("was killed by signal {signal}"),
+                (None, None) => format!("ended ({status})"),
+            };
+            let why = format!("rank {rank} {how}; the other ranks were stopped");
+            Err(match status.code() {
+                Some(2) => Error::Usage(why),
+                Some(130) => Error::Interrupted(why),
+                _ => Error::Ranks(why),
+            })
+        }
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +337,78 @@ mod tests {
         ] {
             assert!(world_from_env(env(&bad)).is_err(), "{bad:?}");
         }
+    }
+
+    fn shell(script: &str) -> Child {
+        Command::new("sh").args(["-c", script]).spawn().unwrap()
+    }
+
+    #[test]
+    fn a_failed_rank_stops_the_others_and_is_named() {
+        let started = Instant::now();
+        let sleeper = shell("sleep 60");
+        let sleeper_pid = sleeper.id();
+        let err = supervise(
+            vec![sleeper, shell("sleep 0.2; exit 3")],
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rank 1 exited with code 3; the other ranks were stopped"
+        );
+        assert_eq!(err.exit_code(), 1);
+        // SIGTERM ended the sleeping rank at once, not the grace period.
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
+        // SAFETY: signal 0 only asks whether the (reaped) pid still exists.
+        assert_ne!(unsafe { libc::kill(sleeper_pid as libc::pid_t, 0) }, 0);
+
+        let err = supervise(
+            vec![shell("exit 2"), shell("exit 0")],
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(
+            err.to_string().starts_with("rank 0 exited with code 2"),
+            "{err}"
+        );
+        assert!(supervise(vec![shell("exit 0"), shell("true")], Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn a_rank_that_ignores_sigterm_is_killed_after_the_grace_period() {
+        let started = Instant::now();
+        let stubborn = shell("trap '' TERM; sleep 60");
+        let err =
+            supervise(vec![stubborn, shell("exit 1")], Duration::from_millis(500)).unwrap_err();
+        assert!(
+            err.to_string().starts_with("rank 1 exited with code 1"),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn gpus_inside_a_launchers_job_must_match_it() {
+        let world = World {
+            rank: 0,
+            size: 16,
+            local_rank: 0,
+            master: Some(("node0".into(), 29500)),
+        };
+        let err = check_launch(8, Some(&world)).unwrap_err().to_string();
+        assert!(err.contains("drop --gpus"), "{err}");
+        assert!(check_launch(0, None).is_err());
+        assert!(check_launch(1, None).is_ok());
     }
 
     #[test]

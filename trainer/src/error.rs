@@ -39,6 +39,9 @@ pub enum Error {
     /// Another trainer holds the run folder's lock.
     #[error("{0}")]
     Locked(String),
+    /// A data-parallel rank failed, and the job with it.
+    #[error("{0}")]
+    Ranks(String),
     /// SIGINT or SIGTERM arrived; the run was checkpointed (exit code 130).
     #[error("interrupted: {0}")]
     Interrupted(String),

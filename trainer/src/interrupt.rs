@@ -13,7 +13,14 @@ pub fn install() {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
 }
 
-/// Whether SIGINT or SIGTERM arrived since [`install`].
+/// Raises the flag as a signal would: another data-parallel rank was
+/// interrupted, and this one stops with it.
+pub fn request() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Whether SIGINT or SIGTERM arrived (or [`request`] was called) since
+/// [`install`].
 pub fn requested() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }

@@ -18,6 +18,8 @@ pub const MAX_WIDTH: usize = 1024;
 pub const MAX_HEAD: usize = 65_536;
 /// Largest `--workers`.
 pub const MAX_WORKERS: usize = 1024;
+/// Most data-parallel ranks (processes) in one job.
+pub const MAX_WORLD: usize = 65_536;
 
 /// Refuses `value` above `max` for flag `--name`.
 pub fn at_most(name: &str, value: usize, max: usize) -> Result<usize> {

@@ -9,7 +9,8 @@
 //!   SplitMix64 output function ([`epoch_order`]);
 //! - step `s` is epoch `s / steps_per_epoch`, positions
 //!   `(s mod steps_per_epoch)·B ..` of that order; the tail that does not
-//!   fill a batch is dropped;
+//!   fill a batch is dropped; with `W` data-parallel ranks, `B` is the
+//!   global batch `W·b` and rank `r` takes its `r`-th slice of `b`;
 //! - the sample at position `p` of epoch `e` draws both of its views (view
 //!   one, then view two) from one `Rng` seeded by `(seed, e, p)`.
 //!
@@ -201,13 +202,43 @@ impl PairLoader {
         start_step: usize,
         augmentation: Augmentation,
     ) -> Result<PairLoader> {
+        Self::for_rank(
+            dataset,
+            cfg,
+            (batch_size, seed),
+            (0, 1),
+            workers,
+            start_step,
+            augmentation,
+        )
+    }
+
+    /// Rank `rank` of `world` data-parallel ranks' loader: its `batch_size`
+    /// images of each global batch of `world·batch_size` (see
+    /// [`crate::distributed`]), each drawn exactly as one device with the
+    /// global batch draws it.
+    pub fn for_rank(
+        dataset: Arc<Dataset>,
+        cfg: AugmentConfig,
+        (batch_size, seed): (usize, u64),
+        (rank, world): (usize, usize),
+        workers: usize,
+        start_step: usize,
+        augmentation: Augmentation,
+    ) -> Result<PairLoader> {
         if batch_size == 0 {
             return Err(Error::Usage("batch size must be positive".into()));
         }
-        let steps_per_epoch = dataset.len() / batch_size;
+        if rank >= world {
+            return Err(Error::Usage(format!(
+                "rank {rank} of {world}: expected a rank below the world size"
+            )));
+        }
+        let global = batch_size * world;
+        let steps_per_epoch = dataset.len() / global;
         if steps_per_epoch == 0 {
             return Err(Error::Usage(format!(
-                "{} has fewer images than one batch of {batch_size}",
+                "{} has fewer images than one batch of {global}",
                 dataset.describe()
             )));
         }
@@ -215,6 +246,7 @@ impl PairLoader {
             dataset,
             cfg,
             batch_size,
+            rank: (rank, world),
             seed,
             steps_per_epoch,
             augmentation,
@@ -234,7 +266,7 @@ impl PairLoader {
         })
     }
 
-    /// Full batches per epoch: `len / batch_size`.
+    /// Full global batches per epoch: `len / (world·batch_size)`.
     pub fn steps_per_epoch(&self) -> usize {
         self.steps_per_epoch
     }
@@ -342,6 +374,8 @@ struct Assembler {
     dataset: Arc<Dataset>,
     cfg: AugmentConfig,
     batch_size: usize,
+    /// This loader's rank and the number of ranks.
+    rank: (usize, usize),
     seed: u64,
     steps_per_epoch: usize,
     augmentation: Augmentation,
@@ -349,6 +383,14 @@ struct Assembler {
 }
 
 impl Assembler {
+    /// Step `step`'s epoch and the position in its order of this rank's
+    /// first image.
+    fn first_position(&self, step: usize) -> (usize, usize) {
+        let within = step % self.steps_per_epoch;
+        let positions = crate::distributed::rank_positions(within, self.batch_size, self.rank);
+        (step / self.steps_per_epoch, positions.start)
+    }
+
     /// The batch for `step`, or `None` if `stop` was raised meanwhile.
     fn batch(
         &self,
@@ -356,8 +398,7 @@ impl Assembler {
         order: &mut EpochOrder,
         stop: &AtomicBool,
     ) -> Result<Option<PairBatch>> {
-        let epoch = step / self.steps_per_epoch;
-        let first = (step % self.steps_per_epoch) * self.batch_size;
+        let (epoch, first) = self.first_position(step);
         let perm = order.get(self.seed, epoch, self.dataset.len());
         if self.augmentation == Augmentation::Device {
             return self.drawn(step, perm, stop);
@@ -401,8 +442,7 @@ impl Assembler {
     /// The batch for `step` as images and drawn view parameters: the same
     /// images and random draws as [`Assembler::batch`] renders on the host.
     fn drawn(&self, step: usize, perm: &[usize], stop: &AtomicBool) -> Result<Option<PairBatch>> {
-        let epoch = step / self.steps_per_epoch;
-        let first = (step % self.steps_per_epoch) * self.batch_size;
+        let (epoch, first) = self.first_position(step);
         let (mut images, mut one, mut two) = (Vec::new(), Vec::new(), Vec::new());
         let mut skipped = 0;
         for pos in first..first + self.batch_size {
@@ -702,6 +742,44 @@ mod tests {
                 assert_eq!(skipped, 1);
             }
         }
+    }
+
+    #[test]
+    fn ranks_split_each_global_batch_into_the_slices_one_device_draws() {
+        let ds = synthetic_set(40);
+        let views = |batch: PairBatch| match batch.views {
+            Views::Host { view1, view2 } => [view1, view2].map(|v| v.to_vec::<f32>().unwrap()),
+            Views::Drawn { .. } => unreachable!("host augmentation"),
+        };
+        let mut whole =
+            PairLoader::new(Arc::clone(&ds), cfg(), (12, 5), 2, 0, Augmentation::Host).unwrap();
+        let mut ranks: Vec<PairLoader> = (0..3)
+            .map(|r| {
+                PairLoader::for_rank(
+                    Arc::clone(&ds),
+                    cfg(),
+                    (4, 5),
+                    (r, 3),
+                    1,
+                    0,
+                    Augmentation::Host,
+                )
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(ranks[2].steps_per_epoch(), whole.steps_per_epoch());
+        // Seven steps: past the end of the first epoch (3 steps of 12).
+        for _ in 0..7 {
+            let expected = views(whole.next().unwrap());
+            let mut joined = [Vec::new(), Vec::new()];
+            for loader in &mut ranks {
+                for (all, part) in joined.iter_mut().zip(views(loader.next().unwrap())) {
+                    all.extend(part);
+                }
+            }
+            assert_eq!(joined, expected);
+        }
+        assert!(PairLoader::for_rank(ds, cfg(), (4, 5), (3, 3), 0, 0, Augmentation::Host).is_err());
     }
 
     #[test]

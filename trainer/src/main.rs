@@ -117,7 +117,12 @@ fn main() {
         Some(Command::Info(args)) => trainer::commands::info(args),
     };
     if let Err(e) = result {
-        eprintln!("trainer: {e}");
+        // Each rank of a data-parallel job prints its own error: say whose.
+        let world = trainer::distributed::world_from_env(|name| std::env::var(name).ok());
+        match world {
+            Ok(Some(w)) if w.size > 1 => eprintln!("trainer (rank {} of {}): {e}", w.rank, w.size),
+            _ => eprintln!("trainer: {e}"),
+        }
         std::process::exit(e.exit_code());
     }
 }

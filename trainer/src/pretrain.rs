@@ -11,6 +11,7 @@ use crate::limits::{self, MemoryEstimate};
 use crate::loader::{Augmentation, PairBatch, PairLoader};
 use crate::run_lock::RunLock;
 use crate::{Error, Result, interrupt, plot};
+use engine::comm::Communicator;
 use engine::ops::BesselCorrection;
 use engine::optim::{Lars, Sgd};
 use engine::schedule::LrSchedule;
@@ -247,11 +248,13 @@ fn usage(msg: impl Into<String>) -> Error {
 }
 
 /// Resolves flags (already layered over any `--config` file) against the data.
+/// `world_size` data-parallel ranks each train on `--bs` pairs per step:
+/// the epoch length and the default learning rate follow the global batch.
 fn resolve(
     o: &PretrainOptions,
     splits: &Splits,
     source: DataSource,
-    device: Device,
+    (device, world_size): (Device, usize),
 ) -> Result<RunConfig> {
     let arch = o.arch.ok_or_else(|| {
         usage("missing --arch (resnet18, resnet34, resnet50, resnet101 or resnet152)")
@@ -265,9 +268,15 @@ fn resolve(
         )));
     }
     let images = splits.train.len();
-    if bs > images {
+    let global = bs * world_size;
+    if global > images {
+        let what = if world_size == 1 {
+            format!("--bs {bs}")
+        } else {
+            format!("the global batch {world_size}×{bs}")
+        };
         return Err(usage(format!(
-            "--bs {bs} is larger than the dataset ({images} images)"
+            "{what} is larger than the dataset ({images} images)"
         )));
     }
     let res = o.res.unwrap_or(match splits.train.native_size() {
@@ -284,7 +293,7 @@ fn resolve(
         "lars" => OptimizerKind::Lars,
         other => return Err(usage(format!("--optimizer {other}: expected sgd or lars"))),
     };
-    let steps_per_epoch = images / bs;
+    let steps_per_epoch = images / global;
     let (steps, epochs) = match (o.steps, o.epochs) {
         (Some(s), _) => (s, s as f64 / steps_per_epoch as f64),
         (None, Some(0)) => {
@@ -301,9 +310,9 @@ fn resolve(
         }
     };
     let lr = o.lr.unwrap_or(match optimizer {
-        OptimizerKind::Sgd => 0.05 * bs as f64 / 256.0,
-        OptimizerKind::Lars if epochs >= 300.0 => 0.3 * bs as f64 / 256.0,
-        OptimizerKind::Lars => 0.45 * bs as f64 / 256.0,
+        OptimizerKind::Sgd => 0.05 * global as f64 / 256.0,
+        OptimizerKind::Lars if epochs >= 300.0 => 0.3 * global as f64 / 256.0,
+        OptimizerKind::Lars => 0.45 * global as f64 / 256.0,
     });
     let wd = o.wd.unwrap_or(match optimizer {
         OptimizerKind::Sgd => 1e-4,
@@ -369,6 +378,7 @@ fn resolve(
         teacher_bn: o.teacher_bn.unwrap_or_default(),
         mbn_correction,
         bn_group,
+        world_size,
         proj_hidden: size("proj-hidden", o.proj_hidden, 4096, limits::MAX_HEAD)?,
         proj_out: size("proj-out", o.proj_out, 256, limits::MAX_HEAD)?,
         width: size("width", o.width, 64, limits::MAX_WIDTH)?,
@@ -593,9 +603,39 @@ fn curves(path: &Path) -> (Series, Series, Vec<(&'static str, f64)>) {
 /// Runs `trainer pretrain`.
 pub fn run(flags: PretrainOptions) -> Result<()> {
     let world = crate::distributed::world_from_env(|name| std::env::var(name).ok())?;
-    crate::distributed::check_launch(flags.gpus.unwrap_or(1), world.as_ref())?;
+    let gpus = flags.gpus.unwrap_or(1);
+    crate::distributed::check_launch(gpus, world.as_ref())?;
+    match world {
+        Some(w) if w.size > 1 => {
+            let comm = crate::distributed::join(&w)?;
+            let flags = PretrainOptions {
+                device: Some(format!("cuda:{}", w.local_rank)),
+                ..flags
+            };
+            run_rank(flags, Some(comm))
+        }
+        None if gpus > 1 => crate::distributed::launch(gpus),
+        _ => run_rank(flags, None),
+    }
+}
+
+/// Whether this process writes the run's files: the only process, or rank 0.
+fn is_lead(comm: &Ranks) -> bool {
+    comm.as_ref().is_none_or(|c| c.rank() == 0)
+}
+
+/// This process's communicator when it is one of several data-parallel
+/// ranks; `None` for a one-process run.
+pub type Ranks = Option<Box<dyn Communicator>>;
+
+/// Pretrains as one process, or as one rank of a data-parallel job joined
+/// by `comm` (whose rank 0 alone writes the run folder; the others read it
+/// to resume, so it must be on storage they all see).
+pub fn run_rank(flags: PretrainOptions, mut comm: Ranks) -> Result<()> {
+    let world_size = comm.as_ref().map_or(1, |c| c.world_size());
+    let lead = is_lead(&comm);
     engine::set_deterministic(flags.deterministic);
-    let resume = flags.resume || (flags.auto_resume && auto_resume_finds_a_run(&flags)?);
+    let resume = flags.resume || (flags.auto_resume && auto_resume_finds_a_run(&flags, lead)?);
     // A resumed run takes the run folder's lock before anything else, so a
     // second trainer is refused at once; a new run once it is known to fit.
     let (cfg, out, splits, placement, resumed_lock, graph_flag) = if resume {
@@ -609,13 +649,21 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
                 out.display()
             )));
         }
-        let lock = RunLock::acquire(&out)?;
+        let lock = lead.then(|| RunLock::acquire(&out)).transpose()?;
         let cfg = RunConfig::load(&out.join("config.toml"))?;
+        if cfg.world_size != world_size {
+            return Err(usage(format!(
+                "--resume: {} was trained on {} data-parallel rank(s), this job has {world_size}; resume it with --gpus {} (or as many torchrun/srun processes): its batch norm and data order depend on the ranks",
+                out.display(),
+                cfg.world_size,
+                cfg.world_size
+            )));
+        }
         let placement = resolve_device(flags.device.as_deref(), flags.precision.as_deref())?;
         let splits = open_data(&cfg.data, cfg.res, cfg.seed)?;
         refuse_changed_flags(&flags, &cfg, &splits, placement.0.device)?;
         refuse_changed_data(&cfg, &splits)?;
-        (cfg, out, splits, placement, Some(lock), None)
+        (cfg, out, splits, placement, lock, None)
     } else {
         let opts = match &flags.config {
             Some(file) => flags.clone().over(PretrainOptions::from_file(file)?),
@@ -630,14 +678,16 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             synthetic_images(res).check_fits(placement.0.device)?;
         }
         let splits = open_data(&source, opts.res.unwrap_or(32), opts.seed.unwrap_or(0))?;
-        let cfg = resolve(&opts, &splits, source, placement.0.device)?;
+        let cfg = resolve(&opts, &splits, source, (placement.0.device, world_size))?;
         let out = opts.out.clone().unwrap_or_else(|| default_out(&cfg));
-        refuse_existing_run(&out)?;
+        if lead {
+            refuse_existing_run(&out)?;
+        }
         let graph_flag = opts.cuda_graph.clone();
         (cfg, out, splits, placement, None, graph_flag)
     };
     let (placement, note) = placement;
-    if let Some(note) = note {
+    if let (Some(note), true) = (note, lead) {
         eprintln!("{note}");
     }
     let workers = limits::at_most(
@@ -654,19 +704,31 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
             placement.device != Device::Cpu,
         )
         .check_fits(placement.device)?;
-    // Held until the run returns.
+    // Held by the lead until the run returns.
     let _lock = match resumed_lock {
-        Some(lock) => lock,
-        None => {
+        Some(lock) => Some(lock),
+        None if lead => {
             let lock = RunLock::acquire(&out)?;
             // Again under the lock: a run may have started since.
             refuse_existing_run(&out)?;
-            lock
+            Some(lock)
         }
+        None => None,
     };
     let graph_flag = flags.cuda_graph.as_deref().or(graph_flag.as_deref());
-    let cuda_graph = use_cuda_graph(graph_flag, placement.device, flags.profile)?;
-    if flags.profile && graph_flag.is_none() && placement.device != Device::Cpu {
+    let cuda_graph = if world_size > 1 {
+        // The ranks' all-reduces and BN-buffer averages run between the
+        // step and the update, outside a captured step.
+        if graph_flag == Some("on") {
+            return Err(usage(
+                "--cuda-graph on: data-parallel steps run eagerly in this build (the all-reduces are not captured); use --cuda-graph off",
+            ));
+        }
+        false
+    } else {
+        use_cuda_graph(graph_flag, placement.device, flags.profile)?
+    };
+    if lead && flags.profile && graph_flag.is_none() && placement.device != Device::Cpu {
         eprintln!(
             "--profile: steps run eagerly, without the CUDA graph (a replay is one launch; the tables time each)"
         );
@@ -679,17 +741,21 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
         workers,
         placement,
         (flags.profile, cuda_graph),
+        &mut comm,
     )
 }
 
 /// `--auto-resume`: whether `--out` holds a checkpoint to resume (else the
 /// run starts), said in one line.
-fn auto_resume_finds_a_run(flags: &PretrainOptions) -> Result<bool> {
+fn auto_resume_finds_a_run(flags: &PretrainOptions, lead: bool) -> Result<bool> {
     let out = flags
         .out
         .as_ref()
         .ok_or_else(|| usage("--auto-resume needs --out DIR (the run to resume or start)"))?;
     let found = checkpoint::holds_checkpoints(out);
+    if !lead {
+        return Ok(found);
+    }
     if found {
         eprintln!(
             "auto-resume: {} holds a checkpoint; resuming it",
@@ -731,7 +797,12 @@ fn refuse_changed_flags(
         base = PretrainOptions::from_file(file)?.over(base);
     }
     let opts = flags.clone().over(base);
-    let mut asked = resolve(&opts, splits, data_source(&opts)?, device)?;
+    let mut asked = resolve(
+        &opts,
+        splits,
+        data_source(&opts)?,
+        (device, saved.world_size),
+    )?;
     // The data itself is checked by its fingerprint, and the output folder
     // is the run's.
     asked.data_fingerprint = saved.data_fingerprint.clone();
@@ -790,7 +861,9 @@ fn train(
     workers: usize,
     placement: Placement,
     (profile, cuda_graph): (bool, bool),
+    comm: &mut Ranks,
 ) -> Result<()> {
+    let lead = is_lead(comm);
     let channels = splits.train.channels();
     if channels != cfg.channels {
         return Err(Error::data(
@@ -837,14 +910,19 @@ fn train(
         if let (Some(scaler), Some((scale, good_steps))) = (model.scaler_mut(), state.loss_scale) {
             scaler.restore(scale, good_steps)?;
         }
-        eprintln!(
-            "resuming {} at step {}/{}",
-            out.display(),
-            state.step,
-            cfg.steps
-        );
-    } else {
+        if lead {
+            eprintln!(
+                "resuming {} at step {}/{}",
+                out.display(),
+                state.step,
+                cfg.steps
+            );
+        }
+    } else if lead {
         nets::weights::write_atomic(&out.join("config.toml"), config_toml.as_bytes())?;
+    }
+    if let Some(comm) = comm {
+        same_step_on_every_rank(comm.as_mut(), state.step)?;
     }
     // Built and restored on the host, then moved: the optimiser state is
     // created where the parameters live.
@@ -853,27 +931,41 @@ fn train(
     if let Some(dir) = &resumed_from {
         optimizer.set_velocity(&checkpoint::load_velocity(dir, model.student())?)?;
     }
-    let mut metrics = Metrics::open(&metrics_path, state.metrics_lines)?;
-    eprintln!(
-        "on {} in {}",
-        placement.device,
-        precision_name(placement.precision)
-    );
-    eprintln!(
-        "{} {} stem, width {}, {} params; {}; {} steps of {} pairs at {} px",
-        cfg.arch,
-        cfg.stem,
-        cfg.width,
-        model.student().num_params(),
-        splits.train.describe(),
-        cfg.steps,
-        cfg.bs,
-        cfg.res
-    );
-    for warning in splits.label_warnings() {
-        eprintln!("{warning}");
+    let mut metrics = lead
+        .then(|| Metrics::open(&metrics_path, state.metrics_lines))
+        .transpose()?;
+    if lead {
+        eprintln!(
+            "on {} in {}{}",
+            placement.device,
+            precision_name(placement.precision),
+            match cfg.world_size {
+                1 => String::new(),
+                n => format!(", rank 0 of {n} data-parallel ranks"),
+            }
+        );
+        let batch = match cfg.world_size {
+            1 => format!("{} pairs", cfg.bs),
+            n => format!("{n}×{} pairs", cfg.bs),
+        };
+        eprintln!(
+            "{} {} stem, width {}, {} params; {}; {} steps of {batch} at {} px",
+            cfg.arch,
+            cfg.stem,
+            cfg.width,
+            model.student().num_params(),
+            splits.train.describe(),
+            cfg.steps,
+            cfg.res
+        );
+        for warning in splits.label_warnings() {
+            eprintln!("{warning}");
+        }
     }
     if state.step >= cfg.steps {
+        if !lead {
+            return Ok(());
+        }
         // A finished run resumed again changes nothing; a fresh `--steps 0`
         // run saves the initial networks.
         interrupt::install();
@@ -905,10 +997,12 @@ fn train(
     } else {
         Augmentation::Host
     };
-    let mut loader = PairLoader::new(
+    let rank = comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()));
+    let mut loader = PairLoader::for_rank(
         train_set,
         train_aug,
         (cfg.bs, cfg.seed),
+        rank,
         workers,
         state.step,
         augmentation,
@@ -921,13 +1015,13 @@ fn train(
     };
     interrupt::install();
 
-    let bar = progress_bar(cfg.steps, state.step);
+    let bar = lead.then(|| progress_bar(cfg.steps, state.step)).flatten();
     let checkpoint_every = if cfg.checkpoint_every == 0 {
         steps_per_epoch
     } else {
         cfg.checkpoint_every
     };
-    if cfg.knn_every_steps > 0 && state.step == 0 {
+    if let (Some(metrics), true) = (&mut metrics, cfg.knn_every_steps > 0 && state.step == 0) {
         // The curve's first point and its reference lines, on the monitor's sets.
         if let Some(untrained) = knn_monitor(&model, &splits, &aug, monitor_sizes(cfg))? {
             let raw = raw_pixel_monitor(&splits, &aug, monitor_sizes(cfg))?;
@@ -955,6 +1049,7 @@ fn train(
         profile,
         state,
         metrics,
+        lead,
         window: (Instant::now(), 0, 0.0),
         final_knn: None,
         last_checkpoint: resumed_from,
@@ -999,7 +1094,19 @@ fn train(
                 batch.views(gpu_augmenter.as_ref())?
             };
             let numbers = model.schedule(step, cfg.steps, lr)?;
-            let report = model.step(&view1, &view2, &numbers)?;
+            let report = match comm {
+                Some(comm) => {
+                    let report = nets::data_parallel::step(
+                        &mut model,
+                        comm.as_mut(),
+                        (&view1, &view2),
+                        &numbers,
+                    )?;
+                    stop_together(comm.as_mut())?;
+                    report
+                }
+                None => model.step(&view1, &view2, &numbers)?,
+            };
             // fp16 overflow is the loss scaler's business: it lowers the
             // scale and the update is skipped. Anything else non-finite is
             // divergence, found before the update.
@@ -1050,10 +1157,39 @@ fn train(
             state.skipped_images
         );
     }
+    if !lead {
+        return Ok(());
+    }
     if profile {
         report_profile(out)?;
     }
     finish(cfg, out, &model, &splits, &state, &metrics_path, final_knn)
+}
+
+/// Refuses ranks that resumed from different checkpoints (a run folder not
+/// shared by every node, or one written to meanwhile).
+fn same_step_on_every_rank(comm: &mut dyn Communicator, step: usize) -> Result<()> {
+    let mut mean = [step as f32];
+    comm.all_reduce_mean_host(&mut mean)?;
+    if mean[0] != step as f32 {
+        return Err(usage(format!(
+            "rank {} starts at step {step}, the ranks' mean is {}: every rank must resume the same checkpoint, from a run folder they all see",
+            comm.rank(),
+            mean[0]
+        )));
+    }
+    Ok(())
+}
+
+/// Raises the interrupt flag on every rank when any rank received SIGINT
+/// or SIGTERM, so all stop after the same step (and rank 0 checkpoints it).
+fn stop_together(comm: &mut dyn Communicator) -> Result<()> {
+    let mut any = [f32::from(u8::from(interrupt::requested()))];
+    comm.all_reduce_mean_host(&mut any)?;
+    if any[0] > 0.0 {
+        interrupt::request();
+    }
+    Ok(())
 }
 
 /// What one step did, as the loop learns it: at once for an eager step, a
@@ -1095,7 +1231,11 @@ struct Progress<'a> {
     checkpoint_every: usize,
     profile: bool,
     state: State,
-    metrics: Metrics,
+    /// The lead's metrics file; other ranks write nothing.
+    metrics: Option<Metrics>,
+    /// Whether this process is the only one or rank 0: it alone runs the
+    /// kNN monitor, logs and checkpoints.
+    lead: bool,
     /// Since the last metrics line: its start, pairs and data wait (s).
     window: (Instant, usize, f64),
     final_knn: Option<f64>,
@@ -1157,7 +1297,17 @@ impl Progress<'_> {
         self.check_finite(o)?;
         let cfg = self.cfg;
         self.state.step = o.step + 1;
-        self.window.1 += cfg.bs;
+        self.window.1 += cfg.bs * cfg.world_size;
+        if !self.lead {
+            // Another rank: the lead checkpoints at the step all stop at.
+            if drained && interrupt::requested() {
+                return Err(Error::Interrupted(format!(
+                    "stopped at step {}/{} with the other ranks; rank 0 checkpointed it",
+                    self.state.step, cfg.steps
+                )));
+            }
+            return Ok(0.0);
+        }
         let overhead = Instant::now();
         let knn_acc = if drained && self.knn_due(self.state.step) {
             // Stopped by an interrupt, the monitor gives no value; the step
@@ -1206,7 +1356,9 @@ impl Progress<'_> {
                     knn_acc.map_or(String::new(), |a| format!(" kNN {:.2}%", 100.0 * a))
                 ),
             }
-            self.metrics.write(self.metrics_path, line)?;
+            if let Some(metrics) = &mut self.metrics {
+                metrics.write(self.metrics_path, line)?;
+            }
             self.window = (Instant::now(), 0, 0.0);
         }
         if let Some(b) = &self.bar {
@@ -1217,8 +1369,10 @@ impl Progress<'_> {
             state.step.is_multiple_of(self.checkpoint_every) || state.step == cfg.steps;
         if drained && (checkpoint_due || interrupted) {
             // On disk before the checkpoint that counts them, even after a power loss.
-            self.metrics.sync(self.metrics_path)?;
-            state.metrics_lines = self.metrics.lines;
+            if let Some(metrics) = &self.metrics {
+                metrics.sync(self.metrics_path)?;
+                state.metrics_lines = metrics.lines;
+            }
             state.loss_scale = model.loss_scale()?;
             self.last_checkpoint = Some(checkpoint::save(
                 self.out,
@@ -1403,7 +1557,7 @@ fn finish(
         "final_loss": loss.last().map(|&(_, l)| l),
         "knn_acc": knn,
         "train_seconds": state.train_seconds,
-        "pairs_per_s": if state.train_seconds > 0.0 { (state.step * cfg.bs) as f64 / state.train_seconds } else { 0.0 },
+        "pairs_per_s": if state.train_seconds > 0.0 { (state.step * cfg.bs * cfg.world_size) as f64 / state.train_seconds } else { 0.0 },
         "skipped_images": state.skipped_images,
         "params": model.student().num_params(),
     });
