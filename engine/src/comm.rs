@@ -10,7 +10,8 @@
 //! fails.
 
 use crate::error::{Error, Result};
-use crate::{DType, ParamStore, Tensor};
+use crate::{DType, Tensor};
+use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,16 +35,37 @@ pub trait Communicator: Send {
     /// Replaces the f32 tensor `buf` with the elementwise mean of every
     /// rank's `buf`, [`BUCKET_ELEMENTS`] at a time.
     fn all_reduce_mean(&mut self, buf: &mut Tensor) -> Result<()> {
+        let len = buf.numel();
+        for first in (0..len).step_by(BUCKET_ELEMENTS) {
+            self.start_mean(buf, first..len.min(first + BUCKET_ELEMENTS))?;
+        }
+        self.wait()
+    }
+
+    /// Starts replacing elements `range` of the f32 tensor `buf` with their
+    /// mean over the ranks; they hold it once [`Self::wait`] returns. Every
+    /// rank starts the same ranges in the same order. The host stand-in
+    /// averages at once; NCCL queues the average on a stream of its own,
+    /// so it overlaps the backward pass still running.
+    fn start_mean(&mut self, buf: &mut Tensor, range: Range<usize>) -> Result<()> {
         buf.expect_dtype("all_reduce", &[DType::F32])?;
         if self.world_size() == 1 {
             return Ok(());
         }
-        let mut host = buf.to_vec::<f32>()?;
-        for bucket in host.chunks_mut(BUCKET_ELEMENTS) {
-            self.all_reduce_mean_host(bucket)?;
-        }
-        let mean = Tensor::from_vec(host, buf.shape().clone())?.to_device(buf.device())?;
-        buf.copy_from(&mean)
+        let part = buf
+            .reshape([buf.numel()])?
+            .narrow(range.start, range.len())?;
+        let mut host = part.to_vec::<f32>()?;
+        drop(part);
+        self.all_reduce_mean_host(&mut host)?;
+        let mean = Tensor::from_vec(host, [range.len()])?.to_device(buf.device())?;
+        buf.copy_from_at(range.start, &mean)
+    }
+
+    /// Waits until every mean started is in its buffer (on a GPU: orders
+    /// the device's stream after them).
+    fn wait(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -188,12 +210,5 @@ impl Communicator for HostComm {
         }
         data.copy_from_slice(&round.result);
         Ok(())
-    }
-}
-
-impl ParamStore {
-    /// Replaces the gradient buffer with its mean over `comm`'s ranks.
-    pub fn average_grads(&mut self, comm: &mut dyn Communicator) -> Result<()> {
-        comm.all_reduce_mean(self.grads_mut())
     }
 }

@@ -9,6 +9,7 @@ use crate::tape::{Gradients, Tape, Var};
 use crate::{DType, Device, Shape, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::ops::Range;
 
 /// Offsets are rounded up to this many elements (256 bytes), so views keep the
 /// buffer's alignment for vector loads (and device buffers' 256-byte alignment).
@@ -321,6 +322,81 @@ impl ParamStore {
     /// Gradients may be f32 or 16-bit (from [`Self::attach_mixed`]); on a GPU
     /// store they must be on its device (one kernel per parameter, no sync).
     pub fn accumulate_grads(&mut self, vars: ParamVars, grads: &Gradients) -> Result<()> {
+        self.check_vars(&vars)?;
+        for (info, var) in self.infos.iter().zip(&vars.0) {
+            if let Some(g) = grads.get(var) {
+                Self::check_grad(info, g)?;
+            }
+        }
+        for (i, var) in vars.0.iter().enumerate() {
+            if let Some(g) = grads.get(var) {
+                self.accumulate_grad(i, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The gradient buffer's all-reduce buckets, in the order a backward
+    /// pass completes them: ranges of whole parameters of at least
+    /// [`crate::comm::BUCKET_ELEMENTS`] (but the last), from the end of the
+    /// buffer back. Together they cover it.
+    pub fn grad_buckets(&self) -> Vec<Range<usize>> {
+        let mut buckets = Vec::new();
+        let mut end = self.grads.numel();
+        for info in self.infos.iter().rev() {
+            if end - info.offset >= crate::comm::BUCKET_ELEMENTS || info.offset == 0 {
+                buckets.push(info.offset..end);
+                end = info.offset;
+            }
+        }
+        if end > 0 {
+            buckets.push(0..end);
+        }
+        buckets
+    }
+
+    /// Backpropagates `loss` (seeded with `seed`) from `tape` into the
+    /// gradient buffer, zeroed first, and hands the buffer to `bucket_done`
+    /// with each of [`Self::grad_buckets`] as soon as the backward has
+    /// completed every parameter in it, so a data-parallel step can average
+    /// the last layers' gradients while the first layers' are computed.
+    /// `vars` are this store's variables on `tape`.
+    pub fn backward_in_buckets(
+        &mut self,
+        tape: Tape,
+        (loss, seed): (&Var, Tensor),
+        vars: ParamVars,
+        mut bucket_done: impl FnMut(&mut Tensor, Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        self.check_vars(&vars)?;
+        self.zero_grad()?;
+        let buckets = self.grad_buckets();
+        let bucket_of: Vec<usize> = self
+            .infos
+            .iter()
+            .map(|i| buckets.iter().position(|b| b.contains(&i.offset)))
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Param("a parameter outside every bucket".into()))?;
+        let mut missing = vec![0usize; buckets.len()];
+        for &b in &bucket_of {
+            missing[b] += 1;
+        }
+        tape.backward_streaming(loss, seed, &vars.0, |i, g| {
+            if let Some(g) = g {
+                Self::check_grad(&self.infos[i], &g)?;
+                self.accumulate_grad(i, &g)?;
+            }
+            let b = bucket_of[i];
+            missing[b] -= 1;
+            if missing[b] == 0 {
+                bucket_done(&mut self.grads, buckets[b].clone())?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn check_vars(&self, vars: &ParamVars) -> Result<()> {
         if vars.0.len() != self.infos.len() {
             return Err(Error::Param(format!(
                 "{} variables for a store of {} parameters",
@@ -328,36 +404,36 @@ impl ParamStore {
                 self.infos.len()
             )));
         }
-        for (info, var) in self.infos.iter().zip(&vars.0) {
-            if let Some(g) = grads.get(var)
-                && g.numel() != info.shape.numel()
-            {
-                return Err(Error::Param(format!(
-                    "{}: gradient of shape {} for a parameter of shape {}",
-                    info.name,
-                    g.shape(),
-                    info.shape
-                )));
-            }
+        Ok(())
+    }
+
+    fn check_grad(info: &ParamInfo, g: &Tensor) -> Result<()> {
+        if g.numel() != info.shape.numel() {
+            return Err(Error::Param(format!(
+                "{}: gradient of shape {} for a parameter of shape {}",
+                info.name,
+                g.shape(),
+                info.shape
+            )));
         }
+        Ok(())
+    }
+
+    /// Adds `g` (f32 or 16-bit, on the store's device) into parameter
+    /// `index`'s gradient: one kernel on a GPU, no sync.
+    fn accumulate_grad(&mut self, index: usize, g: &Tensor) -> Result<()> {
+        let info = &self.infos[index];
         if self.grads.gpu_mut()?.is_some() {
-            for (info, var) in self.infos.iter().zip(&vars.0) {
-                let Some(g) = grads.get(var) else { continue };
-                let acc = self.grads.view(info.offset, info.shape.clone());
-                crate::optim::cuda::accumulate_grad(&acc, g)?;
-            }
-            return Ok(());
+            let acc = self.grads.view(info.offset, info.shape.clone());
+            return crate::optim::cuda::accumulate_grad(&acc, g);
         }
-        let buf = self.grads.slice_mut::<f32>()?;
-        for (info, var) in self.infos.iter().zip(&vars.0) {
-            let Some(g) = grads.get(var) else { continue };
-            let g = g.to_dtype(DType::F32)?;
-            let g = g.as_slice::<f32>()?;
-            buf[info.offset..info.offset + g.len()]
-                .iter_mut()
-                .zip(g)
-                .for_each(|(a, b)| *a += b);
-        }
+        let g = g.to_dtype(DType::F32)?;
+        let g = g.as_slice::<f32>()?;
+        let offset = info.offset;
+        self.grads.slice_mut::<f32>()?[offset..offset + g.len()]
+            .iter_mut()
+            .zip(g)
+            .for_each(|(a, b)| *a += b);
         Ok(())
     }
 

@@ -210,6 +210,9 @@ pub struct Tape {
     recording: bool,
     nodes: Vec<Node>,
     slots: usize,
+    /// Per slot, the first node that read it (`None`: no node yet): once
+    /// backward has passed that node, the slot's gradient is complete.
+    first_reader: Vec<Option<usize>>,
     /// Groups each batch norm splits its batch into (ghost BN).
     bn_groups: usize,
 }
@@ -228,6 +231,7 @@ impl Tape {
             recording: true,
             nodes: Vec::new(),
             slots: 0,
+            first_reader: Vec::new(),
             bn_groups: 1,
         }
     }
@@ -283,6 +287,7 @@ impl Tape {
 
     fn new_slot(&mut self) -> usize {
         self.slots += 1;
+        self.first_reader.push(None);
         self.slots - 1
     }
 
@@ -310,6 +315,10 @@ impl Tape {
             .collect::<Result<Vec<_>>>()?;
         if !self.recording || slots.iter().all(Option::is_none) {
             return Ok(Var { value, slot: None });
+        }
+        let index = self.nodes.len();
+        for &slot in slots.iter().flatten() {
+            self.first_reader[slot].get_or_insert(index);
         }
         let out = self.new_slot();
         self.nodes.push(node(&slots, out));
@@ -573,6 +582,23 @@ impl Tape {
     /// Backpropagates `seed` (the gradient of some scalar with respect to `out`),
     /// consuming the tape.
     pub fn backward_with(self, out: &Var, seed: Tensor) -> Result<Gradients> {
+        self.backward_streaming(out, seed, &[], |_, _| Ok(()))
+    }
+
+    /// [`Self::backward_with`], handing the gradient of each of `watched`
+    /// to `complete` (with its index in `watched`; `None` if the output
+    /// does not depend on it) as soon as backward has passed every node that
+    /// read it, so the variables read last in the forward pass come first,
+    /// while the rest of the backward is still to run: how a data-parallel
+    /// step starts averaging gradients early. Handed-over gradients are not
+    /// kept in the returned [`Gradients`].
+    pub fn backward_streaming(
+        self,
+        out: &Var,
+        seed: Tensor,
+        watched: &[Var],
+        mut complete: impl FnMut(usize, Option<Tensor>) -> Result<()>,
+    ) -> Result<Gradients> {
         let Some(start) = self.slot_of(out)? else {
             return Err(Error::Tape(
                 "backward from a value that depends on no parameter (or a no-grad tape)".into(),
@@ -590,17 +616,31 @@ impl Tape {
                 ),
             ));
         }
+        // Per node, the watched variables it is the first reader of.
+        let mut completed_by: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.nodes.len()];
+        for (i, var) in watched.iter().enumerate() {
+            let slot = self.slot_of(var)?.ok_or_else(|| {
+                Error::Tape("a watched variable needs a gradient on this tape".into())
+            })?;
+            match self.first_reader[slot] {
+                Some(node) => completed_by[node].push((i, slot)),
+                // Read by no node: nothing will ever flow into it.
+                None => complete(i, None)?,
+            }
+        }
         let mut grads: Vec<Option<Tensor>> = vec![None; self.slots];
         grads[start] = Some(seed);
-        for node in self.nodes.into_iter().rev() {
+        for (index, node) in self.nodes.into_iter().enumerate().rev() {
             // Nodes the output does not depend on get no gradient; skip them.
-            let Some(dy) = grads[node.out()].take() else {
-                continue;
-            };
-            let _range = crate::nvtx::open(crate::profile::Kind::Layer, || {
-                format!("{} backward", node.name())
-            });
-            backward_node(node, &dy, &mut grads)?;
+            if let Some(dy) = grads[node.out()].take() {
+                let _range = crate::nvtx::open(crate::profile::Kind::Layer, || {
+                    format!("{} backward", node.name())
+                });
+                backward_node(node, &dy, &mut grads)?;
+            }
+            for &(i, slot) in &completed_by[index] {
+                complete(i, grads[slot].take())?;
+            }
         }
         Ok(Gradients {
             tape: self.id,

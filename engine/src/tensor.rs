@@ -265,25 +265,23 @@ impl Tensor {
     /// device; on a GPU, a device copy queued on the stream). Fails while
     /// other references to this tensor's storage are alive.
     pub fn copy_from(&mut self, src: &Tensor) -> Result<()> {
-        if src.shape() != self.shape()
-            || src.dtype() != self.dtype()
+        if src.shape() != self.shape() {
+            return Err(self.copy_mismatch("copy_from", src));
+        }
+        self.copy_from_at(0, src)
+    }
+
+    /// Overwrites elements `first..first + src.numel()` of this tensor (in
+    /// row-major order) with `src`'s, as [`Self::copy_from`] does the whole.
+    pub fn copy_from_at(&mut self, first: usize, src: &Tensor) -> Result<()> {
+        if src.dtype() != self.dtype()
             || src.device() != self.device()
+            || first + src.numel() > self.numel()
         {
-            return Err(Error::Shape {
-                op: "copy_from",
-                detail: format!(
-                    "{} {} on {} into {} {} on {}",
-                    src.shape(),
-                    src.dtype(),
-                    src.device(),
-                    self.shape(),
-                    self.dtype(),
-                    self.device()
-                ),
-            });
+            return Err(self.copy_mismatch("copy_from_at", src));
         }
         let size = self.dtype().size_in_bytes();
-        let (offset, bytes) = (self.offset * size, self.numel() * size);
+        let (offset, bytes) = ((self.offset + first) * size, src.numel() * size);
         if let Some(dst) = self.gpu_mut()? {
             let (from, from_offset, _) = src.gpu_range().expect("on the same GPU");
             dst.gpu.copy(from, from_offset, &dst.buf, offset, bytes)?;
@@ -298,6 +296,21 @@ impl Tensor {
         };
         b.bytes_mut()[offset..offset + bytes].copy_from_slice(&data);
         Ok(())
+    }
+
+    fn copy_mismatch(&self, op: &'static str, src: &Tensor) -> Error {
+        Error::Shape {
+            op,
+            detail: format!(
+                "{} {} on {} into {} {} on {}",
+                src.shape(),
+                src.dtype(),
+                src.device(),
+                self.shape(),
+                self.dtype(),
+                self.device()
+            ),
+        }
     }
 
     /// A copy on `device` (the same tensor if it is already there). Copies

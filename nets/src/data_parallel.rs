@@ -7,7 +7,9 @@
 //!   device reproduces it with [`crate::m2t::M2tConfig::bn_groups`].
 //! - The student's gradient buffer is averaged before the optimiser, so
 //!   every rank applies the same update and the weights (and the EMA
-//!   teacher) stay identical.
+//!   teacher) stay identical. It is averaged in buckets of whole
+//!   parameters, each started as soon as the backward pass has completed
+//!   it (the last layers first), as DDP does.
 //! - The BN buffers — the student's running statistics and the teacher's
 //!   Momentum-BN history — are averaged after each step. The release wraps
 //!   the model in DDP with `broadcast_buffers`, but its batch norms replace
@@ -27,8 +29,9 @@ use crate::{Error, Result};
 use engine::Tensor;
 use engine::comm::Communicator;
 
-/// One data-parallel M2T iteration on this rank's views: the local step,
-/// then the gradient, BN-buffer and loss averages over `comm`'s ranks. The
+/// One data-parallel M2T iteration on this rank's views: the local step
+/// with its gradients averaged over `comm`'s ranks as the backward pass
+/// completes them, then the BN-buffer and loss averages. The
 /// caller applies the optimiser to the averaged gradients. fp16 is refused:
 /// each rank's loss scaler would decide alone whether to skip the update.
 pub fn step(
@@ -42,8 +45,7 @@ pub fn step(
             "data-parallel fp16 is not supported (each rank's loss scaler would skip different steps); use bf16 or fp32".into(),
         ));
     }
-    let report = model.step(view1, view2, schedule)?;
-    model.student_mut().average_grads(comm)?;
+    let report = model.step_averaged((view1, view2), schedule, Some(&mut *comm))?;
     for which in [Which::Student, Which::Teacher] {
         average_buffers(model.network_mut(which).1, comm)?;
     }

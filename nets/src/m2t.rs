@@ -6,6 +6,7 @@ use crate::heads::Mlp;
 use crate::layers::{BN_MOMENTUM, BnBuffers, BnMode, Forward, NetBuilder};
 use crate::resnet::{ResNet, ResNetConfig};
 use crate::{Error, Result};
+use engine::comm::Communicator;
 use engine::graph::StepGraph;
 use engine::ops::{BatchStats, BesselCorrection};
 use engine::optim::ema_update;
@@ -385,6 +386,20 @@ impl M2t {
         view2: &Tensor,
         schedule: &StepSchedule,
     ) -> Result<StepReport> {
+        self.step_averaged((view1, view2), schedule, None)
+    }
+
+    /// [`Self::step`] as one of `comm`'s data-parallel ranks: each bucket of
+    /// the student's gradient buffer is averaged over the ranks as soon as
+    /// the backward pass has completed it (see
+    /// [`engine::ParamStore::backward_in_buckets`]), so the buffer holds the
+    /// mean of the ranks' gradients when the step returns.
+    pub fn step_averaged(
+        &mut self,
+        (view1, view2): (&Tensor, &Tensor),
+        schedule: &StepSchedule,
+        comm: Option<&mut dyn Communicator>,
+    ) -> Result<StepReport> {
         if self.device_scaler.is_some() {
             return Err(Error::Config(
                 "this fp16 model's loss scale lives on the device since its step was captured: run the captured step".into(),
@@ -392,7 +407,7 @@ impl M2t {
         }
         // Each view is moved and cast once, for the teacher and the student.
         let (view1, view2) = (&self.input(view1)?, &self.input(view2)?);
-        let loss = self.queue_step(view1, view2, schedule)?;
+        let loss = self.queue_step(view1, view2, schedule, comm)?;
         let skip_update = match &mut self.scaler {
             Some(scaler) => {
                 let found_inf = scaler.unscale_and_check(&mut self.student)?;
@@ -418,6 +433,7 @@ impl M2t {
         view1: &Tensor,
         view2: &Tensor,
         schedule: &StepSchedule,
+        comm: Option<&mut dyn Communicator>,
     ) -> Result<Tensor> {
         use engine::nvtx::phase;
         {
@@ -478,23 +494,35 @@ impl M2t {
         let loss_tensor = loss.value().clone();
         drop(student);
         let backward = phase("student backward");
-        let grads = match (&self.device_scaler, &self.scaler) {
+        let seed = match (&self.device_scaler, &self.scaler) {
             // A captured fp16 step seeds from the device's scale.
-            (Some(device), _) => tape.backward_with(&loss, device.seed(loss.shape().clone())?)?,
+            (Some(device), _) => device.seed(loss.shape().clone())?,
             // fp16: scale the loss so small gradients do not flush to zero.
-            (None, Some(scaler)) => {
-                let seed = Tensor::full(
-                    loss.shape().clone(),
-                    scaler.scale() as f64,
-                    DType::F32,
-                    self.device(),
-                )?;
-                tape.backward_with(&loss, seed)?
-            }
-            (None, None) => tape.backward(&loss)?,
+            (None, Some(scaler)) => Tensor::full(
+                loss.shape().clone(),
+                scaler.scale() as f64,
+                DType::F32,
+                self.device(),
+            )?,
+            (None, None) => Tensor::full(
+                loss.shape().clone(),
+                1.0,
+                loss.value().dtype(),
+                self.device(),
+            )?,
         };
-        self.student.zero_grad()?;
-        self.student.accumulate_grads(params, &grads)?;
+        match comm {
+            Some(comm) => {
+                self.student
+                    .backward_in_buckets(tape, (&loss, seed), params, |grads, range| {
+                        comm.start_mean(grads, range)
+                    })?;
+                comm.wait()?;
+            }
+            None => self
+                .student
+                .backward_in_buckets(tape, (&loss, seed), params, |_, _| Ok(()))?,
+        }
         drop(backward);
         self.student_bn.update_running(&stats1, BN_MOMENTUM)?;
         self.student_bn.update_running(&stats2, BN_MOMENTUM)?;
@@ -610,7 +638,7 @@ impl CapturedStep {
             for (i, view) in views.iter().enumerate() {
                 copy_selected(view, (&inputs[0][i], &inputs[1][i]), cell)?;
             }
-            let step_loss = model.queue_step(&views[0], &views[1], schedule)?;
+            let step_loss = model.queue_step(&views[0], &views[1], schedule, None)?;
             let skip = match &model.device_scaler {
                 Some(scaler) => {
                     scaler.unscale_and_update(&mut model.student)?;

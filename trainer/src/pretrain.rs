@@ -739,9 +739,8 @@ pub fn run_rank(flags: PretrainOptions, mut comm: Ranks) -> Result<()> {
         splits,
         resume,
         workers,
-        placement,
+        (placement, &mut comm),
         (flags.profile, cuda_graph),
-        &mut comm,
     )
 }
 
@@ -859,9 +858,8 @@ fn train(
     splits: Splits,
     resume: bool,
     workers: usize,
-    placement: Placement,
+    (placement, comm): (Placement, &mut Ranks),
     (profile, cuda_graph): (bool, bool),
-    comm: &mut Ranks,
 ) -> Result<()> {
     let lead = is_lead(comm);
     let channels = splits.train.channels();
