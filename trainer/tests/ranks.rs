@@ -155,9 +155,11 @@ fn a_resumed_two_rank_run_equals_the_uninterrupted_one_bit_for_bit() {
     assert_eq!(bits(&whole), bits(&crashed));
 
     // The same run with one process: refused, naming both counts.
-    let mut alone = PretrainOptions::default();
-    alone.resume = true;
-    alone.out = Some(whole.clone());
+    let alone = PretrainOptions {
+        resume: true,
+        out: Some(whole.clone()),
+        ..Default::default()
+    };
     let err = run_rank(alone, None).unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     let message = err.to_string();
