@@ -135,31 +135,36 @@ pub fn check_launch(gpus: usize, world: Option<&World>) -> Result<()> {
         ))
     };
     kernels::probe::probe().usable().map_err(none)?;
-    let devices = kernels::probe::list_devices().map_err(none)?;
-    let needed = world.map_or(gpus, |w| w.local_rank + 1);
-    if devices.len() < needed {
-        return Err(Error::Usage(match world {
-            Some(w) => format!(
-                "local rank {} needs GPU {}, and this machine has {} usable GPU(s)",
-                w.local_rank,
-                w.local_rank,
-                devices.len()
-            ),
-            None => format!(
-                "--gpus {gpus}: this machine has {} usable GPU(s)",
-                devices.len()
-            ),
-        }));
+    let devices = kernels::probe::list_devices().map_err(none)?.len();
+    match world {
+        Some(w) => gpu_of(w.local_rank, devices).map(|_| ()),
+        None if devices < gpus => Err(Error::Usage(format!(
+            "--gpus {gpus}: this machine has {devices} usable GPU(s)"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The GPU of local rank `local_rank` among the `visible` ones: its own
+/// ordinal, or the only GPU a scheduler left visible to the process (as
+/// `srun --gpus-per-task 1` does).
+pub fn gpu_of(local_rank: usize, visible: usize) -> Result<usize> {
+    match visible {
+        1 => Ok(0),
+        n if local_rank < n => Ok(local_rank),
+        n => Err(Error::Usage(format!(
+            "local rank {local_rank} needs its own GPU, and this process sees {n}"
+        ))),
+    }
 }
 
 /// How long ranks wait for each other: to join the job, and in a collective
 /// (rank 0's kNN monitor and checkpoints run while the others wait).
 pub const RANK_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Joins the job `world` describes over NCCL, on GPU `local_rank`.
-pub fn join(world: &World) -> Result<Box<dyn engine::comm::Communicator>> {
+/// Joins the job `world` describes over NCCL, on GPU `gpu`.
+pub fn join(world: &World, gpu: usize) -> Result<Box<dyn engine::comm::Communicator>> {
+    let _ = gpu;
     Err(Error::Usage(format!(
         "data parallel on {} processes: NCCL is not wired in yet",
         world.size
@@ -408,6 +413,9 @@ mod tests {
         let err = check_launch(8, Some(&world)).unwrap_err().to_string();
         assert!(err.contains("drop --gpus"), "{err}");
         assert!(check_launch(0, None).is_err());
+        assert_eq!(gpu_of(5, 1).unwrap(), 0);
+        assert_eq!(gpu_of(5, 8).unwrap(), 5);
+        assert!(gpu_of(8, 8).is_err());
         assert!(check_launch(1, None).is_ok());
     }
 

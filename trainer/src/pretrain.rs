@@ -607,9 +607,20 @@ pub fn run(flags: PretrainOptions) -> Result<()> {
     crate::distributed::check_launch(gpus, world.as_ref())?;
     match world {
         Some(w) if w.size > 1 => {
-            let comm = crate::distributed::join(&w)?;
+            if let Some(d) = flags
+                .device
+                .as_deref()
+                .filter(|d| !matches!(*d, "auto" | "cuda"))
+            {
+                return Err(usage(format!(
+                    "--device {d}: each data-parallel rank runs on its own GPU; drop --device"
+                )));
+            }
+            let visible = kernels::probe::list_devices().map_err(Error::Usage)?.len();
+            let gpu = crate::distributed::gpu_of(w.local_rank, visible)?;
+            let comm = crate::distributed::join(&w, gpu)?;
             let flags = PretrainOptions {
-                device: Some(format!("cuda:{}", w.local_rank)),
+                device: Some(format!("cuda:{gpu}")),
                 ..flags
             };
             run_rank(flags, Some(comm))
