@@ -19,7 +19,9 @@ pub struct PretrainOptions {
     #[arg(long, value_parser = parse::<Arch>)]
     #[serde(default, with = "opt_str")]
     pub arch: Option<Arch>,
-    /// Pairs of views per step (batch size), at most 65536 [required].
+    /// Pairs of views per step (batch size), at most 65536; with data
+    /// parallel, per GPU, as in the release's configs (the global batch is
+    /// N·bs) [required].
     #[arg(long)]
     pub bs: Option<usize>,
     /// Stem: imagenet (7×7/2 conv + max-pool) or small (3×3/1 conv, for 28–96 px)
@@ -60,7 +62,8 @@ pub struct PretrainOptions {
     /// sgd or lars [default: sgd].
     #[arg(long)]
     pub optimizer: Option<String>,
-    /// Peak learning rate [default: 0.05·bs/256 for SGD, 0.45·bs/256 for LARS (0.3 from 300 epochs)].
+    /// Peak learning rate [default: 0.05·B/256 for SGD, 0.45·B/256 for LARS
+    /// (0.3 from 300 epochs), B the global batch: bs, or N·bs on N GPUs].
     #[arg(long)]
     pub lr: Option<f64>,
     /// Weight decay on every parameter [default: 1e-4 for SGD, 1e-6 for LARS].
@@ -261,7 +264,7 @@ pub struct RunConfig {
     /// Backbone depth.
     #[serde(with = "as_str")]
     pub arch: Arch,
-    /// Pairs per step.
+    /// Pairs per step (of each rank).
     pub bs: usize,
     /// Stem.
     #[serde(with = "as_str")]
