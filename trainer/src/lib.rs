@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod bench;
+pub mod bootstrap;
 pub mod bench_loader;
 pub mod bench_ops;
 pub mod check;
