@@ -32,7 +32,14 @@ fn gpu_with_nccl() -> Option<Device> {
 /// A one-rank communicator on `device`.
 fn one_rank(device: Device) -> NcclComm {
     let id = nccl::unique_id().unwrap();
-    NcclComm::new(device, &id, (0, 1), Duration::from_secs(60), Alarm::default()).unwrap()
+    NcclComm::new(
+        device,
+        &id,
+        (0, 1),
+        Duration::from_secs(60),
+        Alarm::default(),
+    )
+    .unwrap()
 }
 
 fn bits(t: &Tensor) -> Vec<u32> {
@@ -79,7 +86,9 @@ fn on_cuda_a_one_rank_nccl_step_equals_the_step_without_nccl() {
             "step {k}: gradients"
         );
         plain_sgd.step(plain.student_mut(), numbers.lr).unwrap();
-        ranked_sgd.step(ranked.student_mut(), ranked_numbers.lr).unwrap();
+        ranked_sgd
+            .step(ranked.student_mut(), ranked_numbers.lr)
+            .unwrap();
         assert_eq!(
             bits(ranked.student().values()),
             bits(plain.student().values()),
@@ -130,23 +139,21 @@ fn on_cuda_buckets_host_values_and_a_captured_all_reduce_pass_through_one_rank()
     assert_eq!(captured.to_vec::<f32>().unwrap(), values);
 }
 
+/// Rank 0's set-up of a two-rank communicator whose rank 1 never comes:
+/// its error and how long it took.
+fn set_up_without_rank_one(device: Device, timeout: Duration, alarm: Alarm) -> (String, Duration) {
+    let id = nccl::unique_id().unwrap();
+    let start = Instant::now();
+    let err = NcclComm::new(device, &id, (0, 2), timeout, alarm).unwrap_err();
+    (err.to_string(), start.elapsed())
+}
+
 #[test]
 fn on_cuda_a_rank_that_never_joins_ends_the_set_up_in_bounded_time() {
     let Some(device) = gpu_with_nccl() else {
         return;
     };
-    let id = nccl::unique_id().unwrap();
-    let start = Instant::now();
-    let err = NcclComm::new(
-        device,
-        &id,
-        (0, 2),
-        Duration::from_secs(5),
-        Alarm::default(),
-    )
-    .unwrap_err()
-    .to_string();
-    let took = start.elapsed();
+    let (err, took) = set_up_without_rank_one(device, Duration::from_secs(5), Alarm::default());
     assert!(
         err.contains("rank 0 of 2") && err.contains("did not finish within 5s"),
         "{err}"
@@ -160,18 +167,13 @@ fn on_cuda_the_alarm_stops_the_set_up_at_once_naming_the_rank() {
     let Some(device) = gpu_with_nccl() else {
         return;
     };
-    let id = nccl::unique_id().unwrap();
     let alarm = Alarm::default();
     let raise = alarm.clone();
-    let start = Instant::now();
     std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));
         raise.raise("rank 1 ended or lost its connection to rank 0");
     });
-    let err = NcclComm::new(device, &id, (0, 2), Duration::from_secs(120), alarm)
-        .unwrap_err()
-        .to_string();
-    let took = start.elapsed();
+    let (err, took) = set_up_without_rank_one(device, Duration::from_secs(120), alarm);
     assert!(
         err.contains("rank 0 of 2") && err.contains("rank 1 ended"),
         "{err}"

@@ -105,7 +105,10 @@ pub fn connect_nccl(
         timeouts.collective,
         watch.alarm(),
     )?;
-    Ok(Box::new(Watched { nccl, _watch: watch }))
+    Ok(Box::new(Watched {
+        nccl,
+        _watch: watch,
+    }))
 }
 
 /// An NCCL communicator with the bootstrap's connections, which close when
@@ -332,7 +335,11 @@ fn connect(master: &str, deadline: Instant) -> std::io::Result<TcpStream> {
 }
 
 /// A rank's side: connects to rank 0, says who it is, waits for the id.
-fn join(master: &str, (rank, world): (usize, usize), timeout: Duration) -> Result<(Vec<u8>, Watch)> {
+fn join(
+    master: &str,
+    (rank, world): (usize, usize),
+    timeout: Duration,
+) -> Result<(Vec<u8>, Watch)> {
     let mut stream = connect(master, Instant::now() + timeout).map_err(|e| {
         fail(format!(
             "rank {rank} could not reach rank 0 at {master} within {timeout:.0?} ({e}): is rank 0 running, with the same MASTER_ADDR and MASTER_PORT?"
@@ -465,14 +472,21 @@ mod tests {
         let none: Vec<Option<TcpStream>> = (0..4).map(|_| None).collect();
         assert_eq!(check_greeting(&hello(3, 4), 4, &none), Ok(3));
         let why = check_greeting(&hello(1, 2), 4, &none).unwrap_err();
-        assert!(why.contains("a job of 4 processes, rank 1 one of 2"), "{why}");
+        assert!(
+            why.contains("a job of 4 processes, rank 1 one of 2"),
+            "{why}"
+        );
         for rank in [0, 4] {
             let why = check_greeting(&hello(rank, 4), 4, &none).unwrap_err();
             assert!(why.contains("not one of ranks 1..4"), "{why}");
         }
         let mut other = hello(1, 4);
         other[..8].copy_from_slice(b"GET / HT");
-        assert!(check_greeting(&other, 4, &none).unwrap_err().contains("not a trainer's"));
+        assert!(
+            check_greeting(&other, 4, &none)
+                .unwrap_err()
+                .contains("not a trainer's")
+        );
         let mut newer = hello(1, 4);
         newer[8..12].copy_from_slice(&2u32.to_le_bytes());
         let why = check_greeting(&newer, 4, &none).unwrap_err();
@@ -487,7 +501,10 @@ mod tests {
         let mut r = &wire[..];
         assert_eq!(receive(&mut r).unwrap(), (ID, vec![7; 128]));
         assert_eq!(receive(&mut r).unwrap(), (ENDED, b"rank 2 ended".to_vec()));
-        assert_eq!(receive(&mut r).unwrap_err().kind(), ErrorKind::UnexpectedEof);
+        assert_eq!(
+            receive(&mut r).unwrap_err().kind(),
+            ErrorKind::UnexpectedEof
+        );
         let mut huge = vec![ID];
         huge.extend((MAX_PAYLOAD + 1).to_le_bytes());
         assert_eq!(

@@ -3,9 +3,9 @@
 
 pub mod augment;
 pub mod bench;
-pub mod bootstrap;
 pub mod bench_loader;
 pub mod bench_ops;
+pub mod bootstrap;
 pub mod check;
 pub mod checkpoint;
 pub mod commands;

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use trainer::bootstrap::{Watch, exchange_id};
+use trainer::bootstrap::{Timeouts, Watch, connect_nccl, exchange_id};
 use trainer::distributed::{World, world_from_env};
 
 fn free_port() -> u16 {
@@ -184,16 +184,11 @@ fn rank_zero_names_what_it_refused_when_a_rank_is_missing() {
 #[test]
 fn a_rank_leaving_after_the_bootstrap_is_named_to_the_others() {
     let port = free_port();
-    let mut joined: Vec<Watch> = on_threads(
-        3,
-        &[0, 1, 2],
-        port,
-        Duration::from_secs(30),
-        Duration::ZERO,
-    )
-    .into_iter()
-    .map(|j| j.unwrap().1)
-    .collect();
+    let mut joined: Vec<Watch> =
+        on_threads(3, &[0, 1, 2], port, Duration::from_secs(30), Duration::ZERO)
+            .into_iter()
+            .map(|j| j.unwrap().1)
+            .collect();
     // Rank 2 closes its connection (as its process's end would).
     drop(joined.pop());
     let within = Duration::from_secs(5);
@@ -204,10 +199,11 @@ fn a_rank_leaving_after_the_bootstrap_is_named_to_the_others() {
     // Rank 0 leaving: rank 1 learns it from its own connection.
     let rank1 = joined.pop().unwrap();
     let fresh = free_port();
-    let mut pair: Vec<Watch> = on_threads(2, &[0, 1], fresh, Duration::from_secs(30), Duration::ZERO)
-        .into_iter()
-        .map(|j| j.unwrap().1)
-        .collect();
+    let mut pair: Vec<Watch> =
+        on_threads(2, &[0, 1], fresh, Duration::from_secs(30), Duration::ZERO)
+            .into_iter()
+            .map(|j| j.unwrap().1)
+            .collect();
     let rank1_of_pair = pair.pop().unwrap();
     drop(pair);
     let why = alarm_within(&rank1_of_pair, within).expect("the alarm is raised");
@@ -218,19 +214,43 @@ fn a_rank_leaving_after_the_bootstrap_is_named_to_the_others() {
     drop(rank1);
 }
 
+/// The library path a rank process finds NCCL with, `None` without NCCL.
+/// This executable does not re-execute itself as the trainer does: its rank
+/// processes get the path the trainer would run with.
+fn nccl_library_path() -> Option<String> {
+    let group = kernels::probe::GROUPS.iter().find(|g| g.name == "nccl")?;
+    kernels::probe::choose_folder(&kernels::probe::search_dirs(), group)?;
+    Some(
+        kernels::probe::library_path()
+            .unwrap_or_else(|| std::env::var("LD_LIBRARY_PATH").unwrap_or_default()),
+    )
+}
+
 /// Marks the lines a rank process prints for the test that started it.
 const TAG: &str = "rank-process:";
 
 /// One rank of a job whose place is in the environment (torchrun's
 /// variables): joins, prints the id, then waits (at most 30 s) for the
 /// watch's alarm and prints it. `M2T_TEST_NCCL_ID` makes rank 0 hand out a
-/// real NCCL id.
+/// real NCCL id; `M2T_TEST_CONNECT` runs the whole `connect_nccl` on
+/// `cuda:0` instead and prints its error.
 #[test]
 #[ignore = "one rank of a job, run as a process by the other tests"]
 fn rank_process() {
     let world = world_from_env(|k| std::env::var(k).ok())
         .unwrap()
         .expect("RANK and WORLD_SIZE are set");
+    if std::env::var_os("M2T_TEST_CONNECT").is_some() {
+        let timeouts = Timeouts {
+            bootstrap: Duration::from_secs(20),
+            collective: Duration::from_secs(20),
+        };
+        match connect_nccl(&world, engine::Device::Cuda(0), timeouts) {
+            Ok(_) => println!("{TAG} connected"),
+            Err(e) => println!("{TAG} failed {e}"),
+        }
+        return;
+    }
     let nccl = std::env::var_os("M2T_TEST_NCCL_ID").is_some();
     let make_id = || {
         if nccl {
@@ -263,10 +283,16 @@ struct Job {
 
 impl Job {
     fn start(size: usize, env: &[(&str, &str)]) -> Job {
+        Job::start_ranks(size, &(0..size).collect::<Vec<_>>(), env)
+    }
+
+    /// Only ranks `ranks` of the job; `ranks[i]` is `self.ranks[i]`.
+    fn start_ranks(size: usize, ranks: &[usize], env: &[(&str, &str)]) -> Job {
         let port = free_port().to_string();
         let (tx, lines) = mpsc::channel();
-        let ranks = (0..size)
-            .map(|rank| {
+        let ranks = ranks
+            .iter()
+            .map(|&rank| {
                 let mut child = Command::new(std::env::current_exe().unwrap())
                     .args(["rank_process", "--exact", "--ignored", "--nocapture"])
                     .env("RANK", rank.to_string())
@@ -355,26 +381,20 @@ fn a_killed_rank_zero_process_is_named_to_every_other_rank() {
 
 #[test]
 fn rank_processes_receive_a_real_nccl_id() {
-    let dirs = kernels::probe::search_dirs();
-    let group = kernels::probe::GROUPS
-        .iter()
-        .find(|g| g.name == "nccl")
-        .expect("the probe knows NCCL");
-    if kernels::probe::choose_folder(&dirs, group).is_none() {
+    let Some(path) = nccl_library_path() else {
         eprintln!("skipped: no NCCL (scripts/install-nccl.sh installs it into .deps)");
         assert!(
             std::env::var_os("CI").is_none(),
             "CI installs NCCL into .deps"
         );
         return;
-    }
-    // This executable does not re-execute itself as the trainer does: its
-    // rank processes get the library path the trainer would run with.
-    let path = kernels::probe::library_path()
-        .unwrap_or_else(|| std::env::var("LD_LIBRARY_PATH").unwrap_or_default());
+    };
     let job = Job::start(
         4,
-        &[("M2T_TEST_NCCL_ID", "1"), ("LD_LIBRARY_PATH", path.as_str())],
+        &[
+            ("M2T_TEST_NCCL_ID", "1"),
+            ("LD_LIBRARY_PATH", path.as_str()),
+        ],
     );
     let said = job.next_of(&[0, 1, 2, 3], Duration::from_secs(60));
     let ids: Vec<&str> = (0..4)
@@ -387,4 +407,57 @@ fn rank_processes_receive_a_real_nccl_id() {
     assert_eq!(ids[0].len(), 2 * 128, "an NCCL id has 128 bytes");
     assert!(ids[0].chars().any(|c| c != '0'), "the id is not blank");
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}
+
+/// A folder whose `libnccl.so` (the name cudarc opens) cannot load.
+fn broken_nccl_folder() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bootstrap-{}-no-nccl", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("libnccl.so"), b"").unwrap();
+    dir
+}
+
+#[test]
+fn without_nccl_a_rank_fails_at_once_before_any_networking() {
+    let dir = broken_nccl_folder();
+    // Rank 1 alone: with NCCL it would wait 20 s for rank 0.
+    let job = Job::start_ranks(
+        2,
+        &[1],
+        &[
+            ("M2T_TEST_CONNECT", "1"),
+            ("LD_LIBRARY_PATH", dir.to_str().unwrap()),
+        ],
+    );
+    let said = job.next_of(&[1], Duration::from_secs(10));
+    assert!(
+        said[&1].starts_with("failed") && said[&1].contains("NCCL not found"),
+        "{said:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn with_nccl_and_no_gpu_both_ranks_get_through_the_bootstrap_to_the_device() {
+    let Some(path) = nccl_library_path() else {
+        eprintln!("skipped: no NCCL (scripts/install-nccl.sh installs it into .deps)");
+        return;
+    };
+    if kernels::probe::probe().usable().is_ok() {
+        eprintln!("skipped: this machine has a GPU (tests/tests/nccl.rs runs NCCL on it)");
+        return;
+    }
+    let job = Job::start(
+        2,
+        &[
+            ("M2T_TEST_CONNECT", "1"),
+            ("LD_LIBRARY_PATH", path.as_str()),
+        ],
+    );
+    for (rank, said) in job.next_of(&[0, 1], Duration::from_secs(30)) {
+        assert!(
+            said.starts_with("failed") && said.contains("CUDA driver"),
+            "rank {rank}: {said}"
+        );
+    }
 }

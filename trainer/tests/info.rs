@@ -157,7 +157,10 @@ fn nccl_is_reported_with_its_version_and_file() {
         .unwrap_or_else(|| panic!("no NCCL line in\n{text}"));
     let (version, path) = line.split_once(' ').unwrap();
     let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
-    assert!(parts.len() == 3 && parts[0] == 2 && parts[1] >= 18, "{line}");
+    assert!(
+        parts.len() == 3 && parts[0] == 2 && parts[1] >= 18,
+        "{line}"
+    );
     assert_eq!(path, format!("({})", lib.display()), "{text}");
 }
 

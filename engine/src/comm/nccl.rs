@@ -218,13 +218,7 @@ impl NcclComm {
         // SAFETY: `nccl.comm` and `config` are valid for the call; the id
         // is NCCL's. The communicator may be returned still in progress.
         let status = unsafe {
-            sys::ncclCommInitRankConfig(
-                &mut nccl.comm,
-                world as i32,
-                id,
-                rank as i32,
-                &mut config,
-            )
+            sys::ncclCommInitRankConfig(&mut nccl.comm, world as i32, id, rank as i32, &mut config)
         };
         nccl.settle("set-up (ncclCommInitRankConfig)", status)?;
         Ok(nccl)
@@ -282,38 +276,22 @@ impl NcclComm {
     }
 
     /// Completes a call that returned `status` on the non-blocking
-    /// communicator: polls its state until it settles, failing on an
-    /// error, the alarm or the deadline.
+    /// communicator: polls its state until it settles.
     fn settle(&mut self, call: &str, status: sys::ncclResult_t) -> Result<()> {
         use sys::ncclResult_t::{ncclInProgress, ncclSuccess};
-        let deadline = Instant::now() + self.timeout;
-        let mut status = status;
-        let mut backoff = Backoff::new();
-        loop {
-            if status == ncclSuccess {
-                return Ok(());
+        match status {
+            ncclSuccess => Ok(()),
+            ncclInProgress => {
+                self.poll_until(call, Duration::ZERO, |nccl| Ok(nccl.state() == ncclSuccess))
             }
-            if status != ncclInProgress {
-                return Err(self.abort(format!("{call} failed: {}", status_text(status))));
-            }
-            if let Some(why) = self.alarm.raised() {
-                return Err(self.abort(format!("{call} stopped: {why}")));
-            }
-            if Instant::now() >= deadline {
-                return Err(self.abort(format!(
-                    "{call} did not finish within {:.0?}: another rank is not taking part",
-                    self.timeout
-                )));
-            }
-            backoff.pause();
-            status = self.state();
+            _ => Err(self.abort(format!("{call} failed: {}", status_text(status)))),
         }
     }
 
     /// Waits until the device has run everything queued so far (this
-    /// rank's collectives among it), failing on an NCCL error, the alarm
-    /// (after [`ALARM_GRACE`]) or the deadline. Nothing to wait for while
-    /// a CUDA graph is being captured: the work is only recorded.
+    /// rank's collectives among it). The alarm leaves a collective in
+    /// flight [`ALARM_GRACE`] to finish. Nothing to wait for while a CUDA
+    /// graph is being captured: the work is only recorded.
     fn wait(&mut self, what: &str) -> Result<()> {
         if self.gpu.capturing() {
             return Ok(());
@@ -324,11 +302,25 @@ impl NcclComm {
             .stream
             .record_event(flags)
             .map_err(kernels::Error::from)?;
+        self.poll_until(what, ALARM_GRACE, |_| {
+            Ok(done.try_is_complete().map_err(kernels::Error::from)?)
+        })
+    }
+
+    /// Polls until `done` says so. Fails, with the communicator aborted,
+    /// when NCCL reports an error, when the alarm has been raised for
+    /// `grace`, or at the timeout.
+    fn poll_until(
+        &mut self,
+        what: &str,
+        grace: Duration,
+        mut done: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         let mut alarmed: Option<Instant> = None;
         let mut backoff = Backoff::new();
         loop {
-            if done.try_is_complete().map_err(kernels::Error::from)? {
+            if done(self)? {
                 return Ok(());
             }
             let state = self.state();
@@ -338,11 +330,10 @@ impl NcclComm {
             ) {
                 return Err(self.abort(format!("{what} failed: {}", status_text(state))));
             }
-            if let Some(why) = self.alarm.raised() {
-                let since = *alarmed.get_or_insert_with(Instant::now);
-                if since.elapsed() >= ALARM_GRACE {
-                    return Err(self.abort(format!("{what} stopped: {why}")));
-                }
+            if let Some(why) = self.alarm.raised()
+                && alarmed.get_or_insert_with(Instant::now).elapsed() >= grace
+            {
+                return Err(self.abort(format!("{what} stopped: {why}")));
             }
             if Instant::now() >= deadline {
                 return Err(self.abort(format!(
@@ -358,7 +349,12 @@ impl NcclComm {
     /// device address `ptr`, [`BUCKET_ELEMENTS`] per NCCL call.
     fn queue_mean(&mut self, ptr: u64, count: usize) -> Result<()> {
         self.ready("an all-reduce")?;
-        let stream = self.gpu.cuda_parts().expect("a CUDA device").stream.cu_stream();
+        let stream = self
+            .gpu
+            .cuda_parts()
+            .expect("a CUDA device")
+            .stream
+            .cu_stream();
         for first in (0..count).step_by(BUCKET_ELEMENTS) {
             let len = BUCKET_ELEMENTS.min(count - first);
             let at = (ptr + (first * 4) as u64) as *mut c_void;
