@@ -272,27 +272,26 @@ fn serve(
     let mut connected: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
     let mut refused: Vec<String> = Vec::new();
     while connected[1..].iter().any(Option::is_none) {
+        if Instant::now() >= deadline {
+            let missing: Vec<usize> = (1..world).filter(|&r| connected[r].is_none()).collect();
+            let mut why = format!(
+                "rank(s) {missing:?} of {world} did not connect to rank 0 at {master} within {timeout:.0?}"
+            );
+            if !refused.is_empty() {
+                why += &format!("; {}", refused.join("; "));
+            }
+            for stream in connected.iter_mut().flatten() {
+                let _ = send(stream, REFUSED, why.as_bytes());
+            }
+            return Err(fail(why));
+        }
         match listener.accept() {
             Ok((stream, from)) => match greet(stream, world, &connected) {
                 Ok((rank, stream)) => connected[rank] = Some(stream),
                 Err(why) => refused.push(format!("{from} refused: {why}")),
             },
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    let missing: Vec<usize> =
-                        (1..world).filter(|&r| connected[r].is_none()).collect();
-                    let mut why = format!(
-                        "rank(s) {missing:?} of {world} did not connect to rank 0 at {master} within {timeout:.0?}"
-                    );
-                    if !refused.is_empty() {
-                        why += &format!("; {}", refused.join("; "));
-                    }
-                    for stream in connected.iter_mut().flatten() {
-                        let _ = send(stream, REFUSED, why.as_bytes());
-                    }
-                    return Err(fail(why));
-                }
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(10))
             }
             Err(e) => return Err(fail(format!("rank 0 at {master}: accept failed: {e}"))),
         }
@@ -355,7 +354,7 @@ fn join(
     };
     stream
         .write_all(&greeting(rank, world))
-        .and_then(|()| stream.set_read_timeout(Some(timeout + ANSWER_GRACE)))
+        .and_then(|()| stream.set_read_timeout(Some(timeout.saturating_add(ANSWER_GRACE))))
         .map_err(lost)?;
     let (tag, payload) = receive(&mut stream).map_err(lost)?;
     let text = String::from_utf8_lossy(&payload);
