@@ -16,7 +16,9 @@
 # limit): nvidia-smi; a one-line PyTorch convolution as a control (a broken
 # machine image is then told apart from a broken loader); `trainer info
 # --check` (the CPU, the emulator and each GPU: convolutions, cuBLAS, every
-# kernel family); the CUDA parity tests and the GPU graph tests; the kernel
+# kernel family); the CUDA parity tests and the GPU graph tests; the
+# one-rank NCCL tests (a real M2T step through NCCL's all-reduce equals the
+# step without it, bit for bit; a missing rank ends NCCL's set-up); the kernel
 # JIT cold and warm; `trainer bench` (resnet50, bs 128, 224 px, bf16) beside
 # PyTorch eager AMP channels_last, eager, as a CUDA graph and with
 # --deterministic; two --deterministic runs compared bit for bit; a short
@@ -47,7 +49,7 @@ case "${1:-}" in
     cargo build --release -p trainer
     cp target/release/trainer "$bin/"
     # Test executables: cargo names them with a hash; take them from its JSON.
-    cargo test --no-run -p tests --test cuda_parity --test cuda_graph --message-format=json 2>/dev/null |
+    cargo test --no-run -p tests --test cuda_parity --test cuda_graph --test nccl --message-format=json 2>/dev/null |
         python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -80,7 +82,7 @@ mkdir -p "$logs"
 export M2T_KERNEL_CACHE=$work/kernel-cache
 
 # The steps in order; a step missing from steps.tsv at the end was not reached.
-plan=(nvidia-smi torch-control check test-cuda_graph test-cuda_parity jit-cold jit-warm p1-eager)
+plan=(nvidia-smi torch-control check test-cuda_graph test-cuda_parity test-nccl jit-cold jit-warm p1-eager)
 [ -n "${QUICK:-}" ] || plan+=(p1-graph p1-deterministic deterministic-repeat pretrain-graph pretrain-eager ops p1-compile)
 printf '%s\n' "${plan[@]}" >"$logs/plan.txt"
 printf 'deadline\t%s\n' "$deadline" >"$logs/meta.tsv"
@@ -161,6 +163,8 @@ LD_LIBRARY_PATH=${library_path:-${LD_LIBRARY_PATH:-}} \
     step test-cuda_graph 90 "$bin/cuda_graph" on_cuda_ --test-threads=1 --nocapture
 LD_LIBRARY_PATH=${library_path:-${LD_LIBRARY_PATH:-}} \
     step test-cuda_parity 150 "$bin/cuda_parity" --skip every_family_has_a_test --test-threads=1 --nocapture
+LD_LIBRARY_PATH=${library_path:-${LD_LIBRARY_PATH:-}} \
+    step test-nccl 90 "$bin/nccl" on_cuda_ --test-threads=1 --nocapture
 
 rm -rf "$M2T_KERNEL_CACHE"
 step jit-cold 60 "$bin/trainer" bench --jit --json

@@ -13,7 +13,7 @@ per step that ran: name, exit code, seconds), `NAME.log` for each step, and
   no `test result:` line has failed, whatever it printed before.
 - Failed tests are read from libtest's `failures:` block, which
   `--nocapture` does not interleave with the tests' own output.
-- A test that passed but printed "skipped: no GPU" was skipped, not run.
+- A test that passed but printed "skipped: no GPU" (or "skipped: no NCCL") was skipped, not run.
 - A planned step with no line in `steps.tsv` was not reached.
 Standard library only: it runs wherever python3 does.
 """
@@ -70,7 +70,7 @@ def parse_libtest(text, code):
         lines = segment.split() or [""]
         if lines[-1] != "ok":
             continue
-        if "skipped: no GPU" in segment:
+        if "skipped: no GPU" in segment or "skipped: no NCCL" in segment:
             skipped.append(name)
         else:
             passed.append(name)
@@ -241,7 +241,7 @@ SKIPPED = """
 running 2 tests
 test conv ... skipped: no GPU (no CUDA driver (libcuda.so) on this machine)
 ok
-test step ... skipped: no GPU (no CUDA driver (libcuda.so) on this machine)
+test step ... skipped: no NCCL (NCCL not found: data parallel on more than one GPU needs it)
 ok
 
 test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s

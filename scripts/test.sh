@@ -10,6 +10,9 @@ bash scripts/install-fashion-mnist.sh
 bash scripts/install-turbojpeg.sh
 # The kernel compile test runs NVRTC on every CUDA kernel (no GPU needed).
 bash scripts/install-nvrtc.sh
+# The bootstrap tests hand a real NCCL id between processes (no GPU needed;
+# about 4 s here).
+bash scripts/install-nccl.sh
 
 echo "== gpu-check summariser on canned logs (crash, time-out, failure, cut short, all skipped)"
 bash scripts/gpu-check.sh --self-test

@@ -18,6 +18,12 @@
 //! file and its required companions loaded by full path, so cudarc's by-name
 //! loads resolve to them; cuDNN's optional engines then load only from the
 //! search path.
+//!
+//! NCCL, which only data parallel on more than one GPU needs, is placed the
+//! same way but reported apart ([`nccl`]): a machine without it still has a
+//! usable GPU. cudarc opens it only as `libnccl.so`, a name the wheels do not
+//! ship and a full-path load of `libnccl.so.2` does not answer, so NCCL
+//! loads only through the library path (the unversioned link).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -93,7 +99,7 @@ impl Report {
 /// A library the engine loads from one folder: its main file, the files it
 /// opens by name beside it, and files it may open that some installs lack.
 pub struct Group {
-    /// `nvrtc`, `nvjitlink`, `cublas` or `cudnn`.
+    /// `nvrtc`, `nvjitlink`, `cublas`, `cudnn` or `nccl`.
     pub name: &'static str,
     /// The file cudarc opens (by its soname).
     pub main: &'static str,
@@ -141,6 +147,12 @@ pub const GROUPS: &[Group] = &[
             "libcudnn_engines_runtime_compiled.so.9",
         ],
         optional: &["libcudnn_engines_tensor_ir.so.9"],
+    },
+    Group {
+        name: "nccl",
+        main: "libnccl.so.2",
+        required: &[],
+        optional: &[],
     },
 ];
 
@@ -445,7 +457,9 @@ pub fn load_libraries() {
             return;
         }
         let folders = library_folders();
-        for group in GROUPS {
+        // cudarc asks for `libnccl.so` by name, which no file loaded by its
+        // full path answers (see the module's notes).
+        for group in GROUPS.iter().filter(|g| g.name != "nccl") {
             let Some((_, dir)) = folders.iter().find(|(n, _)| *n == group.name) else {
                 continue;
             };
@@ -574,6 +588,38 @@ pub fn nvrtc_present() -> bool {
 pub fn driver_present() -> bool {
     // SAFETY: only tries to dlopen the library.
     unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// NCCL's version code (`ncclGetVersion`) as (major, minor, patch): since
+/// 2.9 it counts major·10000 + minor·100 + patch, before major·1000 + minor·100.
+pub fn nccl_version(code: i32) -> (i32, i32, i32) {
+    if code >= 10000 {
+        (code / 10000, code % 10000 / 100, code % 100)
+    } else {
+        (code / 1000, code % 1000 / 100, code % 100)
+    }
+}
+
+/// NCCL, which only data parallel on more than one GPU needs: where it was
+/// loaded from and its version, or no path when it cannot be loaded. Kept
+/// out of [`probe`]'s libraries: a machine without it still has a usable
+/// GPU. Never panics.
+pub fn nccl() -> Library {
+    // SAFETY: a presence check only tries to load the library.
+    let present = unsafe { cudarc::nccl::sys::is_culib_present() };
+    let version = present.then(|| {
+        let mut code = 0;
+        // SAFETY: present, checked above; reads the version only.
+        unsafe { cudarc::nccl::sys::ncclGetVersion(&mut code) };
+        let (major, minor, patch) = nccl_version(code);
+        format!("{major}.{minor}.{patch}")
+    });
+    Library {
+        name: "nccl",
+        // The version call above loaded the file for good: it is mapped now.
+        path: present.then(|| loaded_path("libnccl").unwrap_or_else(|| "libnccl.so".into())),
+        version,
+    }
 }
 
 /// Probes the libraries and devices. Never panics.
@@ -843,6 +889,13 @@ mod tests {
             !cu12.contains("needs cuDNN 9") && cu12.contains("CUDA 12.8"),
             "{cu12}"
         );
+    }
+
+    #[test]
+    fn nccl_versions_of_both_encodings_are_read() {
+        assert_eq!(nccl_version(23007), (2, 30, 7));
+        assert_eq!(nccl_version(21805), (2, 18, 5));
+        assert_eq!(nccl_version(2804), (2, 8, 4));
     }
 
     #[test]

@@ -604,6 +604,7 @@ fn run_checks(report: &kernels::probe::Report) -> Result<()> {
         "libnvJitLink",
         "libcublas",
         "libcudnn",
+        "libnccl",
     ] {
         let folders = kernels::probe::loaded_folders(stem);
         for (dir, files) in &folders {
@@ -623,7 +624,7 @@ fn run_checks(report: &kernels::probe::Report) -> Result<()> {
     Ok(())
 }
 
-/// What `trainer info` says about CUDA: each library with its version and
+/// What `trainer info` says about CUDA: each library (NCCL too) with its version and
 /// path or "missing", the GPUs, and whether `--device cuda` can work.
 fn print_cuda_report(report: &kernels::probe::Report) {
     for lib in &report.libraries {
@@ -633,6 +634,13 @@ fn print_cuda_report(report: &kernels::probe::Report) {
             }
             _ => println!("cuda {}: missing", lib.name),
         }
+    }
+    let nccl = kernels::probe::nccl();
+    match (&nccl.path, &nccl.version) {
+        (Some(path), Some(version)) => println!("cuda nccl: {version} ({})", path.display()),
+        _ => println!(
+            "cuda nccl: not found (only data parallel on more than one GPU needs it; PyTorch's environment ships it under site-packages/nvidia/nccl/lib, or set M2T_CUDA_LIBS)"
+        ),
     }
     println!(
         "library path: LD_LIBRARY_PATH={}",

@@ -136,6 +136,8 @@ pub fn check_launch(gpus: usize, world: Option<&World>) -> Result<()> {
     };
     kernels::probe::probe().usable().map_err(none)?;
     let devices = kernels::probe::list_devices().map_err(none)?.len();
+    engine::comm::nccl::version()
+        .map_err(|e| Error::Usage(format!("data parallel on {processes} processes: {e}")))?;
     match world {
         Some(w) => gpu_of(w.local_rank, devices).map(|_| ()),
         None if devices < gpus => Err(Error::Usage(format!(
@@ -158,17 +160,14 @@ pub fn gpu_of(local_rank: usize, visible: usize) -> Result<usize> {
     }
 }
 
-/// How long ranks wait for each other: to join the job, and in a collective
-/// (rank 0's kNN monitor and checkpoints run while the others wait).
-pub const RANK_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Joins the job `world` describes over NCCL, on GPU `gpu`.
+/// Joins the job `world` describes over NCCL, on GPU `gpu`: rank 0 hands
+/// out the NCCL id (see [`crate::bootstrap`]).
 pub fn join(world: &World, gpu: usize) -> Result<Box<dyn engine::comm::Communicator>> {
-    let _ = gpu;
-    Err(Error::Usage(format!(
-        "data parallel on {} processes: NCCL is not wired in yet",
-        world.size
-    )))
+    crate::bootstrap::connect_nccl(
+        world,
+        engine::Device::Cuda(gpu),
+        crate::bootstrap::Timeouts::default(),
+    )
 }
 
 /// `--gpus N` on one machine: runs this command once per GPU, as ranks

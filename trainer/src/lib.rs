@@ -5,6 +5,7 @@ pub mod augment;
 pub mod bench;
 pub mod bench_loader;
 pub mod bench_ops;
+pub mod bootstrap;
 pub mod check;
 pub mod checkpoint;
 pub mod commands;

@@ -135,3 +135,52 @@ fn check_tests_the_cpu_and_the_emulator_and_says_there_is_no_gpu() {
     }
     assert!(!text.contains("FAIL"), "{text}");
 }
+
+#[test]
+fn nccl_is_reported_with_its_version_and_file() {
+    let deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/nvidia/nccl/lib");
+    if !deps.join("libnccl.so.2").exists() {
+        eprintln!("skipped: no NCCL in .deps (scripts/install-nccl.sh installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI installs NCCL into .deps"
+        );
+        return;
+    }
+    let lib = deps.canonicalize().unwrap().join("libnccl.so.2");
+    let o = trainer().arg("info").output().unwrap();
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cuda nccl: "))
+        .unwrap_or_else(|| panic!("no NCCL line in\n{text}"));
+    let (version, path) = line.split_once(' ').unwrap();
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    assert!(
+        parts.len() == 3 && parts[0] == 2 && parts[1] >= 18,
+        "{line}"
+    );
+    assert_eq!(path, format!("({})", lib.display()), "{text}");
+}
+
+#[test]
+fn a_missing_nccl_is_reported_as_not_found_and_info_succeeds() {
+    // An NCCL the probe prefers (first in M2T_CUDA_LIBS) that cannot load.
+    let dir = std::env::temp_dir().join(format!("trainer-info-{}-nccl", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("libnccl.so.2"), b"").unwrap();
+    let o = trainer()
+        .arg("info")
+        .env("M2T_CUDA_LIBS", &dir)
+        .output()
+        .unwrap();
+    let text = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("cuda nccl: not found (only data parallel on more than one GPU needs it"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

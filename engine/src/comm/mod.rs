@@ -1,13 +1,16 @@
 //! Collectives between data-parallel ranks: the all-reduce that averages
 //! gradients and batch-norm buffers, behind one [`Communicator`] trait.
 //!
-//! [`host_group`] is the stand-in for NCCL, as the CPU reference stands in
-//! for cuDNN and cuBLAS on the emulator: `N` ranks as threads of one
-//! process, exchanging through host memory. It sums in rank order, so its
-//! results do not depend on which thread arrives first, and it never hangs:
-//! a rank that fails (or leaves) ends every other rank's collective with an
-//! error naming it, and a collective that waits past the group's timeout
-//! fails.
+//! [`nccl::NcclComm`] is the transport across GPUs and machines: NCCL's
+//! all-reduce on each rank's CUDA device. [`host_group`] is its stand-in, as
+//! the CPU reference stands in for cuDNN and cuBLAS on the emulator: `N`
+//! ranks as threads of one process, exchanging through host memory. It sums
+//! in rank order, so its results do not depend on which thread arrives
+//! first, and it never hangs: a rank that fails (or leaves) ends every other
+//! rank's collective with an error naming it, and a collective that waits
+//! past the group's timeout fails.
+
+pub mod nccl;
 
 use crate::error::{Error, Result};
 use crate::{DType, Tensor};
@@ -66,6 +69,25 @@ pub trait Communicator: Send {
     /// the device's stream after them).
     fn wait(&mut self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// A reason for a rank to stop taking part, raised by any thread (the
+/// trainer's watch over the other ranks' processes) and seen by the waits of
+/// a communicator holding a clone. The first reason raised is kept.
+#[derive(Clone, Debug, Default)]
+pub struct Alarm(Arc<Mutex<Option<String>>>);
+
+impl Alarm {
+    /// Raises the alarm with `why`, unless it is raised already.
+    pub fn raise(&self, why: impl Into<String>) {
+        let mut reason = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        reason.get_or_insert_with(|| why.into());
+    }
+
+    /// The reason, once raised.
+    pub fn raised(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -210,5 +232,20 @@ impl Communicator for HostComm {
         }
         data.copy_from_slice(&round.result);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alarm_keeps_its_first_reason_for_every_clone() {
+        let alarm = Alarm::default();
+        let watch = alarm.clone();
+        assert_eq!(watch.raised(), None);
+        alarm.raise("rank 3 ended");
+        alarm.raise("rank 1 ended");
+        assert_eq!(watch.raised().as_deref(), Some("rank 3 ended"));
     }
 }
