@@ -555,7 +555,8 @@ fn help_explains_flags_with_defaults() {
     for needle in [
         "--arch",
         "--teacher-bn",
-        "default: 0.05·bs/256",
+        "default: 0.05·B/256",
+        "B the global batch",
         "knn",
         "linear-eval",
         "export",
