@@ -1178,13 +1178,14 @@ fn train(
 /// Refuses ranks that resumed from different checkpoints (a run folder not
 /// shared by every node, or one written to meanwhile).
 fn same_step_on_every_rank(comm: &mut dyn Communicator, step: usize) -> Result<()> {
-    let mut mean = [step as f32];
+    // In 16-bit halves, each exact in f32 and in a mean of equal values.
+    let halves = [(step >> 16) as f32, (step & 0xffff) as f32];
+    let mut mean = halves;
     comm.all_reduce_mean_host(&mut mean)?;
-    if mean[0] != step as f32 {
+    if mean != halves {
         return Err(usage(format!(
-            "rank {} starts at step {step}, the ranks' mean is {}: every rank must resume the same checkpoint, from a run folder they all see",
-            comm.rank(),
-            mean[0]
+            "rank {} starts at step {step}, and another rank elsewhere: every rank must resume the same checkpoint, from a run folder they all see",
+            comm.rank()
         )));
     }
     Ok(())
