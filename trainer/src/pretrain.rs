@@ -1590,3 +1590,37 @@ fn finish(
     println!("run folder: {}", out.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use engine::comm::host_group;
+    use std::time::Duration;
+
+    #[test]
+    fn ranks_that_resumed_different_steps_are_refused() {
+        for steps in [[3, 3], [70_000, 70_000], [3, 6], [5, 65_541]] {
+            let comms = host_group(2, Duration::from_secs(10)).unwrap();
+            let results: Vec<Result<()>> = std::thread::scope(|scope| {
+                let ranks: Vec<_> = comms
+                    .into_iter()
+                    .zip(steps)
+                    .map(|(mut comm, step)| {
+                        scope.spawn(move || same_step_on_every_rank(&mut comm, step))
+                    })
+                    .collect();
+                ranks.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let agreed = steps[0] == steps[1];
+            for r in results {
+                match r {
+                    Ok(()) => assert!(agreed, "{steps:?} accepted"),
+                    Err(e) => {
+                        assert!(!agreed, "{steps:?}: {e}");
+                        assert!(e.to_string().contains("must resume the same checkpoint"));
+                    }
+                }
+            }
+        }
+    }
+}
