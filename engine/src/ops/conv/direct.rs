@@ -451,7 +451,7 @@ unsafe fn forward_tile_with<S: Simd, const KB: usize, const P: usize, const CB: 
     }
 }
 
-/// Images per weight-gradient group: at least 32 tasks in all, the split
+/// Images per weight-gradient group: at least 32 tiles in all, the split
 /// fixed by the shape alone so the sums' order never changes.
 fn filter_groups(n: usize, tiles: usize) -> usize {
     32usize.div_ceil(tiles).clamp(1, n.max(1))
@@ -477,17 +477,19 @@ pub(super) fn backward_filter(
         .zip(x.par_chunks(in_image))
         .for_each(|(dst, src)| layout.pack(g, src, dst));
     let taps = g.r * g.s;
-    let tiles = g.k / tile.width() * layout.blocks * taps;
-    let groups = filter_groups(g.n, tiles);
+    // One task per (group, output-channel block, channel block): all the
+    // taps of that block, so its slices of `x` and `dy` stay in cache.
+    let blocks = g.k / tile.width() * layout.blocks;
+    let groups = filter_groups(g.n, blocks * taps);
     let per_group = g.n.div_ceil(groups);
-    // One task per (group, tile); each returns its `cb × width` sums.
-    let sums: Vec<Vec<f64>> = (0..groups * tiles)
+    let tile_len = layout.cb * tile.width();
+    let sums: Vec<Vec<f64>> = (0..groups * blocks)
         .into_par_iter()
         .map(|task| {
-            let (group, t) = (task / tiles, task % tiles);
+            let (group, block) = (task / blocks, task % blocks);
             let first = (group * per_group).min(g.n);
             let images = per_group.min(g.n - first);
-            let mut out = vec![0.0; layout.cb * tile.width()];
+            let mut out = vec![0.0; taps * tile_len];
             // SAFETY: the packed images and `dy` cover `first..first + images`;
             // the ISA was detected on this CPU.
             unsafe {
@@ -499,7 +501,7 @@ pub(super) fn backward_filter(
                     &packed,
                     dy,
                     (first, images),
-                    t,
+                    block,
                     &mut out,
                 )
             };
@@ -508,13 +510,14 @@ pub(super) fn backward_filter(
         .collect();
     let mut dw = vec![0.0f64; g.k * taps * g.c];
     for (task, sums) in sums.iter().enumerate() {
-        let t = task % tiles;
-        let (kblock, rest) = (t / (layout.blocks * taps), t % (layout.blocks * taps));
-        let (b, tap) = (rest / taps, rest % taps);
-        for ci in 0..layout.cb.min(g.c - b * layout.cb) {
-            for lane in 0..tile.width() {
-                let k = kblock * tile.width() + lane;
-                dw[(k * taps + tap) * g.c + b * layout.cb + ci] += sums[ci * tile.width() + lane];
+        let (kblock, b) = (task % blocks / layout.blocks, task % layout.blocks);
+        for (tap, sums) in sums.chunks(tile_len).enumerate() {
+            for ci in 0..layout.cb.min(g.c - b * layout.cb) {
+                for lane in 0..tile.width() {
+                    let k = kblock * tile.width() + lane;
+                    dw[(k * taps + tap) * g.c + b * layout.cb + ci] +=
+                        sums[ci * tile.width() + lane];
+                }
             }
         }
     }
@@ -530,7 +533,7 @@ entry_point!(
         packed: &[f32],
         dy: &[f32],
         images: (usize, usize),
-        t: usize,
+        block: usize,
         out: &mut [f64]
     ),
     block: layout,
@@ -538,10 +541,12 @@ entry_point!(
     avx2: [(Ymm, 1, 1)]
 );
 
-/// Weight-gradient tile `t` (output-channel block, channel block, tap) summed
-/// over `images` in order, pixel by pixel: `out[ci][k] = Σ x[ci]·dy[k]`. The
-/// registers sum runs of at least [`FLUSH_PIXELS`] pixels in f32, which are
-/// added up in f64 (one long f32 sum would lose digits a GEMM keeps).
+/// The weight-gradient tiles of `block` (output-channel block, channel
+/// block), one per tap, each summed over `images` in order, pixel by pixel:
+/// `out[tap][ci][k] = Σ x[ci]·dy[k]`. The registers sum runs of at least
+/// [`FLUSH_PIXELS`] pixels in f32, which are added up in f64 (one long f32
+/// sum would lose digits a GEMM keeps); every tap goes through one run
+/// before the next run starts, so the run's images are read from cache.
 ///
 /// # Safety
 /// `packed` holds the packed images, `dy` their output gradients; the vector
@@ -553,41 +558,40 @@ unsafe fn filter_sums_with<S: Simd, const KB: usize, const P: usize, const CB: u
     packed: &[f32],
     dy: &[f32],
     (first, images): (usize, usize),
-    t: usize,
+    block: usize,
     out: &mut [f64],
 ) {
     let width = KB * S::LANES;
-    let taps = layout.taps.len();
-    let (kblock, rest) = (t / (layout.blocks * taps), t % (layout.blocks * taps));
-    let (b, tap) = (rest / taps, rest % taps);
+    let (kblock, b) = (block / layout.blocks, block % layout.blocks);
     let out_image = g.oh * g.ow * g.k;
-    unsafe {
-        let mut acc = [[S::zero(); KB]; CB];
-        let mut pending = 0;
-        for image in first..first + images {
-            let x = packed
-                .as_ptr()
-                .add(image * layout.image_len + b * layout.block_len + layout.taps[tap]);
-            let d = dy.as_ptr().add(image * out_image + kblock * width);
-            for oh in 0..g.oh {
-                let (xr, dr) = (x.add(oh * layout.lw * CB), d.add(oh * g.ow * g.k));
-                for ow in 0..g.ow {
-                    let mut dv = [S::zero(); KB];
-                    for (kb, dv) in dv.iter_mut().enumerate() {
-                        *dv = S::load(dr.add(ow * g.k + kb * S::LANES));
-                    }
-                    for (ci, acc) in acc.iter_mut().enumerate() {
-                        let xv = S::splat(xr.add(ow * CB + ci));
-                        for (a, &dv) in acc.iter_mut().zip(&dv) {
-                            *a = S::fma(xv, dv, *a);
+    let run = FLUSH_PIXELS.div_ceil(g.oh * g.ow);
+    for run_first in (first..first + images).step_by(run) {
+        let run_images = run_first..(run_first + run).min(first + images);
+        for (&tap, out) in layout.taps.iter().zip(out.chunks_mut(CB * width)) {
+            unsafe {
+                let mut acc = [[S::zero(); KB]; CB];
+                for image in run_images.clone() {
+                    let x = packed
+                        .as_ptr()
+                        .add(image * layout.image_len + b * layout.block_len + tap);
+                    let d = dy.as_ptr().add(image * out_image + kblock * width);
+                    for oh in 0..g.oh {
+                        let (xr, dr) = (x.add(oh * layout.lw * CB), d.add(oh * g.ow * g.k));
+                        for ow in 0..g.ow {
+                            let mut dv = [S::zero(); KB];
+                            for (kb, dv) in dv.iter_mut().enumerate() {
+                                *dv = S::load(dr.add(ow * g.k + kb * S::LANES));
+                            }
+                            for (ci, acc) in acc.iter_mut().enumerate() {
+                                let xv = S::splat(xr.add(ow * CB + ci));
+                                for (a, &dv) in acc.iter_mut().zip(&dv) {
+                                    *a = S::fma(xv, dv, *a);
+                                }
+                            }
                         }
                     }
                 }
-            }
-            pending += g.oh * g.ow;
-            if pending >= FLUSH_PIXELS || image + 1 == first + images {
                 flush::<S, KB, CB>(&mut acc, out);
-                pending = 0;
             }
         }
     }
