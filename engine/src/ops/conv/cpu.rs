@@ -4,8 +4,9 @@
 use super::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
 use super::direct;
-use crate::ops::real::{Mat, Real, matmul};
+use crate::ops::real::{Mat, Real, matmul, matmul_into};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Upper bound on im2col elements held at once (8 MiB of f32); larger batches
 /// go in chunks, so the buffer stays small enough for the allocator to reuse.
@@ -19,8 +20,9 @@ fn images_per_chunk(g: &ConvGeometry) -> usize {
     (COL_BUDGET / (g.oh * g.ow * g.patch()).max(1)).clamp(1, g.n.max(1))
 }
 
-/// Fills `col` (rows = output pixels of `images`, cols = r·s·c) from `x`.
-fn im2col<T: Real>(g: &ConvGeometry, x: &[T], first_image: usize, col: &mut [T]) {
+/// Fills `col` (rows = output pixels of `images`, cols = r·s·c) from `x`,
+/// writing every element.
+fn im2col<T: Real>(g: &ConvGeometry, x: &[T], first_image: usize, col: &mut [MaybeUninit<T>]) {
     let patch = g.patch();
     col.par_chunks_mut(patch)
         .enumerate()
@@ -33,24 +35,28 @@ fn im2col<T: Real>(g: &ConvGeometry, x: &[T], first_image: usize, col: &mut [T])
                     let iw = (ow * g.stride + s) as isize - g.padding as isize;
                     let d = &mut dst[(r * g.s + s) * g.c..][..g.c];
                     if ih < 0 || iw < 0 || ih as usize >= g.h || iw as usize >= g.w {
-                        d.fill(T::ZERO);
+                        d.fill(MaybeUninit::new(T::ZERO));
                     } else {
                         let src = ((n * g.h + ih as usize) * g.w + iw as usize) * g.c;
-                        d.copy_from_slice(&x[src..src + g.c]);
+                        d.write_copy_of_slice(&x[src..src + g.c]);
                     }
                 }
             }
         });
 }
 
-/// Adds the im2col-shaped gradient `col` back onto the images it came from.
-fn col2im<T: Real>(g: &ConvGeometry, col: &[T], dx_images: &mut [T]) {
+/// The gradient of the images: the im2col-shaped gradient `col` summed back
+/// onto the pixels it came from (every element of `dx_images` is written).
+fn col2im<T: Real>(g: &ConvGeometry, col: &[T], dx_images: &mut [MaybeUninit<T>]) {
     let patch = g.patch();
     let per_image = g.oh * g.ow * patch;
     dx_images
         .par_chunks_mut(g.h * g.w * g.c)
         .zip(col.par_chunks(per_image))
         .for_each(|(dx, col)| {
+            dx.fill(MaybeUninit::new(T::ZERO));
+            // SAFETY: just filled.
+            let dx = unsafe { dx.assume_init_mut() };
             for (pixel, src) in col.chunks(patch).enumerate() {
                 let (oh, ow) = (pixel / g.ow, pixel % g.ow);
                 for r in 0..g.r {
@@ -85,31 +91,46 @@ fn patches<'a, T: Real>(
     if g.is_pointwise() {
         &x[first * g.h * g.w * g.c..][..rows * g.c]
     } else {
-        col.resize(rows * g.patch(), T::ZERO);
-        im2col(g, x, first, col);
+        *col = uninit_filled(rows * g.patch(), std::mem::take(col), |c| {
+            im2col(g, x, first, c)
+        });
         col
     }
 }
 
+/// `buf` (its allocation reused) resized to `len` elements, all written by
+/// `fill`; nothing is zeroed first.
+fn uninit_filled<T>(
+    len: usize,
+    mut buf: Vec<T>,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    buf.clear();
+    buf.reserve(len);
+    fill(&mut buf.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements.
+    unsafe { buf.set_len(len) };
+    buf
+}
+
 pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
-    let mut y = vec![T::ZERO; g.n * pixels * g.k];
     let chunk = images_per_chunk(g);
     let mut col = Vec::new();
-    for first in (0..g.n).step_by(chunk) {
-        let images = chunk.min(g.n - first);
-        let rows = images * pixels;
-        let a = patches(g, x, first, images, &mut col);
-        let out = &mut y[first * pixels * g.k..][..rows * g.k];
-        matmul(
-            (rows, g.k, patch),
-            Mat::rows(a, patch),
-            Mat::transposed(w, patch),
-            out,
-            false,
-        );
-    }
-    y
+    uninit_filled(g.n * pixels * g.k, Vec::new(), |y| {
+        for first in (0..g.n).step_by(chunk) {
+            let images = chunk.min(g.n - first);
+            let rows = images * pixels;
+            let a = patches(g, x, first, images, &mut col);
+            let out = &mut y[first * pixels * g.k..][..rows * g.k];
+            matmul_into(
+                (rows, g.k, patch),
+                Mat::rows(a, patch),
+                Mat::transposed(w, patch),
+                out,
+            );
+        }
+    })
 }
 
 /// Most input and output channels the direct kernels take: they stream a
@@ -232,7 +253,8 @@ pub(super) fn backward<T: Real>(
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
     let mut dw = want_dw.then(|| vec![T::ZERO; g.k * patch]);
-    let mut dx = want_dx.then(|| vec![T::ZERO; x.len()]);
+    // Every route below writes each chunk of dx whole.
+    let mut dx = want_dx.then(|| Vec::with_capacity(x.len()));
     let transposed = as_transposed(g).filter(|_| want_dx);
     let flipped_w = transposed.as_ref().map(|_| flipped(g, w));
     let chunk = transposed.as_ref().map_or(images_per_chunk(g), |t| {
@@ -256,39 +278,31 @@ pub(super) fn backward<T: Real>(
         }
         if let Some(dx) = dx.as_mut() {
             let image_len = g.h * g.w * g.c;
-            let dx_chunk = &mut dx[first * image_len..][..images * image_len];
+            let dx_chunk = &mut dx.spare_capacity_mut()[first * image_len..][..images * image_len];
             let dy_mat = Mat::rows(dy_chunk, g.k);
             if let (Some(t), Some(wf)) = (&transposed, &flipped_w) {
                 // dx (h·w rows × c) = patches of dy (× r·s·k) · flipped wᵀ
                 let a = patches(t, dy, first, images, &mut dcol);
-                matmul(
+                matmul_into(
                     (images * g.h * g.w, g.c, t.patch()),
                     Mat::rows(a, t.patch()),
                     Mat::transposed(wf, t.patch()),
                     dx_chunk,
-                    false,
                 );
             } else if g.is_pointwise() {
-                matmul(
-                    (rows, patch, g.k),
-                    dy_mat,
-                    Mat::rows(w, patch),
-                    dx_chunk,
-                    false,
-                );
+                matmul_into((rows, patch, g.k), dy_mat, Mat::rows(w, patch), dx_chunk);
             } else {
                 // dcol (rows × patch) = dy (rows × k) · w (k × patch), then scatter.
-                dcol.resize(rows * patch, T::ZERO);
-                matmul(
-                    (rows, patch, g.k),
-                    dy_mat,
-                    Mat::rows(w, patch),
-                    &mut dcol,
-                    false,
-                );
+                dcol = uninit_filled(rows * patch, std::mem::take(&mut dcol), |dcol| {
+                    matmul_into((rows, patch, g.k), dy_mat, Mat::rows(w, patch), dcol)
+                });
                 col2im(g, &dcol, dx_chunk);
             }
         }
+    }
+    if let Some(dx) = dx.as_mut() {
+        // SAFETY: the chunks above wrote every element.
+        unsafe { dx.set_len(x.len()) };
     }
     (dx, dw)
 }

@@ -250,6 +250,8 @@ fn channel_block(c: usize) -> Option<usize> {
 thread_local! {
     /// Each thread's packed images, reused across calls.
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The packed batch of a weight gradient, reused across calls.
+    static FILTER_PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Images per forward task: enough that a block of weights is reused across
@@ -470,12 +472,28 @@ pub(super) fn backward_filter(
     }
     let tile = filter_tile(isa, g.k)?;
     let layout = Layout::new(g, channel_block(g.c)?);
-    let mut packed = vec![0.0; g.n * layout.image_len];
     let in_image = g.h * g.w * g.c;
+    // Taken out while in use, so a nested call would allocate its own.
+    let mut packed = FILTER_PACKED.take();
+    packed.resize(g.n * layout.image_len, 0.0);
     packed
         .par_chunks_mut(layout.image_len)
         .zip(x.par_chunks(in_image))
         .for_each(|(dst, src)| layout.pack(g, src, dst));
+    let dw = filter_from_packed(isa, tile, g, &layout, &packed, dy);
+    FILTER_PACKED.set(packed);
+    Some(dw)
+}
+
+/// [`backward_filter`] of the images packed in `packed`.
+fn filter_from_packed(
+    isa: Isa,
+    tile: Tile,
+    g: &ConvGeometry,
+    layout: &Layout,
+    packed: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
     let taps = g.r * g.s;
     // One task per (group, output-channel block, channel block): all the
     // taps of that block, so its slices of `x` and `dy` stay in cache.
@@ -497,8 +515,8 @@ pub(super) fn backward_filter(
                     isa,
                     tile,
                     g,
-                    &layout,
-                    &packed,
+                    layout,
+                    packed,
                     dy,
                     (first, images),
                     block,
@@ -521,7 +539,7 @@ pub(super) fn backward_filter(
             }
         }
     }
-    Some(dw.into_iter().map(|v| v as f32).collect())
+    dw.into_iter().map(|v| v as f32).collect()
 }
 
 entry_point!(
