@@ -20,6 +20,17 @@ fn images_per_chunk(g: &ConvGeometry) -> usize {
     (COL_BUDGET / (g.oh * g.ow * g.patch()).max(1)).clamp(1, g.n.max(1))
 }
 
+/// `n` images as `(first, count)` chunks of at most `most` images, as few as
+/// that allows and even in size: a short last chunk would be a GEMM too
+/// small to keep every thread busy.
+fn chunks(n: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let count = n.div_ceil(most.max(1));
+    (0..count).map(move |i| {
+        let first = i * n / count;
+        (first, (i + 1) * n / count - first)
+    })
+}
+
 /// Fills `col` (rows = output pixels of `images`, cols = r·s·c) from `x`,
 /// writing every element.
 fn im2col<T: Real>(g: &ConvGeometry, x: &[T], first_image: usize, col: &mut [MaybeUninit<T>]) {
@@ -115,11 +126,9 @@ fn uninit_filled<T>(
 
 pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
-    let chunk = images_per_chunk(g);
     let mut col = Vec::new();
     uninit_filled(g.n * pixels * g.k, Vec::new(), |y| {
-        for first in (0..g.n).step_by(chunk) {
-            let images = chunk.min(g.n - first);
+        for (first, images) in chunks(g.n, images_per_chunk(g)) {
             let rows = images * pixels;
             let a = patches(g, x, first, images, &mut col);
             let out = &mut y[first * pixels * g.k..][..rows * g.k];
@@ -261,8 +270,7 @@ pub(super) fn backward<T: Real>(
         images_per_chunk(t).min(images_per_chunk(g))
     });
     let (mut col, mut dcol) = (Vec::new(), Vec::new());
-    for first in (0..g.n).step_by(chunk) {
-        let images = chunk.min(g.n - first);
+    for (first, images) in chunks(g.n, chunk) {
         let rows = images * pixels;
         let dy_chunk = &dy[first * pixels * g.k..][..rows * g.k];
         if let Some(dw) = dw.as_mut() {
@@ -305,4 +313,38 @@ pub(super) fn backward<T: Real>(
         unsafe { dx.set_len(x.len()) };
     }
     (dx, dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn chunks_cover_the_batch_evenly() {
+        for (n, most) in [
+            (32, 28),
+            (32, 7),
+            (32, 32),
+            (5, 1),
+            (1, 4),
+            (0, 3),
+            (37, 10),
+        ] {
+            let got: Vec<_> = chunks(n, most).collect();
+            assert_eq!(got.len(), n.div_ceil(most), "{n} in chunks of {most}");
+            let mut next = 0;
+            for &(first, count) in &got {
+                assert_eq!(first, next, "{n}, {most}: chunks are contiguous");
+                assert!(count >= 1 && count <= most, "{n}, {most}: {got:?}");
+                next += count;
+            }
+            assert_eq!(next, n, "{n}, {most}: every image once");
+            let sizes = got.iter().map(|c| c.1);
+            let (lo, hi) = (sizes.clone().min(), sizes.max());
+            assert!(
+                hi.zip(lo).is_none_or(|(h, l)| h - l <= 1),
+                "{n}, {most}: {got:?}"
+            );
+        }
+    }
 }
