@@ -4,6 +4,7 @@ mod cpu;
 mod cuda;
 #[cfg(target_arch = "x86_64")]
 mod direct;
+mod winograd;
 
 use super::with_float;
 use crate::error::{Result, shape_err};

@@ -1,0 +1,226 @@
+//! Winograd F(2×2, 3×3) for 3×3 convolutions with stride 1 and padding 1:
+//! each 2×2 tile of output pixels comes from the 4×4 tile of input around
+//! it, through 16 GEMMs of (tiles × c)·(c × k), one per position of the
+//! transformed 4×4 tile: 16 multiplies per tile and channel pair instead of
+//! im2col's 36. The transforms (Lavin & Gray, 2015) take only adds and halves;
+//! every output sums in a fixed order, so results are deterministic.
+//!
+//! The backward data of such a convolution is the forward of its transposed
+//! convolution (also 3×3, stride 1, padding 1), so it runs here too.
+
+use super::ConvGeometry;
+use crate::ops::real::{Mat, Real, filled_by_blocks, matmul_into};
+use crate::ops::simd::vectorized;
+
+/// Positions in a transformed tile.
+const POSITIONS: usize = 16;
+
+/// True for the convolutions this computes: 3×3, stride 1, padding 1.
+pub(super) fn covers(g: &ConvGeometry) -> bool {
+    g.r == 3 && g.s == 3 && g.stride == 1 && g.padding == 1
+}
+
+/// `y = conv(x, w)` for a shape [`covers`] accepts.
+pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    debug_assert!(covers(g));
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let tiles = g.n * th * tw;
+    let u = transformed_weights(g, w);
+    let v = transformed_input(g, x, (th, tw));
+    let (c, k) = (g.c, g.k);
+    // m[position] (tiles × k) = v[position] (tiles × c) · u[position]ᵀ
+    let m = filled_by_blocks(POSITIONS * tiles * k, tiles * k, |position, m| {
+        let v = Mat {
+            data: &v[position * c..],
+            row_stride: POSITIONS * c,
+            col_stride: 1,
+        };
+        let u = Mat {
+            data: &u[position * c..],
+            row_stride: 1,
+            col_stride: POSITIONS * c,
+        };
+        matmul_into((tiles, k, c), v, u, m);
+    });
+    transformed_output(g, &m, (th, tw))
+}
+
+/// `Bᵀ·d` for a column of an input tile.
+#[inline(always)]
+fn input_rows<T: Real>([d0, d1, d2, d3]: [T; 4]) -> [T; 4] {
+    [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+}
+
+/// `G·g` for a column of a 3×3 kernel.
+#[inline(always)]
+fn weight_rows<T: Real>([g0, g1, g2]: [T; 3]) -> [T; 4] {
+    let half = T::from_f64(0.5);
+    let outer = g0 + g2;
+    [g0, (outer + g1) * half, (outer - g1) * half, g2]
+}
+
+/// `Aᵀ·m` for a column of a transformed output tile.
+#[inline(always)]
+fn output_rows<T: Real>([m0, m1, m2, m3]: [T; 4]) -> [T; 2] {
+    [m0 + m1 + m2, m1 - m2 - m3]
+}
+
+/// `U = G·g·Gᵀ` of every kernel, as `[k][position][c]`.
+fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    let c = g.c;
+    filled_by_blocks(g.k * POSITIONS * c, POSITIONS * c, |kk, out| {
+        let taps: [&[T]; 9] = std::array::from_fn(|t| &w[(kk * 9 + t) * c..][..c]);
+        vectorized(
+            #[inline(always)]
+            || {
+                for ci in 0..c {
+                    // Rows r of g·Gᵀ, then G applied down each column.
+                    let rows: [[T; 4]; 3] = std::array::from_fn(|r| {
+                        weight_rows([taps[r * 3][ci], taps[r * 3 + 1][ci], taps[r * 3 + 2][ci]])
+                    });
+                    for b in 0..4 {
+                        let column = weight_rows([rows[0][b], rows[1][b], rows[2][b]]);
+                        for (a, &value) in column.iter().enumerate() {
+                            out[(a * 4 + b) * c + ci].write(value);
+                        }
+                    }
+                }
+            },
+        );
+    })
+}
+
+/// `V = Bᵀ·d·B` of every 4×4 input tile (zeros outside the image), as
+/// `[tile][position][c]`; tile `(n, i, j)` starts at pixel `(2i − 1, 2j − 1)`.
+fn transformed_input<T: Real>(g: &ConvGeometry, x: &[T], (th, tw): (usize, usize)) -> Vec<T> {
+    let c = g.c;
+    let zeros = vec![T::ZERO; c];
+    filled_by_blocks(g.n * th * tw * POSITIONS * c, POSITIONS * c, |t, out| {
+        let (n, i, j) = (t / (th * tw), t / tw % th, t % tw);
+        let pixel = |q: usize| -> &[T] {
+            let (ih, iw) = (
+                (2 * i + q / 4).wrapping_sub(1),
+                (2 * j + q % 4).wrapping_sub(1),
+            );
+            if ih < g.h && iw < g.w {
+                &x[((n * g.h + ih) * g.w + iw) * c..][..c]
+            } else {
+                &zeros
+            }
+        };
+        let d: [&[T]; 16] = std::array::from_fn(pixel);
+        vectorized(
+            #[inline(always)]
+            || {
+                for ci in 0..c {
+                    // Rows r of d·B, then Bᵀ applied down each column.
+                    let rows: [[T; 4]; 4] = std::array::from_fn(|r| {
+                        input_rows([
+                            d[r * 4][ci],
+                            d[r * 4 + 1][ci],
+                            d[r * 4 + 2][ci],
+                            d[r * 4 + 3][ci],
+                        ])
+                    });
+                    for b in 0..4 {
+                        let column = input_rows([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
+                        for (a, &value) in column.iter().enumerate() {
+                            out[(a * 4 + b) * c + ci].write(value);
+                        }
+                    }
+                }
+            },
+        );
+    })
+}
+
+/// `y = Aᵀ·m·A` of every tile, the pixels inside the output written.
+fn transformed_output<T: Real>(g: &ConvGeometry, m: &[T], (th, tw): (usize, usize)) -> Vec<T> {
+    let (k, tiles) = (g.k, g.n * th * tw);
+    filled_by_blocks(g.n * g.oh * g.ow * k, g.oh * g.ow * k, |n, y| {
+        for t in n * th * tw..(n + 1) * th * tw {
+            let (i, j) = (t / tw % th, t % tw);
+            let m: [&[T]; 16] =
+                std::array::from_fn(|position| &m[(position * tiles + t) * k..][..k]);
+            let (rows, cols) = ((g.oh - 2 * i).min(2), (g.ow - 2 * j).min(2));
+            vectorized(
+                #[inline(always)]
+                || {
+                    for kk in 0..k {
+                        // Rows a of m·A, then Aᵀ applied down each column.
+                        let ma: [[T; 2]; 4] = std::array::from_fn(|a| {
+                            output_rows([
+                                m[a * 4][kk],
+                                m[a * 4 + 1][kk],
+                                m[a * 4 + 2][kk],
+                                m[a * 4 + 3][kk],
+                            ])
+                        });
+                        for q in 0..cols {
+                            let column = output_rows([ma[0][q], ma[1][q], ma[2][q], ma[3][q]]);
+                            for (p, &value) in column.iter().enumerate().take(rows) {
+                                y[((2 * i + p) * g.ow + 2 * j + q) * k + kk].write(value);
+                            }
+                        }
+                    }
+                },
+            );
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Conv2dParams, cpu};
+    use super::*;
+    use crate::Tensor;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
+            .collect()
+    }
+
+    /// Forward and backward data against the f64 im2col reference, on even
+    /// and odd sizes (a ragged last tile), one image and several.
+    #[test]
+    fn winograd_matches_the_f64_reference() {
+        for (n, h, w, c, k) in [
+            (2, 8, 8, 16, 24),
+            (1, 5, 7, 8, 8),
+            (3, 4, 4, 32, 16),
+            (2, 3, 1, 4, 8),
+        ] {
+            let x = Tensor::from_vec(values(n * h * w * c, 1), [n, h, w, c]).unwrap();
+            let wt = Tensor::from_vec(values(k * 9 * c, 2), [k, 3, 3, c]).unwrap();
+            let params = Conv2dParams {
+                stride: 1,
+                padding: 1,
+            };
+            let g = ConvGeometry::new(&x, &wt, params).unwrap();
+            assert!(covers(&g));
+            let (x, wt) = (x.as_slice::<f32>().unwrap(), wt.as_slice::<f32>().unwrap());
+            let dy = values(n * g.oh * g.ow * k, 3);
+            let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+            let (x64, w64, dy64) = (f64s(x), f64s(wt), f64s(&dy));
+            let want_y = cpu::forward::<f64>(&g, &x64, &w64);
+            let want_dx = cpu::backward::<f64>(&g, &x64, &w64, &dy64, (true, false))
+                .0
+                .unwrap();
+            let close = |got: &[f32], want: &[f64], what: &str| {
+                assert_eq!(got.len(), want.len(), "{what}: length");
+                let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (g as f64 - w).abs() <= 1e-5 * scale,
+                        "{what} {i}: {g} vs {w}"
+                    );
+                }
+            };
+            close(&forward(&g, x, wt), &want_y, &format!("forward {g:?}"));
+            let t = cpu::transposed(&g).unwrap();
+            let dx = forward(&t, &dy, &cpu::flipped(&g, wt));
+            close(&dx, &want_dx, &format!("dx {g:?}"));
+        }
+    }
+}
