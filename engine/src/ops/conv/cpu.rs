@@ -159,14 +159,15 @@ fn direct_isa(g: &ConvGeometry) -> Option<direct::Isa> {
 }
 
 /// True where the f32 convolution runs as Winograd F(2×2, 3×3): measured on
-/// ResNet-18's shapes at batch 32, it pays with at least 256 input and output
+/// ResNet-18's shapes at batch 32, it pays with at least 128 input and output
 /// channels and at least as many tiles as output channels (8×8 pixels at 256
-/// channels: forward 9.4 → 6.8 ms). With fewer channels the 16 GEMMs' inner
-/// dimension is too short, and with fewer tiles the transformed weights
-/// (16/9 of the weights) cost more than the multiplies saved.
+/// channels: forward 9.0 → 6.3 ms; 16×16 at 128: 8.8 → 8.3 ms). With fewer
+/// channels the 16 GEMMs' inner dimension is too short, and with fewer tiles
+/// (4×4 pixels at 512 channels) the transformed weights, 16/9 of the
+/// weights, cost more than the multiplies saved.
 fn winograd_pays(g: &ConvGeometry) -> bool {
     let tiles = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
-    winograd::covers(g) && g.c.min(g.k) >= 256 && tiles >= g.k
+    winograd::covers(g) && g.c.min(g.k) >= 128 && tiles >= g.k
 }
 
 /// The f32 forward: the direct kernels where they cover the shape on this

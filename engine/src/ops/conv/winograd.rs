@@ -11,9 +11,18 @@
 use super::ConvGeometry;
 use crate::ops::real::{Mat, Real, filled_by_blocks, matmul_into};
 use crate::ops::simd::vectorized;
+use std::mem::MaybeUninit;
 
 /// Positions in a transformed tile.
 const POSITIONS: usize = 16;
+
+/// Floats between the rows of one position's matrix: a tile's (or a
+/// kernel's) 16 positions, then one cache line of padding, so the rows do
+/// not fall a multiple of 4 KiB apart (which makes the GEMM's reads of
+/// them evict each other from the L1 cache).
+fn row_len(c: usize) -> usize {
+    POSITIONS * c + 16
+}
 
 /// True for the convolutions this computes: 3×3, stride 1, padding 1.
 pub(super) fn covers(g: &ConvGeometry) -> bool {
@@ -32,13 +41,13 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let m = filled_by_blocks(POSITIONS * tiles * k, tiles * k, |position, m| {
         let v = Mat {
             data: &v[position * c..],
-            row_stride: POSITIONS * c,
+            row_stride: row_len(c),
             col_stride: 1,
         };
         let u = Mat {
             data: &u[position * c..],
             row_stride: 1,
-            col_stride: POSITIONS * c,
+            col_stride: row_len(c),
         };
         matmul_into((tiles, k, c), v, u, m);
     });
@@ -68,7 +77,8 @@ fn output_rows<T: Real>([m0, m1, m2, m3]: [T; 4]) -> [T; 2] {
 /// `U = G·g·Gᵀ` of every kernel, as `[k][position][c]`.
 fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     let c = g.c;
-    filled_by_blocks(g.k * POSITIONS * c, POSITIONS * c, |kk, out| {
+    filled_by_blocks(g.k * row_len(c), row_len(c), |kk, out| {
+        out[POSITIONS * c..].fill(MaybeUninit::new(T::ZERO));
         let taps: [&[T]; 9] = std::array::from_fn(|t| &w[(kk * 9 + t) * c..][..c]);
         vectorized(
             #[inline(always)]
@@ -95,7 +105,8 @@ fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
 fn transformed_input<T: Real>(g: &ConvGeometry, x: &[T], (th, tw): (usize, usize)) -> Vec<T> {
     let c = g.c;
     let zeros = vec![T::ZERO; c];
-    filled_by_blocks(g.n * th * tw * POSITIONS * c, POSITIONS * c, |t, out| {
+    filled_by_blocks(g.n * th * tw * row_len(c), row_len(c), |t, out| {
+        out[POSITIONS * c..].fill(MaybeUninit::new(T::ZERO));
         let (n, i, j) = (t / (th * tw), t / tw % th, t % tw);
         let pixel = |q: usize| -> &[T] {
             let (ih, iw) = (
