@@ -123,6 +123,23 @@ pub(crate) fn matmul_into<T: Real>(
     unsafe { matmul_raw(dims, a, b, SharedOut(c.as_mut_ptr().cast()), false) }
 }
 
+/// [`matmul_into`] on the calling thread alone: for products inside a
+/// parallel task.
+pub(crate) fn matmul_serial_into<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    c: &mut [MaybeUninit<T>],
+) {
+    assert!(c.len() >= m * n, "matmul: output too small");
+    let last = |x: Mat<T>, r: usize, cc: usize| (r - 1) * x.row_stride + (cc - 1) * x.col_stride;
+    assert!(m > 0 && n > 0 && k > 0, "matmul_serial_into: empty product");
+    assert!(last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len());
+    // SAFETY: `c` holds the `m × n` output, only written without accumulation;
+    // the operands cover their bounds (asserted).
+    unsafe { gemm_serial((m, n, k), a, b, c.as_mut_ptr().cast(), n, false) }
+}
+
 /// # Safety
 /// `c` must point to `m × n` writable elements, initialised if `accumulate`.
 unsafe fn matmul_raw<T: Real>(

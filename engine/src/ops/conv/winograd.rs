@@ -9,7 +9,7 @@
 //! convolution (also 3×3, stride 1, padding 1), so it runs here too.
 
 use super::ConvGeometry;
-use crate::ops::real::{Mat, Real, filled_by_blocks, matmul_into};
+use crate::ops::real::{Mat, Real, filled_by_blocks, matmul_serial_into};
 use crate::ops::simd::vectorized;
 use std::mem::MaybeUninit;
 
@@ -29,29 +29,50 @@ pub(super) fn covers(g: &ConvGeometry) -> bool {
     g.r == 3 && g.s == 3 && g.stride == 1 && g.padding == 1
 }
 
-/// `y = conv(x, w)` for a shape [`covers`] accepts.
+/// Most tiles a task transforms, multiplies and transforms back at once, so
+/// its transformed tiles stay in the L2 cache between the three steps.
+const TILES_PER_TASK: usize = 256;
+
+/// Fewest tasks a batch is split into (when it has the images), so two
+/// threads share the work evenly.
+const TASKS: usize = 4;
+
+/// `y = conv(x, w)` for a shape [`covers`] accepts. One task per group of
+/// whole images (at most [`TILES_PER_TASK`] tiles, at least [`TASKS`] tasks).
 pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     debug_assert!(covers(g));
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-    let tiles = g.n * th * tw;
     let u = transformed_weights(g, w);
-    let v = transformed_input(g, x, (th, tw));
     let (c, k) = (g.c, g.k);
-    // m[position] (tiles × k) = v[position] (tiles × c) · u[position]ᵀ
-    let m = filled_by_blocks(POSITIONS * tiles * k, tiles * k, |position, m| {
-        let v = Mat {
-            data: &v[position * c..],
-            row_stride: row_len(c),
-            col_stride: 1,
-        };
-        let u = Mat {
-            data: &u[position * c..],
-            row_stride: 1,
-            col_stride: row_len(c),
-        };
-        matmul_into((tiles, k, c), v, u, m);
-    });
-    transformed_output(g, &m, (th, tw))
+    let images_per_task = (TILES_PER_TASK / (th * tw)).min(g.n.div_ceil(TASKS)).max(1);
+    let (in_image, out_image) = (g.h * g.w * c, g.oh * g.ow * k);
+    filled_by_blocks(g.n * out_image, images_per_task * out_image, |task, y| {
+        let images = y.len() / out_image;
+        let x = &x[task * images_per_task * in_image..][..images * in_image];
+        let tiles = images * th * tw;
+        let v = transformed_input(g, x, images, (th, tw));
+        // m[position] (tiles × k) = v[position] (tiles × c) · u[position]ᵀ
+        let mut m = Vec::with_capacity(POSITIONS * tiles * k);
+        for (position, m) in m.spare_capacity_mut()[..POSITIONS * tiles * k]
+            .chunks_mut(tiles * k)
+            .enumerate()
+        {
+            let v = Mat {
+                data: &v[position * c..],
+                row_stride: row_len(c),
+                col_stride: 1,
+            };
+            let u = Mat {
+                data: &u[position * c..],
+                row_stride: 1,
+                col_stride: row_len(c),
+            };
+            matmul_serial_into((tiles, k, c), v, u, m);
+        }
+        // SAFETY: the GEMMs wrote every position's `tiles × k` block.
+        unsafe { m.set_len(POSITIONS * tiles * k) };
+        transformed_output(g, &m, images, (th, tw), y);
+    })
 }
 
 /// `Bᵀ·d` for a column of an input tile.
@@ -102,10 +123,20 @@ fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
 
 /// `V = Bᵀ·d·B` of every 4×4 input tile (zeros outside the image), as
 /// `[tile][position][c]`; tile `(n, i, j)` starts at pixel `(2i − 1, 2j − 1)`.
-fn transformed_input<T: Real>(g: &ConvGeometry, x: &[T], (th, tw): (usize, usize)) -> Vec<T> {
+fn transformed_input<T: Real>(
+    g: &ConvGeometry,
+    x: &[T],
+    images: usize,
+    (th, tw): (usize, usize),
+) -> Vec<T> {
     let c = g.c;
     let zeros = vec![T::ZERO; c];
-    filled_by_blocks(g.n * th * tw * row_len(c), row_len(c), |t, out| {
+    let len = images * th * tw * row_len(c);
+    let mut v = Vec::with_capacity(len);
+    for (t, out) in v.spare_capacity_mut()[..len]
+        .chunks_mut(row_len(c))
+        .enumerate()
+    {
         out[POSITIONS * c..].fill(MaybeUninit::new(T::ZERO));
         let (n, i, j) = (t / (th * tw), t / tw % th, t % tw);
         let pixel = |q: usize| -> &[T] {
@@ -142,42 +173,50 @@ fn transformed_input<T: Real>(g: &ConvGeometry, x: &[T], (th, tw): (usize, usize
                 }
             },
         );
-    })
+    }
+    // SAFETY: every tile wrote its positions and padding.
+    unsafe { v.set_len(len) };
+    v
 }
 
-/// `y = Aᵀ·m·A` of every tile, the pixels inside the output written.
-fn transformed_output<T: Real>(g: &ConvGeometry, m: &[T], (th, tw): (usize, usize)) -> Vec<T> {
-    let (k, tiles) = (g.k, g.n * th * tw);
-    filled_by_blocks(g.n * g.oh * g.ow * k, g.oh * g.ow * k, |n, y| {
-        for t in n * th * tw..(n + 1) * th * tw {
-            let (i, j) = (t / tw % th, t % tw);
-            let m: [&[T]; 16] =
-                std::array::from_fn(|position| &m[(position * tiles + t) * k..][..k]);
-            let (rows, cols) = ((g.oh - 2 * i).min(2), (g.ow - 2 * j).min(2));
-            vectorized(
-                #[inline(always)]
-                || {
-                    for kk in 0..k {
-                        // Rows a of m·A, then Aᵀ applied down each column.
-                        let ma: [[T; 2]; 4] = std::array::from_fn(|a| {
-                            output_rows([
-                                m[a * 4][kk],
-                                m[a * 4 + 1][kk],
-                                m[a * 4 + 2][kk],
-                                m[a * 4 + 3][kk],
-                            ])
-                        });
-                        for q in 0..cols {
-                            let column = output_rows([ma[0][q], ma[1][q], ma[2][q], ma[3][q]]);
-                            for (p, &value) in column.iter().enumerate().take(rows) {
-                                y[((2 * i + p) * g.ow + 2 * j + q) * k + kk].write(value);
-                            }
+/// `y = Aᵀ·m·A` of every tile of `images` images into `y`, every pixel of
+/// the output written.
+fn transformed_output<T: Real>(
+    g: &ConvGeometry,
+    m: &[T],
+    images: usize,
+    (th, tw): (usize, usize),
+    y: &mut [MaybeUninit<T>],
+) {
+    let (k, tiles) = (g.k, images * th * tw);
+    for t in 0..tiles {
+        let (n, i, j) = (t / (th * tw), t / tw % th, t % tw);
+        let y = &mut y[n * g.oh * g.ow * k..][..g.oh * g.ow * k];
+        let m: [&[T]; 16] = std::array::from_fn(|position| &m[(position * tiles + t) * k..][..k]);
+        let (rows, cols) = ((g.oh - 2 * i).min(2), (g.ow - 2 * j).min(2));
+        vectorized(
+            #[inline(always)]
+            || {
+                for kk in 0..k {
+                    // Rows a of m·A, then Aᵀ applied down each column.
+                    let ma: [[T; 2]; 4] = std::array::from_fn(|a| {
+                        output_rows([
+                            m[a * 4][kk],
+                            m[a * 4 + 1][kk],
+                            m[a * 4 + 2][kk],
+                            m[a * 4 + 3][kk],
+                        ])
+                    });
+                    for q in 0..cols {
+                        let column = output_rows([ma[0][q], ma[1][q], ma[2][q], ma[3][q]]);
+                        for (p, &value) in column.iter().enumerate().take(rows) {
+                            y[((2 * i + p) * g.ow + 2 * j + q) * k + kk].write(value);
                         }
                     }
-                },
-            );
-        }
-    })
+                }
+            },
+        );
+    }
 }
 
 #[cfg(test)]
@@ -193,7 +232,8 @@ mod tests {
     }
 
     /// Forward and backward data against the f64 im2col reference, on even
-    /// and odd sizes (a ragged last tile), one image and several.
+    /// and odd sizes (a ragged last tile), one image and several, one task
+    /// and several (16×16 images: 2 a task, the last task short).
     #[test]
     fn winograd_matches_the_f64_reference() {
         for (n, h, w, c, k) in [
@@ -201,6 +241,7 @@ mod tests {
             (1, 5, 7, 8, 8),
             (3, 4, 4, 32, 16),
             (2, 3, 1, 4, 8),
+            (3, 16, 16, 8, 8),
         ] {
             let x = Tensor::from_vec(values(n * h * w * c, 1), [n, h, w, c]).unwrap();
             let wt = Tensor::from_vec(values(k * 9 * c, 2), [k, 3, 3, c]).unwrap();
