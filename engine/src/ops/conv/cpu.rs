@@ -50,7 +50,9 @@ fn im2col<T: Real>(g: &ConvGeometry, x: &[T], first_image: usize, col: &mut [May
                         d.fill(MaybeUninit::new(T::ZERO));
                     } else {
                         let src = ((n * g.h + ih as usize) * g.w + iw as usize) * g.c;
-                        d.write_copy_of_slice(&x[src..src + g.c]);
+                        for (d, &v) in d.iter_mut().zip(&x[src..src + g.c]) {
+                            d.write(v);
+                        }
                     }
                 }
             }
@@ -67,8 +69,8 @@ fn col2im<T: Real>(g: &ConvGeometry, col: &[T], dx_images: &mut [MaybeUninit<T>]
         .zip(col.par_chunks(per_image))
         .for_each(|(dx, col)| {
             dx.fill(MaybeUninit::new(T::ZERO));
-            // SAFETY: just filled.
-            let dx = unsafe { dx.assume_init_mut() };
+            // SAFETY: just filled, so every element is initialised.
+            let dx = unsafe { &mut *(dx as *mut [MaybeUninit<T>] as *mut [T]) };
             for (pixel, src) in col.chunks(patch).enumerate() {
                 let (oh, ow) = (pixel / g.ow, pixel % g.ow);
                 for r in 0..g.r {
