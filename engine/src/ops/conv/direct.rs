@@ -638,6 +638,7 @@ unsafe fn flush<S: Simd, const KB: usize, const CB: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{assert_close, values};
     use super::super::{Conv2dParams, cpu};
     use super::*;
     use crate::Tensor;
@@ -658,24 +659,6 @@ mod tests {
         (2, 4, 4, 32, 16, 3, 1, 1),
         (1, 13, 13, 3, 64, 7, 2, 3),
     ];
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
-            .collect()
-    }
-
-    /// Fails unless `got` matches the f64 reference `want` to f32 rounding.
-    fn assert_close(got: &[f32], want: &[f64], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g as f64 - w).abs() <= 2e-5 * scale,
-                "{what}: element {i}: {g} vs {w}"
-            );
-        }
-    }
 
     #[test]
     fn results_do_not_depend_on_the_number_of_threads() {

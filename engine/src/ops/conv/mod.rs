@@ -6,6 +6,9 @@ mod cuda;
 mod direct;
 mod winograd;
 
+#[cfg(test)]
+mod test_support;
+
 use super::with_float;
 use crate::error::{Result, shape_err};
 use crate::{DType, Tensor};

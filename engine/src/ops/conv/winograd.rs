@@ -75,6 +75,12 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     })
 }
 
+/// Element `i` of row `r` of a 4×4 tile held as 16 slices, row by row.
+#[inline(always)]
+fn tile_row<T: Copy>(tile: &[&[T]; 16], r: usize, i: usize) -> [T; 4] {
+    std::array::from_fn(|s| tile[r * 4 + s][i])
+}
+
 /// `Bᵀ·d` for a column of an input tile.
 #[inline(always)]
 fn input_rows<T: Real>([d0, d1, d2, d3]: [T; 4]) -> [T; 4] {
@@ -156,14 +162,8 @@ fn transformed_input<T: Real>(
             || {
                 for ci in 0..c {
                     // Rows r of d·B, then Bᵀ applied down each column.
-                    let rows: [[T; 4]; 4] = std::array::from_fn(|r| {
-                        input_rows([
-                            d[r * 4][ci],
-                            d[r * 4 + 1][ci],
-                            d[r * 4 + 2][ci],
-                            d[r * 4 + 3][ci],
-                        ])
-                    });
+                    let rows: [[T; 4]; 4] =
+                        std::array::from_fn(|r| input_rows(tile_row(&d, r, ci)));
                     for b in 0..4 {
                         let column = input_rows([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
                         for (a, &value) in column.iter().enumerate() {
@@ -199,14 +199,7 @@ fn transformed_output<T: Real>(
             || {
                 for kk in 0..k {
                     // Rows a of m·A, then Aᵀ applied down each column.
-                    let ma: [[T; 2]; 4] = std::array::from_fn(|a| {
-                        output_rows([
-                            m[a * 4][kk],
-                            m[a * 4 + 1][kk],
-                            m[a * 4 + 2][kk],
-                            m[a * 4 + 3][kk],
-                        ])
-                    });
+                    let ma: [[T; 2]; 4] = std::array::from_fn(|a| output_rows(tile_row(&m, a, kk)));
                     for q in 0..cols {
                         let column = output_rows([ma[0][q], ma[1][q], ma[2][q], ma[3][q]]);
                         for (p, &value) in column.iter().enumerate().take(rows) {
@@ -221,15 +214,10 @@ fn transformed_output<T: Real>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{assert_close, values};
     use super::super::{Conv2dParams, cpu};
     use super::*;
     use crate::Tensor;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
-            .collect()
-    }
 
     /// Forward and backward data against the f64 im2col reference, on even
     /// and odd sizes (a ragged last tile), one image and several, one task
@@ -259,20 +247,10 @@ mod tests {
             let want_dx = cpu::backward::<f64>(&g, &x64, &w64, &dy64, (true, false))
                 .0
                 .unwrap();
-            let close = |got: &[f32], want: &[f64], what: &str| {
-                assert_eq!(got.len(), want.len(), "{what}: length");
-                let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-                for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-                    assert!(
-                        (g as f64 - w).abs() <= 1e-5 * scale,
-                        "{what} {i}: {g} vs {w}"
-                    );
-                }
-            };
-            close(&forward(&g, x, wt), &want_y, &format!("forward {g:?}"));
+            assert_close(&forward(&g, x, wt), &want_y, &format!("forward {g:?}"));
             let t = cpu::transposed(&g).unwrap();
             let dx = forward(&t, &dy, &cpu::flipped(&g, wt));
-            close(&dx, &want_dx, &format!("dx {g:?}"));
+            assert_close(&dx, &want_dx, &format!("dx {g:?}"));
         }
     }
 }
