@@ -207,10 +207,15 @@ pub(super) fn backward_f32(
             dx = direct::forward(isa, &t, dy, &flipped(g, w));
         }
     }
-    if want_dx && dx.is_none() && winograd_pays(g) {
-        // The transposed convolution of a 3×3 one with padding 1 is another.
-        let t = transposed(g).expect("stride 1, square kernel, padding below it");
-        dx = Some(winograd::forward(&t, dy, &flipped(g, w)));
+    if winograd_pays(g) {
+        if want_dx && dx.is_none() {
+            // The transposed convolution of a 3×3 one with padding 1 is another.
+            let t = transposed(g).expect("stride 1, square kernel, padding below it");
+            dx = Some(winograd::forward(&t, dy, &flipped(g, w)));
+        }
+        if want_dw && dw.is_none() {
+            dw = Some(winograd::backward_filter(g, x, dy));
+        }
     }
     let (rest_dx, rest_dw) = backward(
         g,

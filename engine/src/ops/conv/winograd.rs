@@ -11,6 +11,7 @@
 use super::ConvGeometry;
 use crate::ops::real::{Mat, Real, filled_by_blocks, matmul_serial_into};
 use crate::ops::simd::vectorized;
+use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
 /// Positions in a transformed tile.
@@ -44,7 +45,7 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
     let u = transformed_weights(g, w);
     let (c, k) = (g.c, g.k);
-    let images_per_task = (TILES_PER_TASK / (th * tw)).min(g.n.div_ceil(TASKS)).max(1);
+    let images_per_task = images_per_task(g, (th, tw));
     let (in_image, out_image) = (g.h * g.w * c, g.oh * g.ow * k);
     filled_by_blocks(g.n * out_image, images_per_task * out_image, |task, y| {
         let images = y.len() / out_image;
@@ -79,6 +80,135 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
 #[inline(always)]
 fn tile_row<T: Copy>(tile: &[&[T]; 16], r: usize, i: usize) -> [T; 4] {
     std::array::from_fn(|s| tile[r * 4 + s][i])
+}
+
+/// Images per task: a fixed function of the shape.
+fn images_per_task(g: &ConvGeometry, (th, tw): (usize, usize)) -> usize {
+    (TILES_PER_TASK / (th * tw)).min(g.n.div_ceil(TASKS)).max(1)
+}
+
+/// `dw = Σ dyᵀ · patches(x)` (KRSC) for a shape [`covers`] accepts: the
+/// forward is bilinear in the transformed weights `U`, so
+/// `∂U = Σ_tiles (A·dy·Aᵀ) ⊙ (Bᵀ·d·B)`, 16 GEMMs over each task's tiles
+/// (the tasks' sums added in task order), and `dw = Gᵀ·∂U·G`.
+pub(super) fn backward_filter<T: Real>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
+    debug_assert!(covers(g));
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let (c, k) = (g.c, g.k);
+    let per_task = images_per_task(g, (th, tw));
+    let (in_image, out_image) = (g.h * g.w * c, g.oh * g.ow * k);
+    let sums: Vec<Vec<T>> = (0..g.n.div_ceil(per_task))
+        .into_par_iter()
+        .map(|task| {
+            let first = task * per_task;
+            let images = per_task.min(g.n - first);
+            let x = &x[first * in_image..][..images * in_image];
+            let dy = &dy[first * out_image..][..images * out_image];
+            let tiles = images * th * tw;
+            let v = transformed_input(g, x, images, (th, tw));
+            let e = transformed_gradient(g, dy, images, (th, tw));
+            // ∂U[position] (k × c) = e[position]ᵀ (k × tiles) · v[position] (tiles × c)
+            let mut du = Vec::with_capacity(POSITIONS * k * c);
+            for (position, du) in du.spare_capacity_mut()[..POSITIONS * k * c]
+                .chunks_mut(k * c)
+                .enumerate()
+            {
+                let e = Mat {
+                    data: &e[position * k..],
+                    row_stride: 1,
+                    col_stride: row_len(k),
+                };
+                let v = Mat {
+                    data: &v[position * c..],
+                    row_stride: row_len(c),
+                    col_stride: 1,
+                };
+                matmul_serial_into((k, c, tiles), e, v, du);
+            }
+            // SAFETY: the GEMMs wrote every position's `k × c` block.
+            unsafe { du.set_len(POSITIONS * k * c) };
+            du
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut du = sums.next().expect("at least one image");
+    for task in sums {
+        du.iter_mut().zip(task).for_each(|(d, t)| *d += t);
+    }
+    filled_by_blocks(k * 9 * c, 9 * c, |kk, out| {
+        vectorized(
+            #[inline(always)]
+            || {
+                for ci in 0..c {
+                    let at = |a: usize, b: usize| du[((a * 4 + b) * k + kk) * c + ci];
+                    // Rows a of ∂U·G, then Gᵀ applied down each column.
+                    let rows: [[T; 3]; 4] = std::array::from_fn(|a| {
+                        weight_gradient_rows([at(a, 0), at(a, 1), at(a, 2), at(a, 3)])
+                    });
+                    for s in 0..3 {
+                        let column =
+                            weight_gradient_rows([rows[0][s], rows[1][s], rows[2][s], rows[3][s]]);
+                        for (r, &value) in column.iter().enumerate() {
+                            out[(r * 3 + s) * c + ci].write(value);
+                        }
+                    }
+                }
+            },
+        );
+    })
+}
+
+/// `Gᵀ·u` for a column of a transformed weight gradient.
+#[inline(always)]
+fn weight_gradient_rows<T: Real>([u0, u1, u2, u3]: [T; 4]) -> [T; 3] {
+    let half = T::from_f64(0.5);
+    let (sum, difference) = ((u1 + u2) * half, (u1 - u2) * half);
+    [u0 + sum, difference, sum + u3]
+}
+
+/// `A·y` for a column of a 2×2 output-gradient tile.
+#[inline(always)]
+fn gradient_rows<T: Real>([y0, y1]: [T; 2]) -> [T; 4] {
+    [y0, y0 + y1, y0 - y1, -y1]
+}
+
+/// `E = A·dy·Aᵀ` of every 2×2 tile of output gradient (zeros outside the
+/// output), as `[tile][position][k]` with rows [`row_len`] apart.
+fn transformed_gradient<T: Real>(
+    g: &ConvGeometry,
+    dy: &[T],
+    images: usize,
+    (th, tw): (usize, usize),
+) -> Vec<T> {
+    let k = g.k;
+    let zeros = vec![T::ZERO; k];
+    tile_rows(images, (th, tw), k, |(n, i, j), out| {
+        let pixel = |q: usize| -> &[T] {
+            let (oh, ow) = (2 * i + q / 2, 2 * j + q % 2);
+            if oh < g.oh && ow < g.ow {
+                &dy[((n * g.oh + oh) * g.ow + ow) * k..][..k]
+            } else {
+                &zeros
+            }
+        };
+        let d: [&[T]; 4] = std::array::from_fn(pixel);
+        vectorized(
+            #[inline(always)]
+            || {
+                for kk in 0..k {
+                    // Rows p of dy·Aᵀ, then A applied down each column.
+                    let rows: [[T; 4]; 2] =
+                        std::array::from_fn(|p| gradient_rows([d[p * 2][kk], d[p * 2 + 1][kk]]));
+                    for b in 0..4 {
+                        let column = gradient_rows([rows[0][b], rows[1][b]]);
+                        for (a, &value) in column.iter().enumerate() {
+                            out[(a * 4 + b) * k + kk].write(value);
+                        }
+                    }
+                }
+            },
+        );
+    })
 }
 
 /// `Bᵀ·d` for a column of an input tile.
@@ -127,6 +257,30 @@ fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     })
 }
 
+/// One row per tile of `images` images, `(n, i, j)` in order: its
+/// [`POSITIONS`] · `width` elements written by `fill`, then zero padding to
+/// [`row_len`].
+fn tile_rows<T: Real>(
+    images: usize,
+    (th, tw): (usize, usize),
+    width: usize,
+    fill: impl Fn((usize, usize, usize), &mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    let len = images * th * tw * row_len(width);
+    let mut rows = Vec::with_capacity(len);
+    for (t, row) in rows.spare_capacity_mut()[..len]
+        .chunks_mut(row_len(width))
+        .enumerate()
+    {
+        let (positions, padding) = row.split_at_mut(POSITIONS * width);
+        padding.fill(MaybeUninit::new(T::ZERO));
+        fill((t / (th * tw), t / tw % th, t % tw), positions);
+    }
+    // SAFETY: every row's positions were written by `fill`, its padding here.
+    unsafe { rows.set_len(len) };
+    rows
+}
+
 /// `V = Bᵀ·d·B` of every 4×4 input tile (zeros outside the image), as
 /// `[tile][position][c]`; tile `(n, i, j)` starts at pixel `(2i − 1, 2j − 1)`.
 fn transformed_input<T: Real>(
@@ -137,14 +291,7 @@ fn transformed_input<T: Real>(
 ) -> Vec<T> {
     let c = g.c;
     let zeros = vec![T::ZERO; c];
-    let len = images * th * tw * row_len(c);
-    let mut v = Vec::with_capacity(len);
-    for (t, out) in v.spare_capacity_mut()[..len]
-        .chunks_mut(row_len(c))
-        .enumerate()
-    {
-        out[POSITIONS * c..].fill(MaybeUninit::new(T::ZERO));
-        let (n, i, j) = (t / (th * tw), t / tw % th, t % tw);
+    tile_rows(images, (th, tw), c, |(n, i, j), out| {
         let pixel = |q: usize| -> &[T] {
             let (ih, iw) = (
                 (2 * i + q / 4).wrapping_sub(1),
@@ -173,10 +320,7 @@ fn transformed_input<T: Real>(
                 }
             },
         );
-    }
-    // SAFETY: every tile wrote its positions and padding.
-    unsafe { v.set_len(len) };
-    v
+    })
 }
 
 /// `y = Aᵀ·m·A` of every tile of `images` images into `y`, every pixel of
@@ -219,7 +363,8 @@ mod tests {
     use super::*;
     use crate::Tensor;
 
-    /// Forward and backward data against the f64 im2col reference, on even
+    /// Forward, backward data and weight gradient against the f64 im2col
+    /// reference, on even
     /// and odd sizes (a ragged last tile), one image and several, one task
     /// and several (16×16 images: 2 a task, the last task short).
     #[test]
@@ -244,13 +389,16 @@ mod tests {
             let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
             let (x64, w64, dy64) = (f64s(x), f64s(wt), f64s(&dy));
             let want_y = cpu::forward::<f64>(&g, &x64, &w64);
-            let want_dx = cpu::backward::<f64>(&g, &x64, &w64, &dy64, (true, false))
-                .0
-                .unwrap();
+            let (want_dx, want_dw) = cpu::backward::<f64>(&g, &x64, &w64, &dy64, (true, true));
             assert_close(&forward(&g, x, wt), &want_y, &format!("forward {g:?}"));
             let t = cpu::transposed(&g).unwrap();
             let dx = forward(&t, &dy, &cpu::flipped(&g, wt));
-            assert_close(&dx, &want_dx, &format!("dx {g:?}"));
+            assert_close(
+                &backward_filter(&g, x, &dy),
+                &want_dw.unwrap(),
+                &format!("dw {g:?}"),
+            );
+            assert_close(&dx, &want_dx.unwrap(), &format!("dx {g:?}"));
         }
     }
 }
