@@ -98,19 +98,64 @@ impl<'a, T> Mat<'a, T> {
 /// fork-join per product instead of one per block of gemm's own threading,
 /// whose wake-ups cost more than the packing the threads then repeat.
 pub(crate) fn matmul<T: Real>(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     a: Mat<T>,
     b: Mat<T>,
     c: &mut [T],
     accumulate: bool,
 ) {
+    assert!(c.len() >= dims.0 * dims.1, "matmul: output too small");
+    // SAFETY: `c` holds the `m × n` output, initialised as accumulating needs.
+    unsafe { matmul_raw(dims, a, b, SharedOut(c.as_mut_ptr()), accumulate) }
+}
+
+/// [`matmul`] without accumulating, into an output whose old contents are
+/// never read, so it need not be initialised (nor zeroed) first.
+pub(crate) fn matmul_into<T: Real>(
+    dims: (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    c: &mut [MaybeUninit<T>],
+) {
+    assert!(c.len() >= dims.0 * dims.1, "matmul: output too small");
+    // SAFETY: `c` holds the `m × n` output; without accumulation the GEMM
+    // only writes it (the `k == 0` case fills it with zeros).
+    unsafe { matmul_raw(dims, a, b, SharedOut(c.as_mut_ptr().cast()), false) }
+}
+
+/// [`matmul_into`] on the calling thread alone: for products inside a
+/// parallel task.
+pub(crate) fn matmul_serial_into<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    c: &mut [MaybeUninit<T>],
+) {
     assert!(c.len() >= m * n, "matmul: output too small");
+    let last = |x: Mat<T>, r: usize, cc: usize| (r - 1) * x.row_stride + (cc - 1) * x.col_stride;
+    assert!(m > 0 && n > 0 && k > 0, "matmul_serial_into: empty product");
+    assert!(last(a, m, k) < a.data.len() && last(b, k, n) < b.data.len());
+    // SAFETY: `c` holds the `m × n` output, only written without accumulation;
+    // the operands cover their bounds (asserted).
+    unsafe { gemm_serial((m, n, k), a, b, c.as_mut_ptr().cast(), n, false) }
+}
+
+/// # Safety
+/// `c` must point to `m × n` writable elements, initialised if `accumulate`.
+unsafe fn matmul_raw<T: Real>(
+    (m, n, k): (usize, usize, usize),
+    a: Mat<T>,
+    b: Mat<T>,
+    c: SharedOut<T>,
+    accumulate: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(T::ZERO);
+            // SAFETY: the caller's `c` holds `m × n` elements.
+            (0..m * n).for_each(|i| unsafe { c.at(i).write(T::ZERO) });
         }
         return;
     }
@@ -125,7 +170,6 @@ pub(crate) fn matmul<T: Real>(
     let long = if split_rows { m } else { n };
     // Strips a multiple of the widest microkernel tile, so none is ragged twice.
     let strip = long.div_ceil(threads).next_multiple_of(64);
-    let c = SharedOut(c.as_mut_ptr());
     let run = |i: usize| {
         let (first, len) = (i * strip, strip.min(long - i * strip));
         // SAFETY: strips cover disjoint rows (or columns) of `c`, and every

@@ -250,6 +250,8 @@ fn channel_block(c: usize) -> Option<usize> {
 thread_local! {
     /// Each thread's packed images, reused across calls.
     static PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The packed batch of a weight gradient, reused across calls.
+    static FILTER_PACKED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Images per forward task: enough that a block of weights is reused across
@@ -451,7 +453,7 @@ unsafe fn forward_tile_with<S: Simd, const KB: usize, const P: usize, const CB: 
     }
 }
 
-/// Images per weight-gradient group: at least 32 tasks in all, the split
+/// Images per weight-gradient group: at least 32 tiles in all, the split
 /// fixed by the shape alone so the sums' order never changes.
 fn filter_groups(n: usize, tiles: usize) -> usize {
     32usize.div_ceil(tiles).clamp(1, n.max(1))
@@ -470,24 +472,42 @@ pub(super) fn backward_filter(
     }
     let tile = filter_tile(isa, g.k)?;
     let layout = Layout::new(g, channel_block(g.c)?);
-    let mut packed = vec![0.0; g.n * layout.image_len];
     let in_image = g.h * g.w * g.c;
+    // Taken out while in use, so a nested call would allocate its own.
+    let mut packed = FILTER_PACKED.take();
+    packed.resize(g.n * layout.image_len, 0.0);
     packed
         .par_chunks_mut(layout.image_len)
         .zip(x.par_chunks(in_image))
         .for_each(|(dst, src)| layout.pack(g, src, dst));
+    let dw = filter_from_packed(isa, tile, g, &layout, &packed, dy);
+    FILTER_PACKED.set(packed);
+    Some(dw)
+}
+
+/// [`backward_filter`] of the images packed in `packed`.
+fn filter_from_packed(
+    isa: Isa,
+    tile: Tile,
+    g: &ConvGeometry,
+    layout: &Layout,
+    packed: &[f32],
+    dy: &[f32],
+) -> Vec<f32> {
     let taps = g.r * g.s;
-    let tiles = g.k / tile.width() * layout.blocks * taps;
-    let groups = filter_groups(g.n, tiles);
+    // One task per (group, output-channel block, channel block): all the
+    // taps of that block, so its slices of `x` and `dy` stay in cache.
+    let blocks = g.k / tile.width() * layout.blocks;
+    let groups = filter_groups(g.n, blocks * taps);
     let per_group = g.n.div_ceil(groups);
-    // One task per (group, tile); each returns its `cb × width` sums.
-    let sums: Vec<Vec<f64>> = (0..groups * tiles)
+    let tile_len = layout.cb * tile.width();
+    let sums: Vec<Vec<f64>> = (0..groups * blocks)
         .into_par_iter()
         .map(|task| {
-            let (group, t) = (task / tiles, task % tiles);
+            let (group, block) = (task / blocks, task % blocks);
             let first = (group * per_group).min(g.n);
             let images = per_group.min(g.n - first);
-            let mut out = vec![0.0; layout.cb * tile.width()];
+            let mut out = vec![0.0; taps * tile_len];
             // SAFETY: the packed images and `dy` cover `first..first + images`;
             // the ISA was detected on this CPU.
             unsafe {
@@ -495,11 +515,11 @@ pub(super) fn backward_filter(
                     isa,
                     tile,
                     g,
-                    &layout,
-                    &packed,
+                    layout,
+                    packed,
                     dy,
                     (first, images),
-                    t,
+                    block,
                     &mut out,
                 )
             };
@@ -508,17 +528,18 @@ pub(super) fn backward_filter(
         .collect();
     let mut dw = vec![0.0f64; g.k * taps * g.c];
     for (task, sums) in sums.iter().enumerate() {
-        let t = task % tiles;
-        let (kblock, rest) = (t / (layout.blocks * taps), t % (layout.blocks * taps));
-        let (b, tap) = (rest / taps, rest % taps);
-        for ci in 0..layout.cb.min(g.c - b * layout.cb) {
-            for lane in 0..tile.width() {
-                let k = kblock * tile.width() + lane;
-                dw[(k * taps + tap) * g.c + b * layout.cb + ci] += sums[ci * tile.width() + lane];
+        let (kblock, b) = (task % blocks / layout.blocks, task % layout.blocks);
+        for (tap, sums) in sums.chunks(tile_len).enumerate() {
+            for ci in 0..layout.cb.min(g.c - b * layout.cb) {
+                for lane in 0..tile.width() {
+                    let k = kblock * tile.width() + lane;
+                    dw[(k * taps + tap) * g.c + b * layout.cb + ci] +=
+                        sums[ci * tile.width() + lane];
+                }
             }
         }
     }
-    Some(dw.into_iter().map(|v| v as f32).collect())
+    dw.into_iter().map(|v| v as f32).collect()
 }
 
 entry_point!(
@@ -530,7 +551,7 @@ entry_point!(
         packed: &[f32],
         dy: &[f32],
         images: (usize, usize),
-        t: usize,
+        block: usize,
         out: &mut [f64]
     ),
     block: layout,
@@ -538,10 +559,12 @@ entry_point!(
     avx2: [(Ymm, 1, 1)]
 );
 
-/// Weight-gradient tile `t` (output-channel block, channel block, tap) summed
-/// over `images` in order, pixel by pixel: `out[ci][k] = Σ x[ci]·dy[k]`. The
-/// registers sum runs of at least [`FLUSH_PIXELS`] pixels in f32, which are
-/// added up in f64 (one long f32 sum would lose digits a GEMM keeps).
+/// The weight-gradient tiles of `block` (output-channel block, channel
+/// block), one per tap, each summed over `images` in order, pixel by pixel:
+/// `out[tap][ci][k] = Σ x[ci]·dy[k]`. The registers sum runs of at least
+/// [`FLUSH_PIXELS`] pixels in f32, which are added up in f64 (one long f32
+/// sum would lose digits a GEMM keeps); every tap goes through one run
+/// before the next run starts, so the run's images are read from cache.
 ///
 /// # Safety
 /// `packed` holds the packed images, `dy` their output gradients; the vector
@@ -553,41 +576,40 @@ unsafe fn filter_sums_with<S: Simd, const KB: usize, const P: usize, const CB: u
     packed: &[f32],
     dy: &[f32],
     (first, images): (usize, usize),
-    t: usize,
+    block: usize,
     out: &mut [f64],
 ) {
     let width = KB * S::LANES;
-    let taps = layout.taps.len();
-    let (kblock, rest) = (t / (layout.blocks * taps), t % (layout.blocks * taps));
-    let (b, tap) = (rest / taps, rest % taps);
+    let (kblock, b) = (block / layout.blocks, block % layout.blocks);
     let out_image = g.oh * g.ow * g.k;
-    unsafe {
-        let mut acc = [[S::zero(); KB]; CB];
-        let mut pending = 0;
-        for image in first..first + images {
-            let x = packed
-                .as_ptr()
-                .add(image * layout.image_len + b * layout.block_len + layout.taps[tap]);
-            let d = dy.as_ptr().add(image * out_image + kblock * width);
-            for oh in 0..g.oh {
-                let (xr, dr) = (x.add(oh * layout.lw * CB), d.add(oh * g.ow * g.k));
-                for ow in 0..g.ow {
-                    let mut dv = [S::zero(); KB];
-                    for (kb, dv) in dv.iter_mut().enumerate() {
-                        *dv = S::load(dr.add(ow * g.k + kb * S::LANES));
-                    }
-                    for (ci, acc) in acc.iter_mut().enumerate() {
-                        let xv = S::splat(xr.add(ow * CB + ci));
-                        for (a, &dv) in acc.iter_mut().zip(&dv) {
-                            *a = S::fma(xv, dv, *a);
+    let run = FLUSH_PIXELS.div_ceil(g.oh * g.ow);
+    for run_first in (first..first + images).step_by(run) {
+        let run_images = run_first..(run_first + run).min(first + images);
+        for (&tap, out) in layout.taps.iter().zip(out.chunks_mut(CB * width)) {
+            unsafe {
+                let mut acc = [[S::zero(); KB]; CB];
+                for image in run_images.clone() {
+                    let x = packed
+                        .as_ptr()
+                        .add(image * layout.image_len + b * layout.block_len + tap);
+                    let d = dy.as_ptr().add(image * out_image + kblock * width);
+                    for oh in 0..g.oh {
+                        let (xr, dr) = (x.add(oh * layout.lw * CB), d.add(oh * g.ow * g.k));
+                        for ow in 0..g.ow {
+                            let mut dv = [S::zero(); KB];
+                            for (kb, dv) in dv.iter_mut().enumerate() {
+                                *dv = S::load(dr.add(ow * g.k + kb * S::LANES));
+                            }
+                            for (ci, acc) in acc.iter_mut().enumerate() {
+                                let xv = S::splat(xr.add(ow * CB + ci));
+                                for (a, &dv) in acc.iter_mut().zip(&dv) {
+                                    *a = S::fma(xv, dv, *a);
+                                }
+                            }
                         }
                     }
                 }
-            }
-            pending += g.oh * g.ow;
-            if pending >= FLUSH_PIXELS || image + 1 == first + images {
                 flush::<S, KB, CB>(&mut acc, out);
-                pending = 0;
             }
         }
     }
@@ -616,6 +638,7 @@ unsafe fn flush<S: Simd, const KB: usize, const CB: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_support::{assert_close, values};
     use super::super::{Conv2dParams, cpu};
     use super::*;
     use crate::Tensor;
@@ -636,24 +659,6 @@ mod tests {
         (2, 4, 4, 32, 16, 3, 1, 1),
         (1, 13, 13, 3, 64, 7, 2, 3),
     ];
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| ((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.0 - 1.0)
-            .collect()
-    }
-
-    /// Fails unless `got` matches the f64 reference `want` to f32 rounding.
-    fn assert_close(got: &[f32], want: &[f64], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (g as f64 - w).abs() <= 2e-5 * scale,
-                "{what}: element {i}: {g} vs {w}"
-            );
-        }
-    }
 
     #[test]
     fn results_do_not_depend_on_the_number_of_threads() {

@@ -4,6 +4,10 @@ mod cpu;
 mod cuda;
 #[cfg(target_arch = "x86_64")]
 mod direct;
+mod winograd;
+
+#[cfg(test)]
+mod test_support;
 
 use super::with_float;
 use crate::error::{Result, shape_err};
