@@ -117,6 +117,12 @@ impl BnBuffers {
         &self.var[i]
     }
 
+    /// Every layer's mean buffer, then every variance buffer, to update in
+    /// place (the data-parallel average).
+    pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut Tensor> {
+        self.mean.iter_mut().chain(self.var.iter_mut())
+    }
+
     /// Overwrites layer `i`'s buffers; `mean` and `var` must have its channel count.
     pub fn set(&mut self, i: usize, mean: &[f32], var: &[f32]) -> Result<()> {
         let c = self.mean[i].numel();

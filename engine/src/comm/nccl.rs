@@ -306,7 +306,7 @@ impl NcclComm {
         if self.gpu.capturing() {
             return Ok(());
         }
-        let parts = self.gpu.cuda_parts().expect("a CUDA device");
+        let parts = self.parts();
         let done = parts
             .stream
             .record_event(Some(NO_TIMING))
@@ -359,7 +359,7 @@ impl NcclComm {
     /// (`None`: the compute stream).
     fn queue_mean(&mut self, ptr: u64, count: usize, stream: Option<&CudaStream>) -> Result<()> {
         self.ready("an all-reduce")?;
-        let parts = self.gpu.cuda_parts().expect("a CUDA device");
+        let parts = self.parts();
         let stream = stream.unwrap_or(&parts.stream).cu_stream();
         for first in (0..count).step_by(BUCKET_ELEMENTS) {
             let len = BUCKET_ELEMENTS.min(count - first);
@@ -393,6 +393,12 @@ impl Drop for NcclComm {
 }
 
 impl NcclComm {
+    /// The device's context and streams: a communicator exists only on a
+    /// CUDA device ([`NcclComm::new`] refuses others).
+    fn parts(&self) -> &kernels::CudaParts {
+        self.gpu.cuda_parts().expect("a CUDA device")
+    }
+
     /// Refuses a tensor the all-reduce cannot work on in place.
     fn check_buffer(&self, buf: &mut Tensor) -> Result<()> {
         buf.expect_dtype("all_reduce", &[DType::F32])?;
@@ -457,7 +463,7 @@ impl Communicator for NcclComm {
                 buf.numel()
             )));
         }
-        let parts = self.gpu.cuda_parts().expect("a CUDA device");
+        let parts = self.parts();
         let reached = parts
             .stream
             .record_event(Some(NO_TIMING))
@@ -476,7 +482,7 @@ impl Communicator for NcclComm {
         if !std::mem::take(&mut self.started) {
             return Ok(());
         }
-        let parts = self.gpu.cuda_parts().expect("a CUDA device");
+        let parts = self.parts();
         let done = self
             .side
             .record_event(Some(NO_TIMING))
