@@ -91,11 +91,19 @@ pub fn world_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<Wor
             "rank {rank} of a job of {size}: expected a rank below the world size"
         )));
     }
+    if size > crate::limits::MAX_WORLD {
+        return Err(Error::Usage(format!(
+            "a job of {size} processes: at most {}",
+            crate::limits::MAX_WORLD
+        )));
+    }
     let master = match (var("MASTER_ADDR"), number("MASTER_PORT")?) {
         (Some(addr), Some(port)) => Some((
             addr,
             u16::try_from(port)
-                .map_err(|_| Error::Usage(format!("MASTER_PORT={port}: not a TCP port")))?,
+                .ok()
+                .filter(|&p| p > 0)
+                .ok_or_else(|| Error::Usage(format!("MASTER_PORT={port}: not a TCP port")))?,
         )),
         _ => None,
     };
@@ -337,6 +345,18 @@ mod tests {
                 ("WORLD_SIZE", "2"),
                 ("MASTER_ADDR", "a"),
                 ("MASTER_PORT", "70000"),
+            ],
+            vec![
+                ("RANK", "0"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "a"),
+                ("MASTER_PORT", "0"),
+            ],
+            vec![
+                ("RANK", "0"),
+                ("WORLD_SIZE", "1000000000"),
+                ("MASTER_ADDR", "a"),
+                ("MASTER_PORT", "1"),
             ],
         ] {
             assert!(world_from_env(env(&bad)).is_err(), "{bad:?}");
