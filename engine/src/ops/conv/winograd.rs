@@ -13,6 +13,99 @@ use crate::ops::real::{Mat, Real, filled_by_blocks, matmul_serial_into};
 use crate::ops::simd::vectorized;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::ops::{Add, Mul, Neg, Sub};
+
+/// Channels the transforms handle at once.
+const LANES: usize = 16;
+
+/// [`LANES`] consecutive channels of one value of a tile. The transforms do
+/// their arithmetic on these, in fixed-size loops the compiler turns into
+/// vector instructions (one channel at a time, it did not).
+#[derive(Clone, Copy)]
+struct Lanes<T>([T; LANES]);
+
+impl<T: Real> Lanes<T> {
+    /// The channels of `values` (at most [`LANES`]), zeros after them.
+    #[inline(always)]
+    fn load(values: &[T]) -> Self {
+        match <[T; LANES]>::try_from(values) {
+            Ok(all) => Lanes(all),
+            Err(_) => {
+                let mut lanes = [T::ZERO; LANES];
+                lanes[..values.len()].copy_from_slice(values);
+                Lanes(lanes)
+            }
+        }
+    }
+
+    /// Writes the first `out.len()` (at most [`LANES`]) channels to `out`.
+    #[inline(always)]
+    fn store(self, out: &mut [MaybeUninit<T>]) {
+        match <&mut [MaybeUninit<T>; LANES]>::try_from(&mut *out) {
+            Ok(all) => all.iter_mut().zip(self.0).for_each(|(o, v)| {
+                o.write(v);
+            }),
+            Err(_) => out.iter_mut().zip(self.0).for_each(|(o, v)| {
+                o.write(v);
+            }),
+        }
+    }
+}
+
+impl<T: Real> Add for Lanes<T> {
+    type Output = Self;
+    #[inline(always)]
+    fn add(self, other: Self) -> Self {
+        let mut sum = self.0;
+        for (s, o) in sum.iter_mut().zip(other.0) {
+            *s += o;
+        }
+        Lanes(sum)
+    }
+}
+
+impl<T: Real> Sub for Lanes<T> {
+    type Output = Self;
+    #[inline(always)]
+    fn sub(self, other: Self) -> Self {
+        let mut difference = self.0;
+        for (d, o) in difference.iter_mut().zip(other.0) {
+            *d -= o;
+        }
+        Lanes(difference)
+    }
+}
+
+impl<T: Real> Neg for Lanes<T> {
+    type Output = Self;
+    #[inline(always)]
+    fn neg(self) -> Self {
+        let mut negated = self.0;
+        for v in &mut negated {
+            *v = -*v;
+        }
+        Lanes(negated)
+    }
+}
+
+impl<T: Real> Mul<T> for Lanes<T> {
+    type Output = Self;
+    #[inline(always)]
+    fn mul(self, factor: T) -> Self {
+        let mut product = self.0;
+        for v in &mut product {
+            *v *= factor;
+        }
+        Lanes(product)
+    }
+}
+
+/// The channel chunks of `0..len`: `(first, count)`, `count` at most [`LANES`].
+fn lane_chunks(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..len)
+        .step_by(LANES)
+        .map(move |first| (first, LANES.min(len - first)))
+}
 
 /// Positions in a transformed tile.
 const POSITIONS: usize = 16;
@@ -76,10 +169,11 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     })
 }
 
-/// Element `i` of row `r` of a 4×4 tile held as 16 slices, row by row.
+/// Channels `ci..ci + len` of row `r` of a 4×4 tile held as 16 slices, row by row.
 #[inline(always)]
-fn tile_row<T: Copy>(tile: &[&[T]; 16], r: usize, i: usize) -> [T; 4] {
-    std::array::from_fn(|s| tile[r * 4 + s][i])
+fn tile_row<T: Real>(tile: &[&[T]; 16], r: usize, (ci, len): (usize, usize)) -> [Lanes<T>; 4] {
+    let load = |s: usize| Lanes::load(&tile[r * 4 + s][ci..ci + len]);
+    [load(0), load(1), load(2), load(3)]
 }
 
 /// Images per task: a fixed function of the shape.
@@ -139,17 +233,18 @@ pub(super) fn backward_filter<T: Real>(g: &ConvGeometry, x: &[T], dy: &[T]) -> V
         vectorized(
             #[inline(always)]
             || {
-                for ci in 0..c {
-                    let at = |a: usize, b: usize| du[((a * 4 + b) * k + kk) * c + ci];
+                for (ci, len) in lane_chunks(c) {
+                    let at = |a: usize, b: usize| {
+                        Lanes::load(&du[((a * 4 + b) * k + kk) * c + ci..][..len])
+                    };
                     // Rows a of ∂U·G, then Gᵀ applied down each column.
-                    let rows: [[T; 3]; 4] = std::array::from_fn(|a| {
-                        weight_gradient_rows([at(a, 0), at(a, 1), at(a, 2), at(a, 3)])
-                    });
+                    let row = |a| weight_gradient_rows([at(a, 0), at(a, 1), at(a, 2), at(a, 3)]);
+                    let rows = [row(0), row(1), row(2), row(3)];
                     for s in 0..3 {
                         let column =
                             weight_gradient_rows([rows[0][s], rows[1][s], rows[2][s], rows[3][s]]);
-                        for (r, &value) in column.iter().enumerate() {
-                            out[(r * 3 + s) * c + ci].write(value);
+                        for (r, value) in column.into_iter().enumerate() {
+                            value.store(&mut out[(r * 3 + s) * c + ci..][..len]);
                         }
                     }
                 }
@@ -160,7 +255,7 @@ pub(super) fn backward_filter<T: Real>(g: &ConvGeometry, x: &[T], dy: &[T]) -> V
 
 /// `Gᵀ·u` for a column of a transformed weight gradient.
 #[inline(always)]
-fn weight_gradient_rows<T: Real>([u0, u1, u2, u3]: [T; 4]) -> [T; 3] {
+fn weight_gradient_rows<T: Real>([u0, u1, u2, u3]: [Lanes<T>; 4]) -> [Lanes<T>; 3] {
     let half = T::from_f64(0.5);
     let (sum, difference) = ((u1 + u2) * half, (u1 - u2) * half);
     [u0 + sum, difference, sum + u3]
@@ -168,7 +263,7 @@ fn weight_gradient_rows<T: Real>([u0, u1, u2, u3]: [T; 4]) -> [T; 3] {
 
 /// `A·y` for a column of a 2×2 output-gradient tile.
 #[inline(always)]
-fn gradient_rows<T: Real>([y0, y1]: [T; 2]) -> [T; 4] {
+fn gradient_rows<T: Real>([y0, y1]: [Lanes<T>; 2]) -> [Lanes<T>; 4] {
     [y0, y0 + y1, y0 - y1, -y1]
 }
 
@@ -195,14 +290,17 @@ fn transformed_gradient<T: Real>(
         vectorized(
             #[inline(always)]
             || {
-                for kk in 0..k {
+                for (kk, len) in lane_chunks(k) {
+                    let pixel = |q: usize| Lanes::load(&d[q][kk..kk + len]);
                     // Rows p of dy·Aᵀ, then A applied down each column.
-                    let rows: [[T; 4]; 2] =
-                        std::array::from_fn(|p| gradient_rows([d[p * 2][kk], d[p * 2 + 1][kk]]));
+                    let rows = [
+                        gradient_rows([pixel(0), pixel(1)]),
+                        gradient_rows([pixel(2), pixel(3)]),
+                    ];
                     for b in 0..4 {
                         let column = gradient_rows([rows[0][b], rows[1][b]]);
-                        for (a, &value) in column.iter().enumerate() {
-                            out[(a * 4 + b) * k + kk].write(value);
+                        for (a, value) in column.into_iter().enumerate() {
+                            value.store(&mut out[(a * 4 + b) * k + kk..][..len]);
                         }
                     }
                 }
@@ -213,13 +311,13 @@ fn transformed_gradient<T: Real>(
 
 /// `Bᵀ·d` for a column of an input tile.
 #[inline(always)]
-fn input_rows<T: Real>([d0, d1, d2, d3]: [T; 4]) -> [T; 4] {
+fn input_rows<T: Real>([d0, d1, d2, d3]: [Lanes<T>; 4]) -> [Lanes<T>; 4] {
     [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
 }
 
 /// `G·g` for a column of a 3×3 kernel.
 #[inline(always)]
-fn weight_rows<T: Real>([g0, g1, g2]: [T; 3]) -> [T; 4] {
+fn weight_rows<T: Real>([g0, g1, g2]: [Lanes<T>; 3]) -> [Lanes<T>; 4] {
     let half = T::from_f64(0.5);
     let outer = g0 + g2;
     [g0, (outer + g1) * half, (outer - g1) * half, g2]
@@ -227,7 +325,7 @@ fn weight_rows<T: Real>([g0, g1, g2]: [T; 3]) -> [T; 4] {
 
 /// `Aᵀ·m` for a column of a transformed output tile.
 #[inline(always)]
-fn output_rows<T: Real>([m0, m1, m2, m3]: [T; 4]) -> [T; 2] {
+fn output_rows<T: Real>([m0, m1, m2, m3]: [Lanes<T>; 4]) -> [Lanes<T>; 2] {
     [m0 + m1 + m2, m1 - m2 - m3]
 }
 
@@ -240,15 +338,15 @@ fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
         vectorized(
             #[inline(always)]
             || {
-                for ci in 0..c {
+                for (ci, len) in lane_chunks(c) {
+                    let tap = |t: usize| Lanes::load(&taps[t][ci..ci + len]);
                     // Rows r of g·Gᵀ, then G applied down each column.
-                    let rows: [[T; 4]; 3] = std::array::from_fn(|r| {
-                        weight_rows([taps[r * 3][ci], taps[r * 3 + 1][ci], taps[r * 3 + 2][ci]])
-                    });
+                    let row = |r: usize| weight_rows([tap(r * 3), tap(r * 3 + 1), tap(r * 3 + 2)]);
+                    let rows = [row(0), row(1), row(2)];
                     for b in 0..4 {
                         let column = weight_rows([rows[0][b], rows[1][b], rows[2][b]]);
-                        for (a, &value) in column.iter().enumerate() {
-                            out[(a * 4 + b) * c + ci].write(value);
+                        for (a, value) in column.into_iter().enumerate() {
+                            value.store(&mut out[(a * 4 + b) * c + ci..][..len]);
                         }
                     }
                 }
@@ -307,14 +405,14 @@ fn transformed_input<T: Real>(
         vectorized(
             #[inline(always)]
             || {
-                for ci in 0..c {
+                for (ci, len) in lane_chunks(c) {
                     // Rows r of d·B, then Bᵀ applied down each column.
-                    let rows: [[T; 4]; 4] =
-                        std::array::from_fn(|r| input_rows(tile_row(&d, r, ci)));
+                    let row = |r| input_rows(tile_row(&d, r, (ci, len)));
+                    let rows = [row(0), row(1), row(2), row(3)];
                     for b in 0..4 {
                         let column = input_rows([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
-                        for (a, &value) in column.iter().enumerate() {
-                            out[(a * 4 + b) * c + ci].write(value);
+                        for (a, value) in column.into_iter().enumerate() {
+                            value.store(&mut out[(a * 4 + b) * c + ci..][..len]);
                         }
                     }
                 }
@@ -341,13 +439,14 @@ fn transformed_output<T: Real>(
         vectorized(
             #[inline(always)]
             || {
-                for kk in 0..k {
+                for (kk, len) in lane_chunks(k) {
                     // Rows a of m·A, then Aᵀ applied down each column.
-                    let ma: [[T; 2]; 4] = std::array::from_fn(|a| output_rows(tile_row(&m, a, kk)));
+                    let row = |a| output_rows(tile_row(&m, a, (kk, len)));
+                    let ma = [row(0), row(1), row(2), row(3)];
                     for q in 0..cols {
                         let column = output_rows([ma[0][q], ma[1][q], ma[2][q], ma[3][q]]);
-                        for (p, &value) in column.iter().enumerate().take(rows) {
-                            y[((2 * i + p) * g.ow + 2 * j + q) * k + kk].write(value);
+                        for (p, value) in column.into_iter().enumerate().take(rows) {
+                            value.store(&mut y[((2 * i + p) * g.ow + 2 * j + q) * k + kk..][..len]);
                         }
                     }
                 }
