@@ -161,33 +161,34 @@ fn direct_isa(g: &ConvGeometry) -> Option<direct::Isa> {
 }
 
 /// True where the f32 convolution runs as Winograd F(2×2, 3×3): measured on
-/// ResNet-18's shapes at batch 32, it pays with at least 128 input and output
-/// channels and at least as many tiles as output channels (8×8 pixels at 256
+/// ResNet-18's shapes at batch 32, it pays with at least 64 input and output
+/// channels (at 64, 32×32 pixels, it beats the direct kernels: P2 step
+/// 1.03×) and at least as many tiles as output channels (8×8 pixels at 256
 /// channels: forward 9.0 → 6.3 ms; 16×16 at 128: 8.8 → 8.3 ms). With fewer
-/// channels the 16 GEMMs' inner dimension is too short, and with fewer tiles
-/// (4×4 pixels at 512 channels) the transformed weights, 16/9 of the
+/// channels the 16 GEMMs' inner dimension is too short, and with fewer
+/// tiles (4×4 pixels at 512 channels) the transformed weights, 16/9 of the
 /// weights, cost more than the multiplies saved.
 fn winograd_pays(g: &ConvGeometry) -> bool {
     let tiles = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
-    winograd::covers(g) && g.c.min(g.k) >= 128 && tiles >= g.k
+    winograd::covers(g) && g.c.min(g.k) >= 64 && tiles >= g.k
 }
 
-/// The f32 forward: the direct kernels where they cover the shape on this
-/// CPU, else Winograd where it pays, else im2col and GEMM.
+/// The f32 forward: Winograd where it pays, else the direct kernels where
+/// they cover the shape on this CPU, else im2col and GEMM.
 pub(super) fn forward_f32(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if winograd_pays(g) {
+        return winograd::forward(g, x, w);
+    }
     #[cfg(target_arch = "x86_64")]
     if let Some(y) = direct_isa(g).and_then(|isa| direct::forward(isa, g, x, w)) {
         return y;
     }
-    if winograd_pays(g) {
-        return winograd::forward(g, x, w);
-    }
     forward(g, x, w)
 }
 
-/// The f32 backward: each gradient from the direct kernels where they cover
-/// it (the data gradient of a stride-1 convolution is the forward of the
-/// transposed one), the data gradient by Winograd where it pays, the rest by
+/// The f32 backward: both gradients by Winograd where it pays (the data
+/// gradient of a stride-1 convolution is the forward of the transposed
+/// one), else each from the direct kernels where they cover it, the rest by
 /// im2col and GEMM.
 pub(super) fn backward_f32(
     g: &ConvGeometry,
@@ -196,6 +197,13 @@ pub(super) fn backward_f32(
     dy: &[f32],
     (want_dx, want_dw): (bool, bool),
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    if winograd_pays(g) {
+        // The transposed convolution of a 3×3 one with padding 1 is another.
+        let t = transposed(g).expect("stride 1, square kernel, padding below it");
+        let dx = want_dx.then(|| winograd::forward(&t, dy, &flipped(g, w)));
+        let dw = want_dw.then(|| winograd::backward_filter(g, x, dy));
+        return (dx, dw);
+    }
     #[allow(unused_mut)]
     let (mut dx, mut dw) = (None, None);
     #[cfg(target_arch = "x86_64")]
@@ -205,16 +213,6 @@ pub(super) fn backward_f32(
         }
         if let Some(t) = transposed(g).filter(|_| want_dx) {
             dx = direct::forward(isa, &t, dy, &flipped(g, w));
-        }
-    }
-    if winograd_pays(g) {
-        if want_dx && dx.is_none() {
-            // The transposed convolution of a 3×3 one with padding 1 is another.
-            let t = transposed(g).expect("stride 1, square kernel, padding below it");
-            dx = Some(winograd::forward(&t, dy, &flipped(g, w)));
-        }
-        if want_dw && dw.is_none() {
-            dw = Some(winograd::backward_filter(g, x, dy));
         }
     }
     let (rest_dx, rest_dw) = backward(
