@@ -157,9 +157,9 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
                 col_stride: 1,
             };
             let u = Mat {
-                data: &u[position * c..],
-                row_stride: 1,
-                col_stride: row_len(c),
+                data: &u[position * k..],
+                row_stride: row_len(k),
+                col_stride: 1,
             };
             matmul_serial_into((tiles, k, c), v, u, m);
         }
@@ -329,24 +329,35 @@ fn output_rows<T: Real>([m0, m1, m2, m3]: [Lanes<T>; 4]) -> [Lanes<T>; 2] {
     [m0 + m1 + m2, m1 - m2 - m3]
 }
 
-/// `U = G·g·Gᵀ` of every kernel, as `[k][position][c]`.
+/// `U = G·g·Gᵀ` of every kernel, as `[c][position][k]` with rows
+/// [`row_len`] apart: position `p`'s matrix (`c × k`) starts at `p·k`, its
+/// rows contiguous, which the GEMM reads without packing them (per task and
+/// position, that packing cost more than the transform). One task per
+/// [`LANES`] input channels: each kernel's taps are read for all of them at
+/// once and its 16 transformed values scattered to their rows.
 fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
-    let c = g.c;
-    filled_by_blocks(g.k * row_len(c), row_len(c), |kk, out| {
-        out[POSITIONS * c..].fill(MaybeUninit::new(T::ZERO));
-        let taps: [&[T]; 9] = std::array::from_fn(|t| &w[(kk * 9 + t) * c..][..c]);
+    let (c, k) = (g.c, g.k);
+    filled_by_blocks(c * row_len(k), LANES * row_len(k), |block, out| {
+        let first = block * LANES;
+        let channels = out.len() / row_len(k);
+        for row in out.chunks_mut(row_len(k)) {
+            row[POSITIONS * k..].fill(MaybeUninit::new(T::ZERO));
+        }
         vectorized(
             #[inline(always)]
             || {
-                for (ci, len) in lane_chunks(c) {
-                    let tap = |t: usize| Lanes::load(&taps[t][ci..ci + len]);
+                for kk in 0..k {
+                    let tap = |t: usize| Lanes::load(&w[(kk * 9 + t) * c + first..][..channels]);
                     // Rows r of g·Gᵀ, then G applied down each column.
                     let row = |r: usize| weight_rows([tap(r * 3), tap(r * 3 + 1), tap(r * 3 + 2)]);
-                    let rows = [row(0), row(1), row(2)];
+                    let [r0, r1, r2] = [row(0), row(1), row(2)];
                     for b in 0..4 {
-                        let column = weight_rows([rows[0][b], rows[1][b], rows[2][b]]);
+                        let column = weight_rows([r0[b], r1[b], r2[b]]);
                         for (a, value) in column.into_iter().enumerate() {
-                            value.store(&mut out[(a * 4 + b) * c + ci..][..len]);
+                            let at = (a * 4 + b) * k + kk;
+                            for (ci, &v) in value.0[..channels].iter().enumerate() {
+                                out[ci * row_len(k) + at].write(v);
+                            }
                         }
                     }
                 }
