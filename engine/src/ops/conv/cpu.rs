@@ -130,6 +130,9 @@ fn uninit_filled<T>(
 pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
     let mut col = Vec::new();
+    // The weights as `patch × k` rows, which the GEMM reads in place: given
+    // transposed, every thread's GEMM packed all of them again.
+    let w_rows = transposed_weights(g, w);
     uninit_filled(g.n * pixels * g.k, Vec::new(), |y| {
         for (first, images) in chunks(g.n, images_per_chunk(g)) {
             let rows = images * pixels;
@@ -138,11 +141,31 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
             matmul_into(
                 (rows, g.k, patch),
                 Mat::rows(a, patch),
-                Mat::transposed(w, patch),
+                Mat::rows(&w_rows, g.k),
                 out,
             );
         }
     })
+}
+
+/// `w` (`k × patch`) transposed to `patch × k`, 16 rows of the result at a
+/// time (threaded over those blocks), so the reads of `w` run along its rows.
+fn transposed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
+    const BLOCK: usize = 16;
+    let (patch, k) = (g.patch(), g.k);
+    let mut out = vec![T::ZERO; w.len()];
+    out.par_chunks_mut(BLOCK * k)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let first = block * BLOCK;
+            let width = rows.len() / k;
+            for kk in 0..k {
+                for (i, &v) in w[kk * patch + first..][..width].iter().enumerate() {
+                    rows[i * k + kk] = v;
+                }
+            }
+        });
+    out
 }
 
 /// Most input and output channels the direct kernels take: they stream a
