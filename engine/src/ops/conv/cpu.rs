@@ -5,7 +5,7 @@ use super::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
 use super::direct;
 use super::winograd;
-use crate::ops::real::{Mat, Real, matmul, matmul_into};
+use crate::ops::real::{Mat, Real, filled_by_blocks, matmul, matmul_into};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -153,19 +153,16 @@ pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
 fn transposed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     const BLOCK: usize = 16;
     let (patch, k) = (g.patch(), g.k);
-    let mut out = vec![T::ZERO; w.len()];
-    out.par_chunks_mut(BLOCK * k)
-        .enumerate()
-        .for_each(|(block, rows)| {
-            let first = block * BLOCK;
-            let width = rows.len() / k;
-            for kk in 0..k {
-                for (i, &v) in w[kk * patch + first..][..width].iter().enumerate() {
-                    rows[i * k + kk] = v;
-                }
+    // Every element is written, so nothing is zeroed first.
+    filled_by_blocks(w.len(), BLOCK * k, |block, rows| {
+        let first = block * BLOCK;
+        let width = rows.len() / k;
+        for kk in 0..k {
+            for (i, &v) in w[kk * patch + first..][..width].iter().enumerate() {
+                rows[i * k + kk].write(v);
             }
-        });
-    out
+        }
+    })
 }
 
 /// Most input and output channels the direct kernels take: they stream a
@@ -284,23 +281,20 @@ fn as_transposed(g: &ConvGeometry) -> Option<ConvGeometry> {
 pub(super) fn flipped<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
     const BLOCK: usize = 16;
     let taps = g.r * g.s;
-    let mut out = vec![T::ZERO; w.len()];
-    out.par_chunks_mut(BLOCK * taps * g.k)
-        .enumerate()
-        .for_each(|(block, rows)| {
-            let c0 = block * BLOCK;
-            let width = rows.len() / (taps * g.k);
-            for k in 0..g.k {
-                for tap in 0..taps {
-                    let src = &w[(k * taps + tap) * g.c + c0..][..width];
-                    let flipped_tap = taps - 1 - tap;
-                    for (i, &v) in src.iter().enumerate() {
-                        rows[(i * taps + flipped_tap) * g.k + k] = v;
-                    }
+    // Every element is written, so nothing is zeroed first.
+    filled_by_blocks(w.len(), BLOCK * taps * g.k, |block, rows| {
+        let c0 = block * BLOCK;
+        let width = rows.len() / (taps * g.k);
+        for k in 0..g.k {
+            for tap in 0..taps {
+                let src = &w[(k * taps + tap) * g.c + c0..][..width];
+                let flipped_tap = taps - 1 - tap;
+                for (i, &v) in src.iter().enumerate() {
+                    rows[(i * taps + flipped_tap) * g.k + k].write(v);
                 }
             }
-        });
-    out
+        }
+    })
 }
 
 pub(super) fn backward<T: Real>(
@@ -311,7 +305,8 @@ pub(super) fn backward<T: Real>(
     (want_dx, want_dw): (bool, bool),
 ) -> (Option<Vec<T>>, Option<Vec<T>>) {
     let (patch, pixels) = (g.patch(), g.oh * g.ow);
-    let mut dw = want_dw.then(|| vec![T::ZERO; g.k * patch]);
+    // The first chunk's GEMM writes dw whole, the others add to it.
+    let mut dw = want_dw.then(|| Vec::with_capacity(g.k * patch));
     // Every route below writes each chunk of dx whole.
     let mut dx = want_dx.then(|| Vec::with_capacity(x.len()));
     let transposed = as_transposed(g).filter(|_| want_dx);
@@ -326,13 +321,18 @@ pub(super) fn backward<T: Real>(
         if let Some(dw) = dw.as_mut() {
             let a = patches(g, x, first, images, &mut col);
             // dw (k × patch) += dyᵀ (k × rows) · col (rows × patch)
-            matmul(
+            let (dims, dy_t, a) = (
                 (g.k, patch, rows),
                 Mat::transposed(dy_chunk, g.k),
                 Mat::rows(a, patch),
-                dw,
-                first > 0,
             );
+            if first == 0 {
+                matmul_into(dims, dy_t, a, &mut dw.spare_capacity_mut()[..g.k * patch]);
+                // SAFETY: the GEMM wrote all `k × patch` elements.
+                unsafe { dw.set_len(g.k * patch) };
+            } else {
+                matmul(dims, dy_t, a, dw, true);
+            }
         }
         if let Some(dx) = dx.as_mut() {
             let image_len = g.h * g.w * g.c;
@@ -361,6 +361,10 @@ pub(super) fn backward<T: Real>(
     if let Some(dx) = dx.as_mut() {
         // SAFETY: the chunks above wrote every element.
         unsafe { dx.set_len(x.len()) };
+    }
+    if let Some(dw) = dw.as_mut() {
+        // An empty batch: no chunk, a zero gradient.
+        dw.resize(g.k * patch, T::ZERO);
     }
     (dx, dw)
 }
