@@ -3,7 +3,7 @@
 
 mod cuda;
 
-use super::real::{Mat, Real, matmul};
+use super::real::{Mat, Real, matmul, matmul_into};
 use super::with_float;
 use crate::Tensor;
 use crate::error::{Result, shape_err};
@@ -75,16 +75,21 @@ pub(crate) fn backward(
     }
     with_float!("linear backward", x.dtype(), T => {
         let dys = dy.as_slice::<T>()?;
+        // The GEMMs write their outputs whole, so these are not zeroed first.
         let dx = if want_dx {
-            let mut dx = vec![T::ZERO; n * fin];
-            matmul((n, fin, fout), Mat::rows(dys, fout), Mat::rows(w.as_slice()?, fin), &mut dx, false);
+            let dx = written(n * fin, |dx| {
+                matmul_into((n, fin, fout), Mat::rows(dys, fout), Mat::rows(w.as_slice()?, fin), dx);
+                Ok(())
+            })?;
             Some(Tensor::from_vec(dx, [n, fin])?)
         } else {
             None
         };
         let dw = if want_dw {
-            let mut dw = vec![T::ZERO; fout * fin];
-            matmul((fout, fin, n), Mat::transposed(dys, fout), Mat::rows(x.as_slice()?, fin), &mut dw, false);
+            let dw = written(fout * fin, |dw| {
+                matmul_into((fout, fin, n), Mat::transposed(dys, fout), Mat::rows(x.as_slice()?, fin), dw);
+                Ok(())
+            })?;
             Some(Tensor::from_vec(dw, [fout, fin])?)
         } else {
             None
@@ -100,4 +105,16 @@ pub(crate) fn backward(
         };
         Ok((dx, dw, db))
     })
+}
+
+/// A vector of `len` elements, all written by `fill` (nothing zeroed first).
+fn written<T>(
+    len: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]) -> Result<()>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len])?;
+    // SAFETY: `fill` returned without error, having written all `len` elements.
+    unsafe { out.set_len(len) };
+    Ok(out)
 }
