@@ -62,6 +62,21 @@ pub(crate) fn filled_by_blocks<T: Send>(
     out
 }
 
+/// `buf` (its allocation reused) resized to `len` elements, all written by
+/// `fill`; nothing is zeroed first.
+pub(crate) fn uninit_filled<T>(
+    len: usize,
+    mut buf: Vec<T>,
+    fill: impl FnOnce(&mut [MaybeUninit<T>]),
+) -> Vec<T> {
+    buf.clear();
+    buf.reserve(len);
+    fill(&mut buf.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements.
+    unsafe { buf.set_len(len) };
+    buf
+}
+
 /// A read-only matrix operand: element `(i, j)` is `data[i * row_stride + j * col_stride]`.
 /// Swapping the strides gives the transpose without a copy.
 #[derive(Clone, Copy)]

@@ -5,7 +5,7 @@ use super::ConvGeometry;
 #[cfg(target_arch = "x86_64")]
 use super::direct;
 use super::winograd;
-use crate::ops::real::{Mat, Real, filled_by_blocks, matmul, matmul_into};
+use crate::ops::real::{Mat, Real, filled_by_blocks, matmul, matmul_into, uninit_filled};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -110,21 +110,6 @@ fn patches<'a, T: Real>(
         });
         col
     }
-}
-
-/// `buf` (its allocation reused) resized to `len` elements, all written by
-/// `fill`; nothing is zeroed first.
-fn uninit_filled<T>(
-    len: usize,
-    mut buf: Vec<T>,
-    fill: impl FnOnce(&mut [MaybeUninit<T>]),
-) -> Vec<T> {
-    buf.clear();
-    buf.reserve(len);
-    fill(&mut buf.spare_capacity_mut()[..len]);
-    // SAFETY: `fill` wrote all `len` elements.
-    unsafe { buf.set_len(len) };
-    buf
 }
 
 pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {

@@ -3,7 +3,7 @@
 
 mod cuda;
 
-use super::real::{Mat, Real, matmul, matmul_into};
+use super::real::{Mat, Real, matmul, matmul_into, uninit_filled};
 use super::with_float;
 use crate::Tensor;
 use crate::error::{Result, shape_err};
@@ -74,22 +74,20 @@ pub(crate) fn backward(
         return cuda::backward(g, x, w, dy, (n, fin, fout), (want_dx, want_dw, want_db));
     }
     with_float!("linear backward", x.dtype(), T => {
-        let dys = dy.as_slice::<T>()?;
+        let (dys, ws, xs) = (dy.as_slice::<T>()?, w.as_slice::<T>()?, x.as_slice::<T>()?);
         // The GEMMs write their outputs whole, so these are not zeroed first.
         let dx = if want_dx {
-            let dx = written(n * fin, |dx| {
-                matmul_into((n, fin, fout), Mat::rows(dys, fout), Mat::rows(w.as_slice()?, fin), dx);
-                Ok(())
-            })?;
+            let dx = uninit_filled(n * fin, Vec::new(), |dx| {
+                matmul_into((n, fin, fout), Mat::rows(dys, fout), Mat::rows(ws, fin), dx)
+            });
             Some(Tensor::from_vec(dx, [n, fin])?)
         } else {
             None
         };
         let dw = if want_dw {
-            let dw = written(fout * fin, |dw| {
-                matmul_into((fout, fin, n), Mat::transposed(dys, fout), Mat::rows(x.as_slice()?, fin), dw);
-                Ok(())
-            })?;
+            let dw = uninit_filled(fout * fin, Vec::new(), |dw| {
+                matmul_into((fout, fin, n), Mat::transposed(dys, fout), Mat::rows(xs, fin), dw)
+            });
             Some(Tensor::from_vec(dw, [fout, fin])?)
         } else {
             None
@@ -105,16 +103,4 @@ pub(crate) fn backward(
         };
         Ok((dx, dw, db))
     })
-}
-
-/// A vector of `len` elements, all written by `fill` (nothing zeroed first).
-fn written<T>(
-    len: usize,
-    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]) -> Result<()>,
-) -> Result<Vec<T>> {
-    let mut out = Vec::with_capacity(len);
-    fill(&mut out.spare_capacity_mut()[..len])?;
-    // SAFETY: `fill` returned without error, having written all `len` elements.
-    unsafe { out.set_len(len) };
-    Ok(out)
 }
