@@ -38,7 +38,9 @@ impl<T: Real> Lanes<T> {
         }
     }
 
-    /// Writes the first `out.len()` (at most [`LANES`]) channels to `out`.
+    /// Writes the first `out.len()` (at most [`LANES`]) channels to `out`;
+    /// a whole vector through the fixed-size branch, which compiles to one
+    /// vector store.
     #[inline(always)]
     fn store(self, out: &mut [MaybeUninit<T>]) {
         match <&mut [MaybeUninit<T>; LANES]>::try_from(&mut *out) {
@@ -50,17 +52,22 @@ impl<T: Real> Lanes<T> {
             }),
         }
     }
+
+    /// `f` of each channel and the same channel of `other`.
+    #[inline(always)]
+    fn zip_with(mut self, other: Self, f: impl Fn(T, T) -> T) -> Self {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = f(*a, b);
+        }
+        self
+    }
 }
 
 impl<T: Real> Add for Lanes<T> {
     type Output = Self;
     #[inline(always)]
     fn add(self, other: Self) -> Self {
-        let mut sum = self.0;
-        for (s, o) in sum.iter_mut().zip(other.0) {
-            *s += o;
-        }
-        Lanes(sum)
+        self.zip_with(other, |a, b| a + b)
     }
 }
 
@@ -68,11 +75,7 @@ impl<T: Real> Sub for Lanes<T> {
     type Output = Self;
     #[inline(always)]
     fn sub(self, other: Self) -> Self {
-        let mut difference = self.0;
-        for (d, o) in difference.iter_mut().zip(other.0) {
-            *d -= o;
-        }
-        Lanes(difference)
+        self.zip_with(other, |a, b| a - b)
     }
 }
 
@@ -80,11 +83,7 @@ impl<T: Real> Neg for Lanes<T> {
     type Output = Self;
     #[inline(always)]
     fn neg(self) -> Self {
-        let mut negated = self.0;
-        for v in &mut negated {
-            *v = -*v;
-        }
-        Lanes(negated)
+        self.zip_with(self, |a, _| -a)
     }
 }
 
@@ -92,11 +91,7 @@ impl<T: Real> Mul<T> for Lanes<T> {
     type Output = Self;
     #[inline(always)]
     fn mul(self, factor: T) -> Self {
-        let mut product = self.0;
-        for v in &mut product {
-            *v *= factor;
-        }
-        Lanes(product)
+        self.zip_with(self, |a, _| a * factor)
     }
 }
 
