@@ -356,10 +356,8 @@ pub(super) fn backward<T: Real>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_close, values};
-    use super::super::{Conv2dParams, ConvGeometry};
+    use super::super::test_support::{Case, assert_close, case};
     use super::*;
-    use crate::Tensor;
 
     /// The f32 routes as the op picks them, against the f64 im2col
     /// reference: Winograd from 64 channels (and enough tiles), the direct
@@ -375,20 +373,20 @@ mod tests {
             ((2, 4, 128, 256, 3, 1, 1), false),
             ((2, 6, 48, 80, 1, 1, 0), false),
         ] {
-            let x = Tensor::from_vec(values(n * hw * hw * c, 1), [n, hw, hw, c]).unwrap();
-            let wt = Tensor::from_vec(values(k * rs * rs * c, 2), [k, rs, rs, c]).unwrap();
-            let g = ConvGeometry::new(&x, &wt, Conv2dParams { stride, padding }).unwrap();
+            let Case {
+                g,
+                x,
+                w,
+                dy,
+                y: want_y,
+                dx: want_dx,
+                dw: want_dw,
+            } = case((n, hw, hw, c, k), (rs, stride, padding));
             assert_eq!(winograd_pays(&g), by_winograd, "{g:?}");
-            let (x, wt) = (x.as_slice::<f32>().unwrap(), wt.as_slice::<f32>().unwrap());
-            let dy = values(n * g.oh * g.ow * k, 3);
-            let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
-            let (x64, w64, dy64) = (f64s(x), f64s(wt), f64s(&dy));
-            let want_y = forward::<f64>(&g, &x64, &w64);
-            let (want_dx, want_dw) = backward::<f64>(&g, &x64, &w64, &dy64, (true, true));
-            assert_close(&forward_f32(&g, x, wt), &want_y, &format!("forward {g:?}"));
-            let (dx, dw) = backward_f32(&g, x, wt, &dy, (true, true));
-            assert_close(&dx.unwrap(), &want_dx.unwrap(), &format!("dx {g:?}"));
-            assert_close(&dw.unwrap(), &want_dw.unwrap(), &format!("dw {g:?}"));
+            assert_close(&forward_f32(&g, &x, &w), &want_y, &format!("forward {g:?}"));
+            let (dx, dw) = backward_f32(&g, &x, &w, &dy, (true, true));
+            assert_close(&dx.unwrap(), &want_dx, &format!("dx {g:?}"));
+            assert_close(&dw.unwrap(), &want_dw, &format!("dw {g:?}"));
         }
     }
 

@@ -638,7 +638,7 @@ unsafe fn flush<S: Simd, const KB: usize, const CB: usize>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_close, values};
+    use super::super::test_support::{Case, assert_close, case, values};
     use super::super::{Conv2dParams, cpu};
     use super::*;
     use crate::Tensor;
@@ -701,24 +701,24 @@ mod tests {
             }
         };
         for (n, h, w, c, k, rs, stride, padding) in SHAPES {
-            let x = Tensor::from_vec(values(n * h * w * c, 1), [n, h, w, c]).unwrap();
-            let wt = Tensor::from_vec(values(k * rs * rs * c, 2), [k, rs, rs, c]).unwrap();
-            let g = ConvGeometry::new(&x, &wt, Conv2dParams { stride, padding }).unwrap();
-            let dy = values(n * g.oh * g.ow * k, 3);
-            let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
-            let (x, wt) = (x.as_slice::<f32>().unwrap(), wt.as_slice::<f32>().unwrap());
-            let (x64, w64, dy64) = (f64s(x), f64s(wt), f64s(&dy));
-            let want_y = cpu::forward::<f64>(&g, &x64, &w64);
-            let (want_dx, want_dw) = cpu::backward::<f64>(&g, &x64, &w64, &dy64, (true, true));
+            let Case {
+                g,
+                x,
+                w,
+                dy,
+                y: want_y,
+                dx: want_dx,
+                dw: want_dw,
+            } = case((n, h, w, c, k), (rs, stride, padding));
             for &isa in &isas {
                 let what = |op| format!("{op} {isa:?} {g:?}");
-                let y = forward(isa, &g, x, wt).expect("forward covered");
+                let y = forward(isa, &g, &x, &w).expect("forward covered");
                 assert_close(&y, &want_y, &what("forward"));
-                let dw = backward_filter(isa, &g, x, &dy).expect("filter covered");
-                assert_close(&dw, want_dw.as_ref().unwrap(), &what("dw"));
+                let dw = backward_filter(isa, &g, &x, &dy).expect("filter covered");
+                assert_close(&dw, &want_dw, &what("dw"));
                 if let Some(t) = cpu::transposed(&g).filter(|_| c % 8 == 0) {
-                    let dx = forward(isa, &t, &dy, &cpu::flipped(&g, wt)).expect("dx covered");
-                    assert_close(&dx, want_dx.as_ref().unwrap(), &what("dx"));
+                    let dx = forward(isa, &t, &dy, &cpu::flipped(&g, &w)).expect("dx covered");
+                    assert_close(&dx, &want_dx, &what("dx"));
                 }
             }
         }

@@ -463,10 +463,9 @@ fn transformed_output<T: Real>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{assert_close, values};
-    use super::super::{Conv2dParams, cpu};
+    use super::super::cpu;
+    use super::super::test_support::{Case, assert_close, case};
     use super::*;
-    use crate::Tensor;
 
     /// Forward, backward data and weight gradient against the f64 im2col
     /// reference, on even
@@ -481,29 +480,25 @@ mod tests {
             (2, 3, 1, 4, 8),
             (3, 16, 16, 8, 8),
         ] {
-            let x = Tensor::from_vec(values(n * h * w * c, 1), [n, h, w, c]).unwrap();
-            let wt = Tensor::from_vec(values(k * 9 * c, 2), [k, 3, 3, c]).unwrap();
-            let params = Conv2dParams {
-                stride: 1,
-                padding: 1,
-            };
-            let g = ConvGeometry::new(&x, &wt, params).unwrap();
+            let Case {
+                g,
+                x,
+                w: wt,
+                dy,
+                y: want_y,
+                dx: want_dx,
+                dw: want_dw,
+            } = case((n, h, w, c, k), (3, 1, 1));
             assert!(covers(&g));
-            let (x, wt) = (x.as_slice::<f32>().unwrap(), wt.as_slice::<f32>().unwrap());
-            let dy = values(n * g.oh * g.ow * k, 3);
-            let f64s = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
-            let (x64, w64, dy64) = (f64s(x), f64s(wt), f64s(&dy));
-            let want_y = cpu::forward::<f64>(&g, &x64, &w64);
-            let (want_dx, want_dw) = cpu::backward::<f64>(&g, &x64, &w64, &dy64, (true, true));
-            assert_close(&forward(&g, x, wt), &want_y, &format!("forward {g:?}"));
+            assert_close(&forward(&g, &x, &wt), &want_y, &format!("forward {g:?}"));
             let t = cpu::transposed(&g).unwrap();
-            let dx = forward(&t, &dy, &cpu::flipped(&g, wt));
+            let dx = forward(&t, &dy, &cpu::flipped(&g, &wt));
             assert_close(
-                &backward_filter(&g, x, &dy),
-                &want_dw.unwrap(),
+                &backward_filter(&g, &x, &dy),
+                &want_dw,
                 &format!("dw {g:?}"),
             );
-            assert_close(&dx, &want_dx.unwrap(), &format!("dx {g:?}"));
+            assert_close(&dx, &want_dx, &format!("dx {g:?}"));
         }
     }
 }
