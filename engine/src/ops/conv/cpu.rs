@@ -165,24 +165,33 @@ fn direct_isa(g: &ConvGeometry) -> Option<direct::Isa> {
     direct::detected().filter(|_| small && !g.is_pointwise())
 }
 
-/// True where the f32 convolution runs as Winograd F(2×2, 3×3): measured on
-/// ResNet-18's shapes at batch 32, it pays with at least 64 input and output
-/// channels (at 64, 32×32 pixels, it beats the direct kernels: P2 step
-/// 1.03×) and at least as many tiles as output channels (8×8 pixels at 256
-/// channels: forward 9.0 → 6.3 ms; 16×16 at 128: 8.8 → 8.3 ms). With fewer
-/// channels the 16 GEMMs' inner dimension is too short, and with fewer
-/// tiles (4×4 pixels at 512 channels) the transformed weights, 16/9 of the
-/// weights, cost more than the multiplies saved.
-fn winograd_pays(g: &ConvGeometry) -> bool {
+/// The Winograd algorithm an f32 convolution runs as, where one pays:
+/// measured on ResNet-18's shapes at batch 32, it pays with at least 64
+/// input and output channels (at 64, 32×32 pixels, it beats the direct
+/// kernels: P2 step 1.03×) and at least as many 2×2 tiles as output
+/// channels (8×8 pixels at 256 channels: forward 9.0 → 6.3 ms; 16×16 at
+/// 128: 8.8 → 8.3 ms). With fewer channels the GEMMs' inner dimension is
+/// too short, and with fewer tiles (4×4 pixels at 512 channels) the
+/// transformed weights, 16/9 of the weights, cost more than the multiplies
+/// saved. F(4×4, 3×3) takes images of 16 pixels and more a side (at 16 and
+/// 32 px, backward 1.2–1.4× as fast as F(2×2, 3×3)); on 8 px images its
+/// transformed weights, 4× the weights, are read for too few tiles (0.6×).
+fn winograd_variant(g: &ConvGeometry) -> Option<winograd::Variant> {
     let tiles = g.n * g.oh.div_ceil(2) * g.ow.div_ceil(2);
-    winograd::covers(g) && g.c.min(g.k) >= 64 && tiles >= g.k
+    let pays = winograd::covers(g) && g.c.min(g.k) >= 64 && tiles >= g.k;
+    let large = g.oh.min(g.ow) >= 16;
+    pays.then_some(if large {
+        winograd::Variant::F4
+    } else {
+        winograd::Variant::F2
+    })
 }
 
 /// The f32 forward: Winograd where it pays, else the direct kernels where
 /// they cover the shape on this CPU, else im2col and GEMM.
 pub(super) fn forward_f32(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
-    if winograd_pays(g) {
-        return winograd::forward(g, x, w);
+    if let Some(variant) = winograd_variant(g) {
+        return winograd::forward(variant, g, x, w);
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(y) = direct_isa(g).and_then(|isa| direct::forward(isa, g, x, w)) {
@@ -202,11 +211,11 @@ pub(super) fn backward_f32(
     dy: &[f32],
     (want_dx, want_dw): (bool, bool),
 ) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
-    if winograd_pays(g) {
+    if let Some(variant) = winograd_variant(g) {
         // The transposed convolution of a 3×3 one with padding 1 is another.
         let t = transposed(g).expect("stride 1, square kernel, padding below it");
-        let dx = want_dx.then(|| winograd::forward(&t, dy, &flipped(g, w)));
-        let dw = want_dw.then(|| winograd::backward_filter(g, x, dy));
+        let dx = want_dx.then(|| winograd::forward(variant, &t, dy, &flipped(g, w)));
+        let dw = want_dw.then(|| winograd::backward_filter(variant, g, x, dy));
         return (dx, dw);
     }
     #[allow(unused_mut)]
@@ -360,18 +369,20 @@ mod tests {
     use super::*;
 
     /// The f32 routes as the op picks them, against the f64 im2col
-    /// reference: Winograd from 64 channels (and enough tiles), the direct
+    /// reference: Winograd from 64 channels (and enough tiles; F(4×4, 3×3)
+    /// from 16 px, F(2×2, 3×3) below), the direct
     /// kernels below, im2col + GEMM for strided and 4×4-pixel 3×3s (the
     /// weights transposed for the GEMM), and a pointwise conv.
     #[test]
     fn f32_routes_match_the_f64_reference() {
-        // (n, hw, c, k, kernel, stride, padding), and whether Winograd takes it
+        // (n, hw, c, k, kernel, stride, padding), and the Winograd algorithm taking it
         for ((n, hw, c, k, rs, stride, padding), by_winograd) in [
-            ((1, 16, 64, 64, 3, 1, 1), true),
-            ((1, 8, 32, 48, 3, 1, 1), false),
-            ((2, 8, 64, 128, 3, 2, 1), false),
-            ((2, 4, 128, 256, 3, 1, 1), false),
-            ((2, 6, 48, 80, 1, 1, 0), false),
+            ((1, 16, 64, 64, 3, 1, 1), Some(winograd::Variant::F4)),
+            ((4, 8, 64, 64, 3, 1, 1), Some(winograd::Variant::F2)),
+            ((1, 8, 32, 48, 3, 1, 1), None),
+            ((2, 8, 64, 128, 3, 2, 1), None),
+            ((2, 4, 128, 256, 3, 1, 1), None),
+            ((2, 6, 48, 80, 1, 1, 0), None),
         ] {
             let Case {
                 g,
@@ -382,7 +393,7 @@ mod tests {
                 dx: want_dx,
                 dw: want_dw,
             } = case((n, hw, hw, c, k), (rs, stride, padding));
-            assert_eq!(winograd_pays(&g), by_winograd, "{g:?}");
+            assert_eq!(winograd_variant(&g), by_winograd, "{g:?}");
             assert_close(&forward_f32(&g, &x, &w), &want_y, &format!("forward {g:?}"));
             let (dx, dw) = backward_f32(&g, &x, &w, &dy, (true, true));
             assert_close(&dx.unwrap(), &want_dx, &format!("dx {g:?}"));

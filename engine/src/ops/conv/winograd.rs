@@ -1,9 +1,10 @@
-//! Winograd F(2×2, 3×3) for 3×3 convolutions with stride 1 and padding 1:
-//! each 2×2 tile of output pixels comes from the 4×4 tile of input around
-//! it, through 16 GEMMs of (tiles × c)·(c × k), one per position of the
-//! transformed 4×4 tile: 16 multiplies per tile and channel pair instead of
-//! im2col's 36. The transforms (Lavin & Gray, 2015) take only adds and halves;
-//! every output sums in a fixed order, so results are deterministic.
+//! Winograd convolution for 3×3 kernels with stride 1 and padding 1:
+//! F(m×m, 3×3) computes each m×m tile of output pixels from the (m+2)×(m+2)
+//! tile of input around it, through one GEMM of (tiles × c)·(c × k) per
+//! position of the transformed tile: (m+2)² multiplies per tile and channel
+//! pair instead of im2col's 9·m². The transforms take only adds and
+//! multiplies by constants; every output sums in a fixed order, so results
+//! are deterministic.
 //!
 //! The backward data of such a convolution is the forward of its transposed
 //! convolution (also 3×3, stride 1, padding 1), so it runs here too.
@@ -102,15 +103,199 @@ fn lane_chunks(len: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |first| (first, LANES.min(len - first)))
 }
 
-/// Positions in a transformed tile.
-const POSITIONS: usize = 16;
+/// The two algorithms: output tiles of 2×2 pixels from 4×4 input tiles
+/// (16 products per tile and channel pair, 4 per output pixel), or of 4×4
+/// from 6×6 (36 per tile, 2.25 per pixel, with transforms that scale by up
+/// to 8 and so round more: about 10× the error of the 2×2 ones on single
+/// tiles, both within the f32 tolerance the tests hold them to).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Variant {
+    /// F(2×2, 3×3).
+    F2,
+    /// F(4×4, 3×3).
+    F4,
+}
+
+/// One algorithm's transforms, each of one column of a tile (`M`: output
+/// tile size, `A = M + 2`: input tile size); applied to the rows of a tile
+/// and then to the columns of the result, they give the two-sided ones.
+trait Transforms<const M: usize, const A: usize> {
+    /// `Bᵀ·d` of input values.
+    fn input<T: Real>(d: [Lanes<T>; A]) -> [Lanes<T>; A];
+    /// `G·g` of kernel taps.
+    fn weight<T: Real>(g: [Lanes<T>; 3]) -> [Lanes<T>; A];
+    /// `Aᵀ·m` of transformed products.
+    fn output<T: Real>(m: [Lanes<T>; A]) -> [Lanes<T>; M];
+    /// `A·y` of output gradients (the transpose of [`Transforms::output`]).
+    fn gradient<T: Real>(y: [Lanes<T>; M]) -> [Lanes<T>; A];
+    /// `Gᵀ·u` of transformed weight gradients (the transpose of [`Transforms::weight`]).
+    fn weight_gradient<T: Real>(u: [Lanes<T>; A]) -> [Lanes<T>; 3];
+}
+
+/// F(2×2, 3×3) (Lavin & Gray, 2015): adds and halves only.
+struct F2;
+
+impl Transforms<2, 4> for F2 {
+    #[inline(always)]
+    fn input<T: Real>([d0, d1, d2, d3]: [Lanes<T>; 4]) -> [Lanes<T>; 4] {
+        [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+    }
+
+    #[inline(always)]
+    fn weight<T: Real>([g0, g1, g2]: [Lanes<T>; 3]) -> [Lanes<T>; 4] {
+        let half = T::from_f64(0.5);
+        let outer = g0 + g2;
+        [g0, (outer + g1) * half, (outer - g1) * half, g2]
+    }
+
+    #[inline(always)]
+    fn output<T: Real>([m0, m1, m2, m3]: [Lanes<T>; 4]) -> [Lanes<T>; 2] {
+        [m0 + m1 + m2, m1 - m2 - m3]
+    }
+
+    #[inline(always)]
+    fn gradient<T: Real>([y0, y1]: [Lanes<T>; 2]) -> [Lanes<T>; 4] {
+        [y0, y0 + y1, y0 - y1, -y1]
+    }
+
+    #[inline(always)]
+    fn weight_gradient<T: Real>([u0, u1, u2, u3]: [Lanes<T>; 4]) -> [Lanes<T>; 3] {
+        let half = T::from_f64(0.5);
+        let (sum, difference) = ((u1 + u2) * half, (u1 - u2) * half);
+        [u0 + sum, difference, sum + u3]
+    }
+}
+
+/// F(4×4, 3×3) (Lavin & Gray, 2015), interpolating at 0, ±1, ±2 and ∞.
+struct F4;
+
+impl Transforms<4, 6> for F4 {
+    #[inline(always)]
+    fn input<T: Real>([d0, d1, d2, d3, d4, d5]: [Lanes<T>; 6]) -> [Lanes<T>; 6] {
+        let (four, five, two) = (T::from_f64(4.0), T::from_f64(5.0), T::from_f64(2.0));
+        let (a, b) = (d4 - d2 * four, d3 - d1 * four);
+        let (c, e) = (d4 - d2, (d3 - d1) * two);
+        [
+            d0 * four - d2 * five + d4,
+            a + b,
+            a - b,
+            c + e,
+            c - e,
+            d1 * four - d3 * five + d5,
+        ]
+    }
+
+    #[inline(always)]
+    fn weight<T: Real>([g0, g1, g2]: [Lanes<T>; 3]) -> [Lanes<T>; 6] {
+        let sixth = T::from_f64(1.0 / 6.0);
+        let outer = g0 + g2;
+        let even = g0 * T::from_f64(1.0 / 24.0) + g2 * sixth;
+        let odd = g1 * T::from_f64(1.0 / 12.0);
+        [
+            g0 * T::from_f64(0.25),
+            -((outer + g1) * sixth),
+            -((outer - g1) * sixth),
+            even + odd,
+            even - odd,
+            g2,
+        ]
+    }
+
+    #[inline(always)]
+    fn output<T: Real>([m0, m1, m2, m3, m4, m5]: [Lanes<T>; 6]) -> [Lanes<T>; 4] {
+        let (sum12, difference12) = (m1 + m2, m1 - m2);
+        let (sum34, difference34) = (m3 + m4, m3 - m4);
+        [
+            m0 + sum12 + sum34,
+            difference12 + difference34 * T::from_f64(2.0),
+            sum12 + sum34 * T::from_f64(4.0),
+            difference12 + difference34 * T::from_f64(8.0) + m5,
+        ]
+    }
+
+    #[inline(always)]
+    fn gradient<T: Real>([y0, y1, y2, y3]: [Lanes<T>; 4]) -> [Lanes<T>; 6] {
+        let (even1, odd1) = (y0 + y2, y1 + y3);
+        let even2 = y0 + y2 * T::from_f64(4.0);
+        let odd2 = y1 * T::from_f64(2.0) + y3 * T::from_f64(8.0);
+        [
+            y0,
+            even1 + odd1,
+            even1 - odd1,
+            even2 + odd2,
+            even2 - odd2,
+            y3,
+        ]
+    }
+
+    #[inline(always)]
+    fn weight_gradient<T: Real>([u0, u1, u2, u3, u4, u5]: [Lanes<T>; 6]) -> [Lanes<T>; 3] {
+        let sixth = T::from_f64(1.0 / 6.0);
+        let (sum12, sum34) = (u1 + u2, u3 + u4);
+        [
+            u0 * T::from_f64(0.25) - sum12 * sixth + sum34 * T::from_f64(1.0 / 24.0),
+            (u2 - u1) * sixth + (u3 - u4) * T::from_f64(1.0 / 12.0),
+            (sum34 - sum12) * sixth + u5,
+        ]
+    }
+}
+
+/// The two-sided transform of an `I × I` tile whose value at row `r`,
+/// column `s` is `load(r, s)`: `f` applied to each row, then to each column
+/// of the result; `store(a, b, value)` receives row `a`, column `b` of it.
+/// Inlined, the whole tile stays in vector registers.
+#[inline(always)]
+fn both_sides<T: Real, const I: usize, const O: usize>(
+    load: impl Fn(usize, usize) -> Lanes<T>,
+    f: impl Fn([Lanes<T>; I]) -> [Lanes<T>; O],
+    mut store: impl FnMut(usize, usize, Lanes<T>),
+) {
+    // Closures left to the inliner's judgement were compiled apart, without
+    // the vector instruction sets, so each is inlined by order.
+    let rows: [[Lanes<T>; O]; I] = array(
+        #[inline(always)]
+        |r| {
+            f(array(
+                #[inline(always)]
+                |s| load(r, s),
+            ))
+        },
+    );
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "b picks the column of every row"
+    )]
+    for b in 0..O {
+        let column = array(
+            #[inline(always)]
+            |r| rows[r][b],
+        );
+        for (a, value) in f(column).into_iter().enumerate() {
+            store(a, b, value);
+        }
+    }
+}
+
+/// The array of `value(0), value(1), …`, built in place: through
+/// `std::array::from_fn` (or zeroed first and then filled) the transforms'
+/// tiles went through memory instead of staying in registers.
+#[inline(always)]
+fn array<V: Copy, const N: usize>(value: impl Fn(usize) -> V) -> [V; N] {
+    let mut out = [MaybeUninit::<V>::uninit(); N];
+    for (i, slot) in out.iter_mut().enumerate() {
+        slot.write(value(i));
+    }
+    // SAFETY: every element was written above, and `[MaybeUninit<V>; N]`
+    // has the layout of `[V; N]`.
+    unsafe { std::mem::transmute_copy(&out) }
+}
 
 /// Floats between the rows of one position's matrix: a tile's (or a
-/// kernel's) 16 positions, then one cache line of padding, so the rows do
-/// not fall a multiple of 4 KiB apart (which makes the GEMM's reads of
-/// them evict each other from the L1 cache).
-fn row_len(c: usize) -> usize {
-    POSITIONS * c + 16
+/// kernel's) `positions` positions, then one cache line of padding, so the
+/// rows do not fall a multiple of 4 KiB apart (which makes the GEMM's reads
+/// of them evict each other from the L1 cache).
+fn row_len(positions: usize, c: usize) -> usize {
+    positions * c + 16
 }
 
 /// True for the convolutions this computes: 3×3, stride 1, padding 1.
@@ -118,75 +303,112 @@ pub(super) fn covers(g: &ConvGeometry) -> bool {
     g.r == 3 && g.s == 3 && g.stride == 1 && g.padding == 1
 }
 
-/// Most tiles a task transforms, multiplies and transforms back at once, so
-/// its transformed tiles stay in the L2 cache between the three steps.
-const TILES_PER_TASK: usize = 256;
+/// Most transformed tile positions (tiles × positions per tile) a task
+/// transforms, multiplies and transforms back at once: enough tiles for
+/// each GEMM to run at speed, few enough to stay mostly in the L2 cache
+/// between the three steps (for F(4×4, 3×3) on 32 px images, 8192 ran
+/// layer1's convolutions about 1.2× as fast as 4096).
+const POSITIONS_PER_TASK: usize = 8192;
+
+/// Elements of the transformed weight gradient a thread adds up at once.
+const SUM_CHUNK: usize = 1 << 14;
 
 /// Fewest tasks a batch is split into (when it has the images), so two
 /// threads share the work evenly.
 const TASKS: usize = 4;
 
-/// `y = conv(x, w)` for a shape [`covers`] accepts. One task per group of
-/// whole images (at most [`TILES_PER_TASK`] tiles, at least [`TASKS`] tasks).
-pub(super) fn forward<T: Real>(g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+/// The tiles of `g`'s output for output tiles of `m × m` pixels: (rows, columns).
+fn tiles(g: &ConvGeometry, m: usize) -> (usize, usize) {
+    (g.oh.div_ceil(m), g.ow.div_ceil(m))
+}
+
+/// Images per task: a fixed function of the shape.
+fn images_per_task(g: &ConvGeometry, (th, tw): (usize, usize), positions: usize) -> usize {
+    (POSITIONS_PER_TASK / positions / (th * tw))
+        .min(g.n.div_ceil(TASKS))
+        .max(1)
+}
+
+/// `y = conv(x, w)` for a shape [`covers`] accepts.
+pub(super) fn forward<T: Real>(variant: Variant, g: &ConvGeometry, x: &[T], w: &[T]) -> Vec<T> {
+    match variant {
+        Variant::F2 => forward_by::<T, F2, 2, 4>(g, x, w),
+        Variant::F4 => forward_by::<T, F4, 4, 6>(g, x, w),
+    }
+}
+
+/// `dw = Σ dyᵀ · patches(x)` (KRSC) for a shape [`covers`] accepts.
+pub(super) fn backward_filter<T: Real>(
+    variant: Variant,
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+) -> Vec<T> {
+    match variant {
+        Variant::F2 => backward_filter_by::<T, F2, 2, 4>(g, x, dy),
+        Variant::F4 => backward_filter_by::<T, F4, 4, 6>(g, x, dy),
+    }
+}
+
+/// [`forward`] by `W`: one task per group of whole images (at most
+/// [`POSITIONS_PER_TASK`] tile positions, at least [`TASKS`] tasks).
+fn forward_by<T: Real, W: Transforms<M, A>, const M: usize, const A: usize>(
+    g: &ConvGeometry,
+    x: &[T],
+    w: &[T],
+) -> Vec<T> {
     debug_assert!(covers(g));
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-    let u = transformed_weights(g, w);
+    let positions = A * A;
+    let (th, tw) = tiles(g, M);
+    let u = transformed_weights::<T, W, M, A>(g, w);
     let (c, k) = (g.c, g.k);
-    let images_per_task = images_per_task(g, (th, tw));
+    let images_per_task = images_per_task(g, (th, tw), positions);
     let (in_image, out_image) = (g.h * g.w * c, g.oh * g.ow * k);
     filled_by_blocks(g.n * out_image, images_per_task * out_image, |task, y| {
         let images = y.len() / out_image;
         let x = &x[task * images_per_task * in_image..][..images * in_image];
         let tiles = images * th * tw;
-        let v = transformed_input(g, x, images, (th, tw));
+        let v = transformed_input::<T, W, M, A>(g, x, images, (th, tw));
         // m[position] (tiles × k) = v[position] (tiles × c) · u[position]ᵀ
-        let mut m = Vec::with_capacity(POSITIONS * tiles * k);
-        for (position, m) in m.spare_capacity_mut()[..POSITIONS * tiles * k]
+        let mut m = Vec::with_capacity(positions * tiles * k);
+        for (position, m) in m.spare_capacity_mut()[..positions * tiles * k]
             .chunks_mut(tiles * k)
             .enumerate()
         {
             let v = Mat {
                 data: &v[position * c..],
-                row_stride: row_len(c),
+                row_stride: row_len(positions, c),
                 col_stride: 1,
             };
             let u = Mat {
                 data: &u[position * k..],
-                row_stride: row_len(k),
+                row_stride: row_len(positions, k),
                 col_stride: 1,
             };
             matmul_serial_into((tiles, k, c), v, u, m);
         }
         // SAFETY: the GEMMs wrote every position's `tiles × k` block.
-        unsafe { m.set_len(POSITIONS * tiles * k) };
-        transformed_output(g, &m, images, (th, tw), y);
+        unsafe { m.set_len(positions * tiles * k) };
+        transformed_output::<T, W, M, A>(g, &m, images, (th, tw), y);
     })
 }
 
-/// Channels `ci..ci + len` of row `r` of a 4×4 tile held as 16 slices, row by row.
-#[inline(always)]
-fn tile_row<T: Real>(tile: &[&[T]; 16], r: usize, (ci, len): (usize, usize)) -> [Lanes<T>; 4] {
-    let load = |s: usize| Lanes::load(&tile[r * 4 + s][ci..ci + len]);
-    [load(0), load(1), load(2), load(3)]
-}
-
-/// Images per task: a fixed function of the shape.
-fn images_per_task(g: &ConvGeometry, (th, tw): (usize, usize)) -> usize {
-    (TILES_PER_TASK / (th * tw)).min(g.n.div_ceil(TASKS)).max(1)
-}
-
-/// `dw = Σ dyᵀ · patches(x)` (KRSC) for a shape [`covers`] accepts: the
-/// forward is bilinear in the transformed weights `U`, so
-/// `∂U = Σ_tiles (A·dy·Aᵀ) ⊙ (Bᵀ·d·B)`, 16 GEMMs over each task's tiles
-/// (the tasks' sums added in task order), and `dw = Gᵀ·∂U·G`.
-pub(super) fn backward_filter<T: Real>(g: &ConvGeometry, x: &[T], dy: &[T]) -> Vec<T> {
+/// [`backward_filter`] by `W`: the forward is bilinear in the transformed
+/// weights `U`, so `∂U = Σ_tiles (A·dy·Aᵀ) ⊙ (Bᵀ·d·B)`, one GEMM per position
+/// over each task's tiles (the tasks' sums added in task order), and
+/// `dw = Gᵀ·∂U·G`.
+fn backward_filter_by<T: Real, W: Transforms<M, A>, const M: usize, const A: usize>(
+    g: &ConvGeometry,
+    x: &[T],
+    dy: &[T],
+) -> Vec<T> {
     debug_assert!(covers(g));
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let positions = A * A;
+    let (th, tw) = tiles(g, M);
     let (c, k) = (g.c, g.k);
-    let per_task = images_per_task(g, (th, tw));
+    let per_task = images_per_task(g, (th, tw), positions);
     let (in_image, out_image) = (g.h * g.w * c, g.oh * g.ow * k);
-    let sums: Vec<Vec<T>> = (0..g.n.div_ceil(per_task))
+    let mut sums: Vec<Vec<T>> = (0..g.n.div_ceil(per_task))
         .into_par_iter()
         .map(|task| {
             let first = task * per_task;
@@ -194,77 +416,67 @@ pub(super) fn backward_filter<T: Real>(g: &ConvGeometry, x: &[T], dy: &[T]) -> V
             let x = &x[first * in_image..][..images * in_image];
             let dy = &dy[first * out_image..][..images * out_image];
             let tiles = images * th * tw;
-            let v = transformed_input(g, x, images, (th, tw));
-            let e = transformed_gradient(g, dy, images, (th, tw));
+            let v = transformed_input::<T, W, M, A>(g, x, images, (th, tw));
+            let e = transformed_gradient::<T, W, M, A>(g, dy, images, (th, tw));
             // ∂U[position] (k × c) = e[position]ᵀ (k × tiles) · v[position] (tiles × c)
-            let mut du = Vec::with_capacity(POSITIONS * k * c);
-            for (position, du) in du.spare_capacity_mut()[..POSITIONS * k * c]
+            let mut du = Vec::with_capacity(positions * k * c);
+            for (position, du) in du.spare_capacity_mut()[..positions * k * c]
                 .chunks_mut(k * c)
                 .enumerate()
             {
                 let e = Mat {
                     data: &e[position * k..],
                     row_stride: 1,
-                    col_stride: row_len(k),
+                    col_stride: row_len(positions, k),
                 };
                 let v = Mat {
                     data: &v[position * c..],
-                    row_stride: row_len(c),
+                    row_stride: row_len(positions, c),
                     col_stride: 1,
                 };
                 matmul_serial_into((k, c, tiles), e, v, du);
             }
             // SAFETY: the GEMMs wrote every position's `k × c` block.
-            unsafe { du.set_len(POSITIONS * k * c) };
+            unsafe { du.set_len(positions * k * c) };
             du
         })
         .collect();
-    let mut sums = sums.into_iter();
-    let mut du = sums.next().expect("at least one image");
-    for task in sums {
-        du.iter_mut().zip(task).for_each(|(d, t)| *d += t);
-    }
+    // Every element adds the tasks' sums in task order, so splitting the
+    // additions across threads leaves the result as it is.
+    let (du, others) = sums.split_first_mut().expect("at least one image");
+    du.par_chunks_mut(SUM_CHUNK)
+        .enumerate()
+        .for_each(|(chunk, du)| {
+            for task in others.iter() {
+                let task = &task[chunk * SUM_CHUNK..][..du.len()];
+                du.iter_mut().zip(task).for_each(|(d, &t)| *d += t);
+            }
+        });
     filled_by_blocks(k * 9 * c, 9 * c, |kk, out| {
         vectorized(
             #[inline(always)]
             || {
                 for (ci, len) in lane_chunks(c) {
                     let at = |a: usize, b: usize| {
-                        Lanes::load(&du[((a * 4 + b) * k + kk) * c + ci..][..len])
+                        Lanes::load(&du[((a * A + b) * k + kk) * c + ci..][..len])
                     };
-                    // Rows a of ∂U·G, then Gᵀ applied down each column.
-                    let row = |a| weight_gradient_rows([at(a, 0), at(a, 1), at(a, 2), at(a, 3)]);
-                    let rows = [row(0), row(1), row(2), row(3)];
-                    for s in 0..3 {
-                        let column =
-                            weight_gradient_rows([rows[0][s], rows[1][s], rows[2][s], rows[3][s]]);
-                        for (r, value) in column.into_iter().enumerate() {
+                    both_sides(
+                        at,
+                        #[inline(always)]
+                        |v| W::weight_gradient(v),
+                        |r, s, value| {
                             value.store(&mut out[(r * 3 + s) * c + ci..][..len]);
-                        }
-                    }
+                        },
+                    );
                 }
             },
         );
     })
 }
 
-/// `Gᵀ·u` for a column of a transformed weight gradient.
-#[inline(always)]
-fn weight_gradient_rows<T: Real>([u0, u1, u2, u3]: [Lanes<T>; 4]) -> [Lanes<T>; 3] {
-    let half = T::from_f64(0.5);
-    let (sum, difference) = ((u1 + u2) * half, (u1 - u2) * half);
-    [u0 + sum, difference, sum + u3]
-}
-
-/// `A·y` for a column of a 2×2 output-gradient tile.
-#[inline(always)]
-fn gradient_rows<T: Real>([y0, y1]: [Lanes<T>; 2]) -> [Lanes<T>; 4] {
-    [y0, y0 + y1, y0 - y1, -y1]
-}
-
-/// `E = A·dy·Aᵀ` of every 2×2 tile of output gradient (zeros outside the
-/// output), as `[tile][position][k]` with rows [`row_len`] apart.
-fn transformed_gradient<T: Real>(
+/// `E = A·dy·Aᵀ` of every `M × M` tile of output gradient (zeros outside
+/// the output), as `[tile][position][k]` with rows [`row_len`] apart.
+fn transformed_gradient<T: Real, W: Transforms<M, A>, const M: usize, const A: usize>(
     g: &ConvGeometry,
     dy: &[T],
     images: usize,
@@ -272,56 +484,33 @@ fn transformed_gradient<T: Real>(
 ) -> Vec<T> {
     let k = g.k;
     let zeros = vec![T::ZERO; k];
-    tile_rows(images, (th, tw), k, |(n, i, j), out| {
-        let pixel = |q: usize| -> &[T] {
-            let (oh, ow) = (2 * i + q / 2, 2 * j + q % 2);
+    tile_rows(images, (th, tw), A * A, k, |(n, i, j), out| {
+        let pixel = |p: usize, q: usize| -> &[T] {
+            let (oh, ow) = (M * i + p, M * j + q);
             if oh < g.oh && ow < g.ow {
                 &dy[((n * g.oh + oh) * g.ow + ow) * k..][..k]
             } else {
                 &zeros
             }
         };
-        let d: [&[T]; 4] = std::array::from_fn(pixel);
+        let d: [[&[T]; M]; M] = std::array::from_fn(|p| std::array::from_fn(|q| pixel(p, q)));
         vectorized(
             #[inline(always)]
             || {
                 for (kk, len) in lane_chunks(k) {
-                    let pixel = |q: usize| Lanes::load(&d[q][kk..kk + len]);
-                    // Rows p of dy·Aᵀ, then A applied down each column.
-                    let rows = [
-                        gradient_rows([pixel(0), pixel(1)]),
-                        gradient_rows([pixel(2), pixel(3)]),
-                    ];
-                    for b in 0..4 {
-                        let column = gradient_rows([rows[0][b], rows[1][b]]);
-                        for (a, value) in column.into_iter().enumerate() {
-                            value.store(&mut out[(a * 4 + b) * k + kk..][..len]);
-                        }
-                    }
+                    let load = |p: usize, q: usize| Lanes::load(&d[p][q][kk..kk + len]);
+                    both_sides(
+                        load,
+                        #[inline(always)]
+                        |v| W::gradient(v),
+                        |a, b, value| {
+                            value.store(&mut out[(a * A + b) * k + kk..][..len]);
+                        },
+                    );
                 }
             },
         );
     })
-}
-
-/// `Bᵀ·d` for a column of an input tile.
-#[inline(always)]
-fn input_rows<T: Real>([d0, d1, d2, d3]: [Lanes<T>; 4]) -> [Lanes<T>; 4] {
-    [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
-}
-
-/// `G·g` for a column of a 3×3 kernel.
-#[inline(always)]
-fn weight_rows<T: Real>([g0, g1, g2]: [Lanes<T>; 3]) -> [Lanes<T>; 4] {
-    let half = T::from_f64(0.5);
-    let outer = g0 + g2;
-    [g0, (outer + g1) * half, (outer - g1) * half, g2]
-}
-
-/// `Aᵀ·m` for a column of a transformed output tile.
-#[inline(always)]
-fn output_rows<T: Real>([m0, m1, m2, m3]: [Lanes<T>; 4]) -> [Lanes<T>; 2] {
-    [m0 + m1 + m2, m1 - m2 - m3]
 }
 
 /// `U = G·g·Gᵀ` of every kernel, as `[c][position][k]` with rows
@@ -329,32 +518,35 @@ fn output_rows<T: Real>([m0, m1, m2, m3]: [Lanes<T>; 4]) -> [Lanes<T>; 2] {
 /// rows contiguous, which the GEMM reads without packing them (per task and
 /// position, that packing cost more than the transform). One task per
 /// [`LANES`] input channels: each kernel's taps are read for all of them at
-/// once and its 16 transformed values scattered to their rows.
-fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
-    let (c, k) = (g.c, g.k);
-    filled_by_blocks(c * row_len(k), LANES * row_len(k), |block, out| {
+/// once and its transformed values scattered to their rows.
+fn transformed_weights<T: Real, W: Transforms<M, A>, const M: usize, const A: usize>(
+    g: &ConvGeometry,
+    w: &[T],
+) -> Vec<T> {
+    let (c, k, positions) = (g.c, g.k, A * A);
+    let row = row_len(positions, k);
+    filled_by_blocks(c * row, LANES * row, |block, out| {
         let first = block * LANES;
-        let channels = out.len() / row_len(k);
-        for row in out.chunks_mut(row_len(k)) {
-            row[POSITIONS * k..].fill(MaybeUninit::new(T::ZERO));
+        let channels = out.len() / row;
+        for row in out.chunks_mut(row) {
+            row[positions * k..].fill(MaybeUninit::new(T::ZERO));
         }
         vectorized(
             #[inline(always)]
             || {
                 for kk in 0..k {
                     let tap = |t: usize| Lanes::load(&w[(kk * 9 + t) * c + first..][..channels]);
-                    // Rows r of g·Gᵀ, then G applied down each column.
-                    let row = |r: usize| weight_rows([tap(r * 3), tap(r * 3 + 1), tap(r * 3 + 2)]);
-                    let [r0, r1, r2] = [row(0), row(1), row(2)];
-                    for b in 0..4 {
-                        let column = weight_rows([r0[b], r1[b], r2[b]]);
-                        for (a, value) in column.into_iter().enumerate() {
-                            let at = (a * 4 + b) * k + kk;
+                    both_sides(
+                        |r, s| tap(r * 3 + s),
+                        #[inline(always)]
+                        |v| W::weight(v),
+                        |a, b, value| {
+                            let at = (a * A + b) * k + kk;
                             for (ci, &v) in value.0[..channels].iter().enumerate() {
-                                out[ci * row_len(k) + at].write(v);
+                                out[ci * row + at].write(v);
                             }
-                        }
-                    }
+                        },
+                    );
                 }
             },
         );
@@ -362,32 +554,31 @@ fn transformed_weights<T: Real>(g: &ConvGeometry, w: &[T]) -> Vec<T> {
 }
 
 /// One row per tile of `images` images, `(n, i, j)` in order: its
-/// [`POSITIONS`] · `width` elements written by `fill`, then zero padding to
+/// `positions · width` elements written by `fill`, then zero padding to
 /// [`row_len`].
 fn tile_rows<T: Real>(
     images: usize,
     (th, tw): (usize, usize),
+    positions: usize,
     width: usize,
     fill: impl Fn((usize, usize, usize), &mut [MaybeUninit<T>]),
 ) -> Vec<T> {
-    let len = images * th * tw * row_len(width);
+    let row = row_len(positions, width);
+    let len = images * th * tw * row;
     let mut rows = Vec::with_capacity(len);
-    for (t, row) in rows.spare_capacity_mut()[..len]
-        .chunks_mut(row_len(width))
-        .enumerate()
-    {
-        let (positions, padding) = row.split_at_mut(POSITIONS * width);
+    for (t, row) in rows.spare_capacity_mut()[..len].chunks_mut(row).enumerate() {
+        let (values, padding) = row.split_at_mut(positions * width);
         padding.fill(MaybeUninit::new(T::ZERO));
-        fill((t / (th * tw), t / tw % th, t % tw), positions);
+        fill((t / (th * tw), t / tw % th, t % tw), values);
     }
     // SAFETY: every row's positions were written by `fill`, its padding here.
     unsafe { rows.set_len(len) };
     rows
 }
 
-/// `V = Bᵀ·d·B` of every 4×4 input tile (zeros outside the image), as
-/// `[tile][position][c]`; tile `(n, i, j)` starts at pixel `(2i − 1, 2j − 1)`.
-fn transformed_input<T: Real>(
+/// `V = Bᵀ·d·B` of every `A × A` input tile (zeros outside the image), as
+/// `[tile][position][c]`; tile `(n, i, j)` starts at pixel `(M·i − 1, M·j − 1)`.
+fn transformed_input<T: Real, W: Transforms<M, A>, const M: usize, const A: usize>(
     g: &ConvGeometry,
     x: &[T],
     images: usize,
@@ -395,32 +586,29 @@ fn transformed_input<T: Real>(
 ) -> Vec<T> {
     let c = g.c;
     let zeros = vec![T::ZERO; c];
-    tile_rows(images, (th, tw), c, |(n, i, j), out| {
-        let pixel = |q: usize| -> &[T] {
-            let (ih, iw) = (
-                (2 * i + q / 4).wrapping_sub(1),
-                (2 * j + q % 4).wrapping_sub(1),
-            );
+    tile_rows(images, (th, tw), A * A, c, |(n, i, j), out| {
+        let pixel = |p: usize, q: usize| -> &[T] {
+            let (ih, iw) = ((M * i + p).wrapping_sub(1), (M * j + q).wrapping_sub(1));
             if ih < g.h && iw < g.w {
                 &x[((n * g.h + ih) * g.w + iw) * c..][..c]
             } else {
                 &zeros
             }
         };
-        let d: [&[T]; 16] = std::array::from_fn(pixel);
+        let d: [[&[T]; A]; A] = std::array::from_fn(|p| std::array::from_fn(|q| pixel(p, q)));
         vectorized(
             #[inline(always)]
             || {
                 for (ci, len) in lane_chunks(c) {
-                    // Rows r of d·B, then Bᵀ applied down each column.
-                    let row = |r| input_rows(tile_row(&d, r, (ci, len)));
-                    let rows = [row(0), row(1), row(2), row(3)];
-                    for b in 0..4 {
-                        let column = input_rows([rows[0][b], rows[1][b], rows[2][b], rows[3][b]]);
-                        for (a, value) in column.into_iter().enumerate() {
-                            value.store(&mut out[(a * 4 + b) * c + ci..][..len]);
-                        }
-                    }
+                    let load = |p: usize, q: usize| Lanes::load(&d[p][q][ci..ci + len]);
+                    both_sides(
+                        load,
+                        #[inline(always)]
+                        |v| W::input(v),
+                        |a, b, value| {
+                            value.store(&mut out[(a * A + b) * c + ci..][..len]);
+                        },
+                    );
                 }
             },
         );
@@ -429,7 +617,7 @@ fn transformed_input<T: Real>(
 
 /// `y = Aᵀ·m·A` of every tile of `images` images into `y`, every pixel of
 /// the output written.
-fn transformed_output<T: Real>(
+fn transformed_output<T: Real, W: Transforms<M, A>, const M: usize, const A: usize>(
     g: &ConvGeometry,
     m: &[T],
     images: usize,
@@ -440,21 +628,27 @@ fn transformed_output<T: Real>(
     for t in 0..tiles {
         let (n, i, j) = (t / (th * tw), t / tw % th, t % tw);
         let y = &mut y[n * g.oh * g.ow * k..][..g.oh * g.ow * k];
-        let m: [&[T]; 16] = std::array::from_fn(|position| &m[(position * tiles + t) * k..][..k]);
-        let (rows, cols) = ((g.oh - 2 * i).min(2), (g.ow - 2 * j).min(2));
+        let m: [[&[T]; A]; A] = std::array::from_fn(|a| {
+            std::array::from_fn(|b| &m[((a * A + b) * tiles + t) * k..][..k])
+        });
+        let (rows, cols) = ((g.oh - M * i).min(M), (g.ow - M * j).min(M));
         vectorized(
             #[inline(always)]
             || {
                 for (kk, len) in lane_chunks(k) {
-                    // Rows a of m·A, then Aᵀ applied down each column.
-                    let row = |a| output_rows(tile_row(&m, a, (kk, len)));
-                    let ma = [row(0), row(1), row(2), row(3)];
-                    for q in 0..cols {
-                        let column = output_rows([ma[0][q], ma[1][q], ma[2][q], ma[3][q]]);
-                        for (p, value) in column.into_iter().enumerate().take(rows) {
-                            value.store(&mut y[((2 * i + p) * g.ow + 2 * j + q) * k + kk..][..len]);
-                        }
-                    }
+                    let load = |a: usize, b: usize| Lanes::load(&m[a][b][kk..kk + len]);
+                    both_sides(
+                        load,
+                        #[inline(always)]
+                        |v| W::output(v),
+                        |p, q, value| {
+                            if p < rows && q < cols {
+                                value.store(
+                                    &mut y[((M * i + p) * g.ow + M * j + q) * k + kk..][..len],
+                                );
+                            }
+                        },
+                    );
                 }
             },
         );
@@ -467,10 +661,10 @@ mod tests {
     use super::super::test_support::{Case, assert_close, case};
     use super::*;
 
-    /// Forward, backward data and weight gradient against the f64 im2col
-    /// reference, on even
-    /// and odd sizes (a ragged last tile), one image and several, one task
-    /// and several (16×16 images: 2 a task, the last task short).
+    /// Forward, backward data and weight gradient of both algorithms against
+    /// the f64 im2col reference, on even and odd sizes (a ragged last tile),
+    /// one image and several, one task and several (five 16×16 images: 2 a
+    /// task, the last task short).
     #[test]
     fn winograd_matches_the_f64_reference() {
         for (n, h, w, c, k) in [
@@ -478,7 +672,7 @@ mod tests {
             (1, 5, 7, 8, 8),
             (3, 4, 4, 32, 16),
             (2, 3, 1, 4, 8),
-            (3, 16, 16, 8, 8),
+            (5, 16, 16, 8, 8),
         ] {
             let Case {
                 g,
@@ -490,15 +684,16 @@ mod tests {
                 dw: want_dw,
             } = case((n, h, w, c, k), (3, 1, 1));
             assert!(covers(&g));
-            assert_close(&forward(&g, &x, &wt), &want_y, &format!("forward {g:?}"));
-            let t = cpu::transposed(&g).unwrap();
-            let dx = forward(&t, &dy, &cpu::flipped(&g, &wt));
-            assert_close(
-                &backward_filter(&g, &x, &dy),
-                &want_dw,
-                &format!("dw {g:?}"),
-            );
-            assert_close(&dx, &want_dx, &format!("dx {g:?}"));
+            for variant in [Variant::F2, Variant::F4] {
+                let what = |part| format!("{variant:?} {part} {g:?}");
+                let y = forward(variant, &g, &x, &wt);
+                assert_close(&y, &want_y, &what("forward"));
+                let t = cpu::transposed(&g).unwrap();
+                let dx = forward(variant, &t, &dy, &cpu::flipped(&g, &wt));
+                assert_close(&dx, &want_dx, &what("dx"));
+                let dw = backward_filter(variant, &g, &x, &dy);
+                assert_close(&dw, &want_dw, &what("dw"));
+            }
         }
     }
 }
