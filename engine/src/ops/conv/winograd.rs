@@ -494,23 +494,39 @@ fn transformed_gradient<T: Real, W: Transforms<M, A>, const M: usize, const A: u
             }
         };
         let d: [[&[T]; M]; M] = std::array::from_fn(|p| std::array::from_fn(|q| pixel(p, q)));
-        vectorized(
+        transformed_tile(
+            &d,
             #[inline(always)]
-            || {
-                for (kk, len) in lane_chunks(k) {
-                    let load = |p: usize, q: usize| Lanes::load(&d[p][q][kk..kk + len]);
-                    both_sides(
-                        load,
-                        #[inline(always)]
-                        |v| W::gradient(v),
-                        |a, b, value| {
-                            value.store(&mut out[(a * A + b) * k + kk..][..len]);
-                        },
-                    );
-                }
-            },
+            |v| W::gradient(v),
+            out,
         );
     })
+}
+
+/// `f` applied to both sides of a tile of pixels (each a slice of channels),
+/// [`LANES`] channels at a time, into a row of `[position][channel]` values.
+/// `f` must be an `#[inline(always)]` closure, as for [`both_sides`].
+#[inline(always)]
+fn transformed_tile<T: Real, const I: usize, const O: usize>(
+    pixels: &[[&[T]; I]; I],
+    f: impl Fn([Lanes<T>; I]) -> [Lanes<T>; O] + Copy,
+    out: &mut [MaybeUninit<T>],
+) {
+    let width = pixels[0][0].len();
+    vectorized(
+        #[inline(always)]
+        || {
+            for (first, len) in lane_chunks(width) {
+                both_sides(
+                    #[inline(always)]
+                    |p, q| Lanes::load(&pixels[p][q][first..first + len]),
+                    f,
+                    #[inline(always)]
+                    |a, b, value| value.store(&mut out[(a * O + b) * width + first..][..len]),
+                );
+            }
+        },
+    );
 }
 
 /// `U = G·g·Gᵀ` of every kernel, as `[c][position][k]` with rows
@@ -596,21 +612,11 @@ fn transformed_input<T: Real, W: Transforms<M, A>, const M: usize, const A: usiz
             }
         };
         let d: [[&[T]; A]; A] = std::array::from_fn(|p| std::array::from_fn(|q| pixel(p, q)));
-        vectorized(
+        transformed_tile(
+            &d,
             #[inline(always)]
-            || {
-                for (ci, len) in lane_chunks(c) {
-                    let load = |p: usize, q: usize| Lanes::load(&d[p][q][ci..ci + len]);
-                    both_sides(
-                        load,
-                        #[inline(always)]
-                        |v| W::input(v),
-                        |a, b, value| {
-                            value.store(&mut out[(a * A + b) * c + ci..][..len]);
-                        },
-                    );
-                }
-            },
+            |v| W::input(v),
+            out,
         );
     })
 }
